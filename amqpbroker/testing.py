@@ -1,0 +1,74 @@
+"""pytest plugin: an ``amqp_broker`` fixture that runs amqpbroker for a test session.
+
+Registered through the ``pytest11`` entry point, so any project that installs amqpbroker can write::
+
+    def test_roundtrip(amqp_broker):
+        connection = pika.BlockingConnection(pika.URLParameters(amqp_broker))
+
+The broker runs as a subprocess of the test run (the same Python), on a free port of 127.0.0.1,
+with a temporary data directory; the fixture yields its URL (``amqp://guest:guest@127.0.0.1:PORT/``)
+and stops the broker when the session ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+
+import pytest
+
+__all__ = ["run_broker", "amqp_broker"]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for_port(port: int, process: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"amqpbroker exited with code {process.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"amqpbroker did not listen on port {port} within {timeout} s")
+
+
+@contextlib.contextmanager
+def run_broker(*extra_args: str, port: int | None = None, data_dir: str | None = None,
+               timeout: float = 20.0) -> Iterator[str]:
+    """Run amqpbroker in a subprocess and yield its AMQP URL; stop it on exit (SIGTERM, then kill)."""
+    port = port or _free_port()
+    with contextlib.ExitStack() as stack:
+        if data_dir is None:
+            data_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="amqpbroker-"))
+        args = [sys.executable, "-m", "amqpbroker", "--host", "127.0.0.1", "--port", str(port),
+                "--data-dir", data_dir, *extra_args]
+        process = subprocess.Popen(args, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        try:
+            _wait_for_port(port, process, timeout)
+            yield f"amqp://guest:guest@127.0.0.1:{port}/"
+        finally:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
+@pytest.fixture(scope="session")
+def amqp_broker() -> Iterator[str]:
+    """The URL of an amqpbroker started for this test session on a free port."""
+    with run_broker() as url:
+        yield url
