@@ -1,0 +1,1 @@
+"""The broker's domain: virtual hosts, exchanges, queues, consumers. Synchronous, in memory, sans-IO."""

@@ -1,0 +1,153 @@
+"""RabbitMQ's known ``x-`` queue arguments: validation on declare and equivalence on redeclare.
+
+Unknown arguments are kept but neither validated nor compared, as RabbitMQ does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from amqpbroker.errors import precondition_failed
+
+__all__ = ["validate_queue_arguments", "check_queue_equivalence", "check_exchange_equivalence",
+           "describe"]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _non_negative_int(value: Any) -> str | None:
+    if not _is_int(value):
+        return f"{{unacceptable_type,{_amqp_type(value)}}}"
+    if value < 0:
+        return f"{{value_negative,{value}}}"
+    return None
+
+
+def _positive_int(value: Any) -> str | None:
+    error = _non_negative_int(value)
+    if error is None and value == 0:
+        return "{value_zero,0}"
+    return error
+
+
+def _string(value: Any) -> str | None:
+    return None if isinstance(value, (str, bytes)) else f"{{unacceptable_type,{_amqp_type(value)}}}"
+
+
+def _one_of(*choices: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if isinstance(value, bytes):
+            value = value.decode(errors="replace")
+        if not isinstance(value, str):
+            return f"{{unacceptable_type,{_amqp_type(value)}}}"
+        return None if value in choices else f"{{invalid_value,<<\"{value}\">>}}"
+    return check
+
+
+def _max_priority(value: Any) -> str | None:
+    error = _non_negative_int(value)
+    if error is None and value > 255:
+        return f"{{value_too_large,{value},255}}"
+    return error
+
+
+def _boolean(value: Any) -> str | None:
+    return None if isinstance(value, bool) else f"{{unacceptable_type,{_amqp_type(value)}}}"
+
+
+QUEUE_ARGUMENTS: dict[str, Callable[[Any], str | None]] = {
+    "x-expires": _positive_int,
+    "x-message-ttl": _non_negative_int,
+    "x-dead-letter-exchange": _string,
+    "x-dead-letter-routing-key": _string,
+    "x-max-length": _non_negative_int,
+    "x-max-length-bytes": _non_negative_int,
+    "x-max-in-memory-length": _non_negative_int,
+    "x-max-in-memory-bytes": _non_negative_int,
+    "x-max-priority": _max_priority,
+    "x-overflow": _one_of("drop-head", "reject-publish", "reject-publish-dlx"),
+    "x-queue-mode": _one_of("default", "lazy"),
+    "x-queue-type": _one_of("classic", "quorum", "stream"),
+    "x-single-active-consumer": _boolean,
+    "x-delivery-limit": _non_negative_int,
+    "x-queue-master-locator": _string,
+    "x-quorum-initial-group-size": _positive_int,
+}
+
+
+def _amqp_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if _is_int(value):
+        return "long" if -(2 ** 31) <= value < 2 ** 31 else "longlong"
+    if isinstance(value, (str, bytes)):
+        return "longstr"
+    if isinstance(value, float):
+        return "double"
+    if isinstance(value, dict):
+        return "table"
+    if isinstance(value, list):
+        return "array"
+    if value is None:
+        return "void"
+    return type(value).__name__
+
+
+def describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return str(value)
+
+
+def validate_queue_arguments(name: str, vhost: str, arguments: dict[str, Any]) -> None:
+    for key, value in arguments.items():
+        check = QUEUE_ARGUMENTS.get(key)
+        if check is None:
+            continue
+        error = check(value)
+        if error is not None:
+            raise precondition_failed(
+                f"invalid arg '{key}' for queue '{name}' in vhost '{vhost}': {error}")
+    if "x-dead-letter-routing-key" in arguments and "x-dead-letter-exchange" not in arguments:
+        raise precondition_failed(
+            f"invalid arg 'x-dead-letter-routing-key' for queue '{name}' in vhost '{vhost}': "
+            f"{{no_dlx_specified}}")
+
+
+def _inequivalent(kind: str, name: str, vhost: str, key: str, received: Any, current: Any) -> None:
+    if received is None and current is None:
+        return
+    if received is not None and current is not None and received == current:
+        return
+    received_text = ("none" if received is None
+                     else f"the value '{describe(received)}' of type '{_amqp_type(received)}'")
+    current_text = ("none" if current is None
+                    else f"the value '{describe(current)}' of type '{_amqp_type(current)}'")
+    raise precondition_failed(f"inequivalent arg '{key}' for {kind} '{name}' in vhost '{vhost}': "
+                              f"received {received_text} but current is {current_text}")
+
+
+def check_flag(kind: str, name: str, vhost: str, key: str, received: Any, current: Any) -> None:
+    if received != current:
+        raise precondition_failed(f"inequivalent arg '{key}' for {kind} '{name}' in vhost '{vhost}': "
+                                  f"received '{describe(received)}' but current is '{describe(current)}'")
+
+
+def check_queue_equivalence(name: str, vhost: str, received: dict[str, Any], current: dict[str, Any]) -> None:
+    for key in QUEUE_ARGUMENTS:
+        if key == "x-queue-type":
+            # classic is the default: an absent type equals an explicit 'classic'
+            r, c = received.get(key, "classic"), current.get(key, "classic")
+            _inequivalent("queue", name, vhost, key, r, c)
+            continue
+        _inequivalent("queue", name, vhost, key, received.get(key), current.get(key))
+
+
+def check_exchange_equivalence(name: str, vhost: str, received: dict[str, Any], current: dict[str, Any]) -> None:
+    key = "alternate-exchange"
+    _inequivalent("exchange", name, vhost, key, received.get(key), current.get(key))

@@ -1,0 +1,79 @@
+"""Users and SASL mechanisms (PLAIN, AMQPLAIN).
+
+Passwords are kept as RabbitMQ keeps them: a 4-byte salt followed by SHA-256(salt + password).
+``loopback_only`` users (guest, by default) may log in only from a loopback address.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from dataclasses import dataclass, field
+
+from pamqp import decode
+
+from amqpbroker.errors import ConnectionError, ReplyCode
+from amqpbroker.protocol.connection import AuthenticationFailed
+
+__all__ = ["User", "UserDatabase", "hash_password", "parse_response"]
+
+
+def hash_password(password: str, salt: bytes | None = None) -> bytes:
+    salt = os.urandom(4) if salt is None else salt
+    return salt + hashlib.sha256(salt + password.encode()).digest()
+
+
+def password_matches(password_hash: bytes, password: str) -> bool:
+    return hmac.compare_digest(hash_password(password, password_hash[:4]), password_hash)
+
+
+@dataclass
+class User:
+    name: str
+    password_hash: bytes
+    tags: tuple[str, ...] = ()
+    loopback_only: bool = False
+    vhosts: set[str] = field(default_factory=lambda: {"/"})
+
+
+def parse_response(mechanism: str, response: bytes) -> tuple[str, str]:
+    """``(username, password)`` from a SASL response; a malformed one fails the login."""
+    if mechanism == "PLAIN":
+        parts = response.split(b"\x00")
+        if len(parts) != 3:
+            raise AuthenticationFailed("malformed PLAIN response")
+        return parts[1].decode(errors="replace"), parts[2].decode(errors="replace")
+    if mechanism == "AMQPLAIN":
+        # a field table without its length prefix
+        try:
+            _, table = decode.field_table(len(response).to_bytes(4, "big") + response)
+        except (ValueError, TypeError) as exc:
+            raise AuthenticationFailed(f"malformed AMQPLAIN response: {exc}") from None
+        login, password = table.get("LOGIN"), table.get("PASSWORD")
+        if login is None or password is None:
+            raise AuthenticationFailed("AMQPLAIN response without LOGIN and PASSWORD")
+        as_text = (lambda v: v.decode(errors="replace") if isinstance(v, bytes) else str(v))
+        return as_text(login), as_text(password)
+    raise ConnectionError(ReplyCode.COMMAND_INVALID, f"unknown authentication mechanism '{mechanism}'",
+                          10, 11)
+
+
+class UserDatabase:
+    def __init__(self) -> None:
+        self.users: dict[str, User] = {}
+
+    def add(self, name: str, password: str, *, tags: tuple[str, ...] = (), loopback_only: bool = False,
+            vhosts: set[str] | None = None) -> User:
+        user = User(name, hash_password(password), tags, loopback_only, vhosts or {"/"})
+        self.users[name] = user
+        return user
+
+    def authenticate(self, mechanism: str, response: bytes, *, from_loopback: bool) -> User:
+        name, password = parse_response(mechanism, response)
+        user = self.users.get(name)
+        if user is None or not password_matches(user.password_hash, password):
+            raise AuthenticationFailed(f"invalid credentials for user '{name}'")
+        if user.loopback_only and not from_loopback:
+            raise AuthenticationFailed(f"user '{name}' can only connect via localhost")
+        return user

@@ -1,0 +1,66 @@
+"""The broker: virtual hosts, users, live sessions, and the once-per-batch dispatch.
+
+Work that follows a batch of input is deferred to :meth:`Broker.run_pending`: queues that gained
+messages, consumers or credit are dispatched once each, then every session that got output is
+woken once, so a publisher's batch costs one flush per consumer connection, not one per message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from amqpbroker.broker.auth import UserDatabase
+from amqpbroker.broker.queue import Queue
+from amqpbroker.broker.vhost import VirtualHost
+
+if TYPE_CHECKING:
+    from amqpbroker.broker.session import Session
+
+__all__ = ["Broker", "Limits"]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the broker offers in ``connection.tune``."""
+
+    channel_max: int = 2047
+    frame_max: int = 131072
+    heartbeat: int = 60
+
+
+class Broker:
+    def __init__(self, limits: Limits = Limits(), *, default_user: str = "guest",
+                 default_password: str = "guest", default_user_loopback_only: bool = True) -> None:
+        self.limits = limits
+        self.users = UserDatabase()
+        self.users.add(default_user, default_password, tags=("administrator",),
+                       loopback_only=default_user_loopback_only)
+        self.vhosts: dict[str, VirtualHost] = {}
+        self.sessions: set[Session] = set()
+        self.output_pending: list[Session] = []
+        self._dirty: set[Queue] = set()
+        self.add_vhost("/")
+
+    def add_vhost(self, name: str) -> VirtualHost:
+        vhost = VirtualHost(name, mark_dirty=self._dirty.add, on_queue_deleted=self._queue_deleted)
+        self.vhosts[name] = vhost
+        return vhost
+
+    def run_pending(self) -> None:
+        """Dispatch every queue that changed, then wake every session that has output."""
+        dirty = self._dirty
+        while dirty:
+            dirty.pop().dispatch()
+        pending = self.output_pending
+        if pending:
+            for session in pending:
+                session.output_marked = False
+                session.wake()
+            pending.clear()
+
+    def _queue_deleted(self, queue: Queue) -> None:
+        self._dirty.discard(queue)
+        for consumer in list(queue.consumers):
+            queue.remove_consumer(consumer)
+            consumer.channel.session.cancel_by_broker(consumer)

@@ -1,0 +1,181 @@
+"""A channel's broker-side state: consumers, delivery tags, unacked messages, prefetch, confirms
+and transactions.
+
+Delivery tags count up from 1 per channel; ``unacked`` maps each outstanding tag to
+``(queue, entry, consumer)`` in tag order (dict insertion order), so ``multiple`` acks walk it
+from the front.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from amqpbroker.codec.methods import Ack, encode_method, method_frame
+from amqpbroker.codec.writer import append_content, append_deliver, get_ok_payload
+from amqpbroker.errors import precondition_failed
+
+if TYPE_CHECKING:
+    from amqpbroker.broker.consumer import Consumer
+    from amqpbroker.broker.queue import Entry, Queue
+    from amqpbroker.broker.session import Session
+
+from pamqp import commands
+
+__all__ = ["Channel", "OUTPUT_HIGH_WATER"]
+
+# A consumer stops getting messages while its connection holds this many unsent output pieces
+# (about four per delivery); the transport's writer resumes it once the socket took them.
+OUTPUT_HIGH_WATER = 4096
+
+Unacked = tuple  # (queue, entry, consumer or None for basic.get)
+
+
+class Channel:
+    __slots__ = (
+        "number", "session", "out", "frame_max", "next_tag", "unacked", "consumers",
+        "consumer_prefetch", "global_prefetch", "flow_active", "confirm", "publish_seq",
+        "confirms_pending", "confirmed_through", "tx", "last_queue",
+    )
+
+    def __init__(self, session: Session, number: int) -> None:
+        self.number = number
+        self.session = session
+        self.out = session.out
+        self.frame_max = session.connection.frame_max
+        self.next_tag = 0
+        self.unacked: dict[int, Unacked] = {}
+        self.consumers: dict[str, Consumer] = {}
+        self.consumer_prefetch = 0
+        self.global_prefetch = 0
+        self.flow_active = True
+        self.confirm = False
+        self.publish_seq = 0
+        self.confirms_pending: list[int] = []
+        self.confirmed_through = 0
+        self.tx: list[tuple] | None = None
+        self.last_queue = ""
+
+    # ---------------------------------------------------------------- sending
+
+    def can_send(self) -> bool:
+        if len(self.out) < OUTPUT_HIGH_WATER and self.flow_active:
+            return True
+        self.session.output_saturated = True
+        return False
+
+    def deliver(self, consumer: Consumer, queue: Queue, entry: Entry) -> None:
+        tag = self.next_tag = self.next_tag + 1
+        message = entry[1]
+        append_deliver(self.out, self.number, consumer.prefix, tag, entry[2], message.routing_raw,
+                       message.header, message.body, self.frame_max)
+        if not consumer.no_ack:
+            self.unacked[tag] = (queue, entry, consumer)
+            consumer.unacked += 1
+            queue.unacked_count += 1
+        self.session.mark_output()
+
+    def send_get_ok(self, queue: Queue, entry: Entry, no_ack: bool) -> None:
+        tag = self.next_tag = self.next_tag + 1
+        message = entry[1]
+        self.out.append(method_frame(self.number, get_ok_payload(tag, entry[2], message.routing_raw,
+                                                                 len(queue.ready))))
+        append_content(self.out, self.number, message.header, message.body, self.frame_max)
+        if not no_ack:
+            self.unacked[tag] = (queue, entry, None)
+            queue.unacked_count += 1
+
+    def send(self, method: Any) -> None:
+        self.out.append(encode_method(self.number, method))
+        self.session.mark_output()
+
+    # ---------------------------------------------------------------- acks
+
+    def take_unacked(self, delivery_tag: int, multiple: bool) -> list[Unacked]:
+        """Remove and return the deliveries an ack/nack/reject names; unknown tags are a 406."""
+        unacked = self.unacked
+        if multiple:
+            if delivery_tag == 0:
+                taken = list(unacked.values())
+                unacked.clear()
+                return taken
+            tags = []
+            for tag in unacked:
+                if tag > delivery_tag:
+                    break
+                tags.append(tag)
+            if not tags:
+                raise precondition_failed(f"unknown delivery tag {delivery_tag}")
+            return [unacked.pop(tag) for tag in tags]
+        found = unacked.pop(delivery_tag, None)
+        if found is None:
+            raise precondition_failed(f"unknown delivery tag {delivery_tag}")
+        return [found]
+
+    def check_tags(self, delivery_tag: int, multiple: bool) -> None:
+        """Raise as ``take_unacked`` would, without taking anything (for transactions)."""
+        if multiple:
+            if delivery_tag and not any(tag <= delivery_tag for tag in self.unacked):
+                raise precondition_failed(f"unknown delivery tag {delivery_tag}")
+        elif delivery_tag not in self.unacked:
+            raise precondition_failed(f"unknown delivery tag {delivery_tag}")
+
+    def settle(self, deliveries: Iterable[Unacked], requeue: bool) -> None:
+        """Finish deliveries: drop them (ack, or reject without requeue) or put them back."""
+        freed: dict[Queue, list] = {}
+        for queue, entry, consumer in deliveries:
+            queue.unacked_count -= 1
+            if consumer is not None:
+                consumer.unacked -= 1
+            returned = freed.get(queue)
+            if returned is None:
+                returned = freed[queue] = []
+            if requeue:
+                returned.append(entry)
+        for queue, entries in freed.items():
+            if entries and not queue.deleted:
+                queue.requeue(entries)
+            queue.consumer_ready()
+        if self.global_prefetch:
+            for consumer in self.consumers.values():
+                consumer.queue.consumer_ready()
+
+    def ack(self, ack: Ack) -> None:
+        self.settle(self.take_unacked(ack.delivery_tag, ack.multiple), requeue=False)
+
+    def requeue_all(self) -> None:
+        deliveries = list(self.unacked.values())
+        self.unacked.clear()
+        self.settle(deliveries, requeue=True)
+
+    # ---------------------------------------------------------------- confirms
+
+    def confirm_published(self) -> None:
+        seq = self.publish_seq = self.publish_seq + 1
+        if not self.confirms_pending:
+            self.session.confirming.append(self)
+        self.confirms_pending.append(seq)
+
+    def flush_confirms(self) -> None:
+        """Send the pending publisher acks: one ``multiple`` ack for a run of sequence numbers that
+        continues from the last confirmed one, single acks otherwise."""
+        pending = self.confirms_pending
+        if not pending:
+            return
+        pending.sort()
+        start = end = pending[0]
+        for seq in pending[1:]:
+            if seq != end + 1:
+                self._ack_run(start, end)
+                start = seq
+            end = seq
+        self._ack_run(start, end)
+        pending.clear()
+
+    def _ack_run(self, start: int, end: int) -> None:
+        if start == self.confirmed_through + 1:
+            self.send(commands.Basic.Ack(delivery_tag=end, multiple=end != start))
+            self.confirmed_through = end
+        else:
+            for seq in range(start, end + 1):
+                self.send(commands.Basic.Ack(delivery_tag=seq, multiple=False))

@@ -1,0 +1,48 @@
+"""A consumer: one ``basic.consume`` on a channel, with its own prefetch credit."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from amqpbroker.codec.writer import deliver_prefix
+
+if TYPE_CHECKING:
+    from amqpbroker.broker.channel import Channel
+    from amqpbroker.broker.queue import Entry, Queue
+
+__all__ = ["Consumer"]
+
+
+class Consumer:
+    __slots__ = ("tag", "queue", "channel", "no_ack", "exclusive", "prefetch", "unacked", "prefix",
+                 "arguments")
+
+    def __init__(self, tag: str, queue: Queue, channel: Channel, *, no_ack: bool, exclusive: bool,
+                 prefetch: int, arguments: dict[str, Any]) -> None:
+        self.tag = tag
+        self.queue = queue
+        self.channel = channel
+        self.no_ack = no_ack
+        self.exclusive = exclusive
+        self.prefetch = prefetch
+        self.unacked = 0
+        self.prefix = deliver_prefix(tag)
+        self.arguments = arguments
+
+    def has_credit(self) -> bool:
+        """May this consumer take one more message now?"""
+        channel = self.channel
+        if not channel.can_send():
+            return False
+        if self.no_ack:
+            return True
+        if self.prefetch and self.unacked >= self.prefetch:
+            return False
+        limit = channel.global_prefetch
+        return not limit or len(channel.unacked) < limit
+
+    def deliver(self, queue: Queue, entry: Entry) -> None:
+        self.channel.deliver(self, queue, entry)
+
+    def __repr__(self) -> str:
+        return f"<Consumer {self.tag!r} on {self.queue.name!r} unacked={self.unacked}>"

@@ -1,0 +1,47 @@
+"""A published message: routing info, the raw content header, the body; properties on demand."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from amqpbroker.codec.content import decode_properties
+
+__all__ = ["Message"]
+
+
+class Message:
+    """One published message, shared by every queue it was routed to.
+
+    ``header`` is the content header payload exactly as published (class, weight, body size,
+    property flags and values) and ``routing_raw`` the exchange and routing key as encoded in the
+    publish; deliveries send both back unchanged.
+    """
+
+    __slots__ = ("exchange", "routing_key", "routing_raw", "header", "body", "_properties")
+
+    def __init__(self, exchange: str, routing_key: str, routing_raw: bytes, header: bytes,
+                 body: bytes) -> None:
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.routing_raw = routing_raw
+        self.header = header
+        self.body = body
+        self._properties: Any = None
+
+    @property
+    def properties(self) -> Any:
+        """The decoded ``Basic.Properties`` (decoded once, on first use)."""
+        if self._properties is None:
+            self._properties = decode_properties(self.header)
+        return self._properties
+
+    @property
+    def headers(self) -> dict[str, Any]:
+        return self.properties.headers or {}
+
+    @property
+    def size(self) -> int:
+        return len(self.body)
+
+    def __repr__(self) -> str:
+        return f"Message({self.exchange!r}, {self.routing_key!r}, {len(self.body)} bytes)"

@@ -1,0 +1,240 @@
+"""A virtual host: its exchanges, queues and bindings.
+
+Every change of topology goes through :meth:`VirtualHost.apply`, live declares and boot-time
+recovery alike. The ``declare_*`` / ``delete_*`` / ``bind_*`` methods check a client's request
+the way RabbitMQ does (404, 403, 405, 406) and then build the operation and apply it.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Callable
+from typing import Any
+
+from amqpbroker.broker import ops
+from amqpbroker.broker.arguments import (
+    check_exchange_equivalence, check_flag, check_queue_equivalence, validate_queue_arguments,
+)
+from amqpbroker.broker.exchanges import Binding, Exchange, exchange_class
+from amqpbroker.broker.message import Message
+from amqpbroker.broker.queue import Queue
+from amqpbroker.errors import (
+    ConnectionError, ReplyCode, access_refused, not_found, precondition_failed, resource_locked,
+)
+
+__all__ = ["VirtualHost", "PREDECLARED_EXCHANGES"]
+
+DEFAULT_EXCHANGE = ""
+PREDECLARED_EXCHANGES = (
+    ("", "direct", False),
+    ("amq.direct", "direct", False),
+    ("amq.fanout", "fanout", False),
+    ("amq.topic", "topic", False),
+    ("amq.headers", "headers", False),
+    ("amq.match", "headers", False),
+    ("amq.rabbitmq.trace", "topic", True),
+)
+
+
+def server_named_queue() -> str:
+    return "amq.gen-" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+
+
+class VirtualHost:
+    def __init__(self, name: str, *, mark_dirty: Callable[[Queue], None] = lambda queue: None,
+                 on_queue_deleted: Callable[[Queue], None] = lambda queue: None) -> None:
+        self.name = name
+        self.exchanges: dict[str, Exchange] = {}
+        self.queues: dict[str, Queue] = {}
+        self._mark_dirty = mark_dirty
+        self._on_queue_deleted = on_queue_deleted
+        for exchange_name, type_name, internal in PREDECLARED_EXCHANGES:
+            self.apply(ops.DeclareExchange(exchange_name, type_name, durable=True, internal=internal))
+
+    # ------------------------------------------------------------ the one mutation path
+
+    def apply(self, op: ops.Op) -> Any:
+        """Carry out one topology operation that has already been checked."""
+        if isinstance(op, ops.DeclareExchange):
+            cls = exchange_class(op.type)
+            exchange = cls(op.name, op.durable, op.auto_delete, op.internal, op.arguments)
+            self.exchanges[op.name] = exchange
+            return exchange
+        if isinstance(op, ops.DeclareQueue):
+            queue = Queue(op.name, self.name, durable=op.durable, exclusive_owner=op.exclusive_owner,
+                          auto_delete=op.auto_delete, arguments=op.arguments, mark_dirty=self._mark_dirty)
+            self.queues[op.name] = queue
+            return queue
+        if isinstance(op, ops.Bind):
+            source = self.exchanges[op.source]
+            destination = self._destination(op)
+            return source.bind(Binding(destination, op.routing_key, op.arguments))
+        if isinstance(op, ops.Unbind):
+            source = self.exchanges[op.source]
+            destination = self._destination(op)
+            removed = source.unbind(Binding(destination, op.routing_key, op.arguments))
+            if removed and source.auto_delete and not source.bindings:
+                self.apply(ops.DeleteExchange(source.name))
+            return removed
+        if isinstance(op, ops.DeleteQueue):
+            return self._delete_queue(self.queues.pop(op.name))
+        if isinstance(op, ops.DeleteExchange):
+            exchange = self.exchanges.pop(op.name)
+            exchange.bindings.clear()
+            return exchange
+        raise TypeError(f"unknown topology operation {op!r}")
+
+    def _destination(self, op: ops.Bind | ops.Unbind) -> Any:
+        return self.exchanges[op.destination] if op.destination_is_exchange else self.queues[op.destination]
+
+    def _delete_queue(self, queue: Queue) -> int:
+        queue.deleted = True
+        for exchange in list(self.exchanges.values()):
+            for binding in exchange.bindings_to(queue):
+                self.apply(ops.Unbind(exchange.name, queue.name, binding.routing_key, binding.arguments))
+        count = queue.purge()
+        self._on_queue_deleted(queue)
+        return count
+
+    # ------------------------------------------------------------ lookups
+
+    def exchange(self, name: str) -> Exchange:
+        exchange = self.exchanges.get(name)
+        if exchange is None:
+            raise not_found(f"no exchange '{name}' in vhost '{self.name}'")
+        return exchange
+
+    def queue(self, name: str, owner: Any) -> Queue:
+        queue = self.queues.get(name)
+        if queue is None:
+            raise not_found(f"no queue '{name}' in vhost '{self.name}'")
+        self._check_exclusive(queue, owner)
+        return queue
+
+    def _check_exclusive(self, queue: Queue, owner: Any) -> None:
+        if queue.exclusive_owner is not None and queue.exclusive_owner is not owner:
+            raise resource_locked(
+                f"cannot obtain exclusive access to locked queue '{queue.name}' in vhost '{self.name}'. "
+                f"It could be originally declared on another connection or the exclusive property "
+                f"value does not match that of the original declaration.")
+
+    # ------------------------------------------------------------ exchanges
+
+    def declare_exchange(self, name: str, type_name: str, *, passive: bool, durable: bool,
+                         auto_delete: bool, internal: bool, arguments: dict[str, Any]) -> Exchange:
+        if passive:
+            if not name:
+                return self.exchanges[DEFAULT_EXCHANGE]
+            return self.exchange(name)
+        if not name:
+            raise access_refused("operation not permitted on the default exchange")
+        existing = self.exchanges.get(name)
+        if existing is None and name.startswith("amq."):
+            raise access_refused(f"exchange name '{name}' contains reserved prefix 'amq.*'")
+        if exchange_class(type_name) is None:
+            raise ConnectionError(ReplyCode.COMMAND_INVALID, f"unknown exchange type '{type_name}'")
+        if existing is not None:
+            where = (name, self.name)
+            check_flag("exchange", *where, "type", type_name, existing.type_name)
+            check_flag("exchange", *where, "durable", durable, existing.durable)
+            check_flag("exchange", *where, "auto_delete", auto_delete, existing.auto_delete)
+            check_flag("exchange", *where, "internal", internal, existing.internal)
+            check_exchange_equivalence(name, self.name, arguments, existing.arguments)
+            return existing
+        return self.apply(ops.DeclareExchange(name, type_name, durable, auto_delete, internal, arguments))
+
+    def delete_exchange(self, name: str, *, if_unused: bool) -> None:
+        if not name:
+            raise access_refused("operation not permitted on the default exchange")
+        if name.startswith("amq."):
+            raise access_refused(f"exchange name '{name}' contains reserved prefix 'amq.*'")
+        exchange = self.exchanges.get(name)
+        if exchange is None:
+            return
+        if if_unused and (exchange.bindings or self._bound_as_destination(exchange)):
+            raise precondition_failed(f"exchange '{name}' in vhost '{self.name}' in use")
+        self.apply(ops.DeleteExchange(name))
+
+    def _bound_as_destination(self, exchange: Exchange) -> bool:
+        return any(source.bindings_to(exchange) for source in self.exchanges.values())
+
+    # ------------------------------------------------------------ queues
+
+    def declare_queue(self, name: str, *, passive: bool, durable: bool, exclusive: bool,
+                      auto_delete: bool, arguments: dict[str, Any], owner: Any) -> Queue:
+        if passive:
+            if not name:
+                raise not_found(f"no queue '' in vhost '{self.name}'")
+            return self.queue(name, owner)
+        if not name:
+            name = server_named_queue()
+        existing = self.queues.get(name)
+        if existing is None:
+            if name.startswith("amq.") and not name.startswith("amq.gen-"):
+                raise access_refused(f"queue name '{name}' contains reserved prefix 'amq.*'")
+            validate_queue_arguments(name, self.name, arguments)
+            return self.apply(ops.DeclareQueue(name, durable, auto_delete, arguments,
+                                               owner if exclusive else None))
+        self._check_exclusive(existing, owner)
+        where = (name, self.name)
+        check_flag("queue", *where, "durable", durable, existing.durable)
+        check_flag("queue", *where, "exclusive", exclusive, existing.exclusive)
+        check_flag("queue", *where, "auto_delete", auto_delete, existing.auto_delete)
+        validate_queue_arguments(name, self.name, arguments)
+        check_queue_equivalence(name, self.name, arguments, existing.arguments)
+        return existing
+
+    def delete_queue(self, name: str, *, if_unused: bool, if_empty: bool, owner: Any) -> int:
+        queue = self.queues.get(name)
+        if queue is None:
+            return 0
+        self._check_exclusive(queue, owner)
+        if if_unused and queue.consumers:
+            raise precondition_failed(f"queue '{name}' in vhost '{self.name}' in use")
+        if if_empty and queue.ready:
+            raise precondition_failed(f"queue '{name}' in vhost '{self.name}' is not empty")
+        return self.apply(ops.DeleteQueue(name))
+
+    def purge_queue(self, name: str, owner: Any) -> int:
+        return self.queue(name, owner).purge()
+
+    # ------------------------------------------------------------ bindings
+
+    def bind_queue(self, queue_name: str, exchange_name: str, routing_key: str,
+                   arguments: dict[str, Any], owner: Any) -> None:
+        queue = self.queue(queue_name, owner)
+        exchange = self._bindable(exchange_name)
+        self._check_binding_arguments(exchange, arguments)
+        self.apply(ops.Bind(exchange.name, queue.name, routing_key, arguments))
+
+    def unbind_queue(self, queue_name: str, exchange_name: str, routing_key: str,
+                     arguments: dict[str, Any], owner: Any) -> None:
+        queue = self.queue(queue_name, owner)
+        exchange = self._bindable(exchange_name)
+        self.apply(ops.Unbind(exchange.name, queue.name, routing_key, arguments))
+
+    def _bindable(self, exchange_name: str) -> Exchange:
+        if not exchange_name:
+            raise access_refused("operation not permitted on the default exchange")
+        return self.exchange(exchange_name)
+
+    @staticmethod
+    def _check_binding_arguments(exchange: Exchange, arguments: dict[str, Any]) -> None:
+        if exchange.type_name != "headers":
+            return
+        mode = arguments.get("x-match", "all")
+        if isinstance(mode, bytes):
+            mode = mode.decode(errors="replace")
+        if mode not in ("all", "any", "all-with-x", "any-with-x"):
+            raise precondition_failed(f"Invalid x-match field value <<\"{mode}\">>; "
+                                      f"expected all, any, all-with-x, or any-with-x")
+
+    # ------------------------------------------------------------ routing
+
+    def route(self, exchange: Exchange, routing_key: str, message: Message) -> tuple:
+        """The queues a message published to ``exchange`` with ``routing_key`` goes to."""
+        if not exchange.name:
+            queue = self.queues.get(routing_key)
+            return (queue,) if queue is not None else ()
+        return exchange.route(routing_key, message)

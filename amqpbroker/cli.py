@@ -1,0 +1,46 @@
+"""The ``amqpbroker`` command: parse flags, build the Config, serve."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from amqpbroker import __version__
+from amqpbroker.config import load_config
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="amqpbroker",
+        description="A RabbitMQ-compatible AMQP 0-9-1 message broker. Settings come from defaults, "
+                    "then --config FILE (TOML), then AMQPBROKER_* environment variables, then flags.")
+    parser.add_argument("--version", action="version", version=f"amqpbroker {__version__}")
+    parser.add_argument("--config", metavar="FILE", help="a TOML file with any of the settings below")
+    parser.add_argument("--host", help="address to listen on (env AMQPBROKER_HOST; default: every "
+                                       "interface, IPv4 and IPv6)")
+    parser.add_argument("--port", type=int, help="AMQP port (env AMQPBROKER_PORT; default 5672)")
+    parser.add_argument("--data-dir", help="where durable state is kept (env AMQPBROKER_DATA_DIR; "
+                                           "default $XDG_DATA_HOME/amqpbroker, i.e. "
+                                           "~/.local/share/amqpbroker)")
+    parser.add_argument("--heartbeat", type=int, help="heartbeat interval offered to clients, seconds "
+                                                      "(env AMQPBROKER_HEARTBEAT; default 60; 0 disables)")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                        help="log verbosity (env AMQPBROKER_LOG_LEVEL; default info)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config, host=args.host, port=args.port, data_dir=args.data_dir,
+                             heartbeat=args.heartbeat, log_level=args.log_level)
+    except (OSError, ValueError) as exc:
+        print(f"amqpbroker: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s [%(levelname)s] %(name)s: %(message)s")
+    from amqpbroker.server.lifecycle import run
+    return run(config)

@@ -1,0 +1,1 @@
+"""Stateless bytes <-> objects: frame splitting, method decoding, delivery encoding."""

@@ -1,0 +1,70 @@
+"""Configuration: defaults, then a TOML file, then ``AMQPBROKER_*`` environment variables, then
+command-line flags; the result is one frozen :class:`Config` that components receive."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Config", "default_data_dir", "load_config"]
+
+
+def default_data_dir() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
+    return os.path.join(base, "amqpbroker")
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str | None = None  # None: every interface, IPv4 and IPv6
+    port: int = 5672
+    data_dir: str = dataclasses.field(default_factory=default_data_dir)
+    heartbeat: int = 60
+    frame_max: int = 131072
+    channel_max: int = 2047
+    default_user: str = "guest"
+    default_password: str = "guest"
+    loopback_users: bool = True  # the default user may connect from loopback only
+    log_level: str = "info"
+    shutdown_timeout: float = 5.0
+
+
+_FIELDS = {field.name: field for field in dataclasses.fields(Config)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    if value is None:
+        return None
+    kind = type(getattr(Config(), name))
+    if name == "host":
+        return str(value) or None
+    if kind is bool:
+        return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
+    if kind in (int, float):
+        return kind(value)
+    return str(value)
+
+
+def load_config(file: str | None = None, env: dict[str, str] | None = None, **flags: Any) -> Config:
+    """Merge the four sources; unknown keys in the file are an error, unset flags are skipped."""
+    values: dict[str, Any] = {}
+    if file:
+        with open(file, "rb") as handle:
+            for key, value in tomllib.load(handle).items():
+                key = key.replace("-", "_")
+                if key not in _FIELDS:
+                    raise ValueError(f"{file}: unknown setting {key!r}")
+                values[key] = _coerce(key, value)
+    env = os.environ if env is None else env
+    for name in _FIELDS:
+        raw = env.get(f"AMQPBROKER_{name.upper()}")
+        if raw is not None:
+            values[name] = _coerce(name, raw)
+    for name, value in flags.items():
+        if value is not None:
+            values[name] = _coerce(name, value)
+    return Config(**values)

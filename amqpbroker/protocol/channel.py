@@ -1,0 +1,97 @@
+"""One channel's protocol state: open or closing, and content assembly.
+
+Content arrives as three kinds of frame: a content-bearing method (``Basic.Publish``), one
+content header, then body frames until the declared body size is reached. Assembly is an
+explicit state: any other frame in between is a 505 UNEXPECTED_FRAME connection error, as is a
+header or body frame when no content is expected, or a body larger than its header declared.
+"""
+
+from __future__ import annotations
+
+from amqpbroker.codec.content import BASIC_CLASS_ID, parse_content_header
+from amqpbroker.codec.methods import Publish
+from amqpbroker.errors import ChannelError, ConnectionError, ReplyCode
+
+__all__ = ["ChannelMachine", "MAX_MESSAGE_SIZE"]
+
+MAX_MESSAGE_SIZE = 128 * 1024 * 1024  # RabbitMQ's default max_message_size
+
+
+def unexpected_frame(text: str) -> ConnectionError:
+    return ConnectionError(ReplyCode.UNEXPECTED_FRAME, text)
+
+
+class ChannelMachine:
+    """Protocol state of one open channel.
+
+    ``closing`` is set once the broker sent ``channel.close``: from then on every frame but
+    ``channel.close`` / ``channel.close-ok`` is discarded, as the spec requires.
+    """
+
+    __slots__ = ("number", "closing", "_publish", "_header", "_body_size", "_chunks", "_received")
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.closing = False
+        self._publish: Publish | None = None
+        self._header: bytes | None = None
+        self._body_size = 0
+        self._chunks: list[bytes] = []
+        self._received = 0
+
+    @property
+    def assembling(self) -> bool:
+        return self._publish is not None
+
+    def start_content(self, publish: Publish) -> None:
+        if self._publish is not None:
+            raise unexpected_frame(
+                f"expected content header for class {BASIC_CLASS_ID}, got non content header frame instead")
+        self._publish = publish
+        self._header = None
+
+    def reject_method_mid_content(self) -> None:
+        """A method frame arrived: legal only when no content is being assembled."""
+        if self._publish is not None:
+            what = "content header" if self._header is None else "content body"
+            raise unexpected_frame(f"expected {what} for class {BASIC_CLASS_ID}, got method frame instead")
+
+    def on_header(self, payload: bytes) -> tuple[Publish, bytes, bytes] | None:
+        """Take a content header; returns the whole message when the body is empty."""
+        if self._publish is None or self._header is not None:
+            raise unexpected_frame(f"content header frame on channel {self.number} without a content method")
+        class_id, body_size = parse_content_header(payload)
+        if class_id != BASIC_CLASS_ID:
+            raise unexpected_frame(f"content header for class {class_id}, expected {BASIC_CLASS_ID}")
+        if body_size > MAX_MESSAGE_SIZE:
+            self._publish = None
+            raise ChannelError(ReplyCode.PRECONDITION_FAILED,
+                               f"message size {body_size} is larger than configured max size "
+                               f"{MAX_MESSAGE_SIZE}", 60, 40)
+        if body_size == 0:
+            publish, self._publish = self._publish, None
+            return publish, payload, b""
+        self._header = payload
+        self._body_size = body_size
+        self._received = 0
+        return None
+
+    def on_body(self, payload: bytes) -> tuple[Publish, bytes, bytes] | None:
+        """Take a body frame; returns ``(publish, header payload, body)`` once complete."""
+        if self._header is None:
+            raise unexpected_frame(f"content body frame on channel {self.number} without a content header")
+        received = self._received + len(payload)
+        if received > self._body_size:
+            raise unexpected_frame(f"received body frame with size exceeding content header "
+                                   f"({received} > {self._body_size})")
+        if received < self._body_size:
+            self._chunks.append(payload)
+            self._received = received
+            return None
+        if self._chunks:
+            self._chunks.append(payload)
+            payload = b"".join(self._chunks)
+            self._chunks = []
+        publish, header = self._publish, self._header
+        self._publish = self._header = None
+        return publish, header, payload

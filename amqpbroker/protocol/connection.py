@@ -1,0 +1,415 @@
+"""The connection state machine: handshake, tuning, channels, errors, close.
+
+Theory of operation
+-------------------
+``receive_data(bytes)`` feeds the machine; it appends every frame it answers with to ``out``
+(a list of ``bytes`` the transport joins and sends once per batch) and calls its
+:class:`ConnectionHandler` (the broker session) for logins, vhost opening and channel traffic.
+It never touches a socket or a clock: the transport tells it when time passed
+(:meth:`heartbeat_due`).
+
+States::
+
+    AWAIT_HEADER ─► AWAIT_START_OK ─► AWAIT_TUNE_OK ─► AWAIT_OPEN ─► OPEN ─► CLOSING ─► CLOSED
+                                                                        └──────────────────►┘
+
+Errors: anything raised while handling a frame that is an :class:`~amqpbroker.errors.AMQPError`
+is turned into frames here and nowhere else: a ``ChannelError`` becomes ``channel.close`` (the
+channel then discards frames until ``close-ok``); a ``ConnectionError``, or any error on channel 0
+or during the handshake, becomes ``connection.close`` (then everything but ``close`` /
+``close-ok`` is discarded).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import platform
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from pamqp import commands
+from pamqp.base import Frame as PamqpMethod
+
+from amqpbroker import __version__
+from amqpbroker.codec.frames import (
+    FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD, FRAME_MIN_SIZE, HEARTBEAT_FRAME,
+    PROTOCOL_HEADER, FrameReader,
+)
+from amqpbroker.codec.methods import Publish, decode_method, encode_method, method_ids
+from amqpbroker.errors import AMQPError, ChannelError, ConnectionError, ReplyCode
+from amqpbroker.protocol.channel import ChannelMachine
+
+__all__ = ["Connection", "ConnectionHandler", "State", "AuthenticationFailed", "SERVER_CAPABILITIES"]
+
+log = logging.getLogger("amqpbroker.connection")
+
+SERVER_CAPABILITIES = {
+    "publisher_confirms": True,
+    "exchange_exchange_bindings": True,
+    "basic.nack": True,
+    "consumer_cancel_notify": True,
+    "connection.blocked": True,
+    "consumer_priorities": True,
+    "authentication_failure_close": True,
+    "per_consumer_qos": True,
+    "direct_reply_to": True,
+}
+
+
+class State(enum.Enum):
+    AWAIT_HEADER = "await protocol header"
+    AWAIT_START_OK = "await connection.start-ok"
+    AWAIT_TUNE_OK = "await connection.tune-ok"
+    AWAIT_OPEN = "await connection.open"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class AuthenticationFailed(Exception):
+    """Raised by :meth:`ConnectionHandler.login`; the text goes to the log, not to the client."""
+
+
+class ConnectionHandler(Protocol):
+    """What the connection machine calls; implemented by :class:`amqpbroker.broker.session.Session`."""
+
+    def login(self, mechanism: str, response: bytes) -> str: ...
+    def open_vhost(self, name: str) -> None: ...
+    def channel_opened(self, channel: int) -> None: ...
+    def channel_closed(self, channel: int) -> None: ...
+    def on_method(self, channel: int, method: Any) -> None: ...
+    def on_publish(self, channel: int, publish: Publish, header: bytes, body: bytes) -> None: ...
+    def connection_closed(self) -> None: ...
+
+
+class Connection:
+    """One client connection's AMQP state, from protocol header to close."""
+
+    def __init__(self, handler: ConnectionHandler, *, channel_max: int = 2047,
+                 frame_max: int = 131072, heartbeat: int = 60, cluster_name: str = "amqpbroker") -> None:
+        self.handler = handler
+        self.state = State.AWAIT_HEADER
+        self.out: list[bytes] = []
+        self.server_channel_max = channel_max
+        self.server_frame_max = frame_max
+        self.server_heartbeat = heartbeat
+        self.channel_max = channel_max
+        self.frame_max = FRAME_MIN_SIZE
+        self.heartbeat = 0
+        self.cluster_name = cluster_name
+        self.client_properties: Mapping[str, Any] = {}
+        self.user = ""
+        self.vhost = ""
+        self.channels: dict[int, ChannelMachine] = {}
+        self.close_reason: AMQPError | None = None
+        self._reader = FrameReader(frame_max=max(frame_max, FRAME_MIN_SIZE))
+        self._handshake_method: type | None = commands.Connection.StartOk
+
+    # ----------------------------------------------------------------- public API
+
+    @property
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
+
+    def client_capability(self, name: str) -> bool:
+        capabilities = self.client_properties.get("capabilities") or {}
+        return bool(capabilities.get(name, False))
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the socket; answers accumulate in ``out``."""
+        if self.state is State.CLOSED:
+            return
+        self._reader.feed(data)
+        if self.state is State.AWAIT_HEADER:
+            header = self._reader.take_bytes(len(PROTOCOL_HEADER))
+            if header is None:
+                return
+            if header != PROTOCOL_HEADER:
+                self.out.append(PROTOCOL_HEADER)
+                self._set_closed()
+                return
+            self._send_start()
+        while self.state is not State.CLOSED:
+            try:
+                frames = self._reader.read_frames()
+            except ConnectionError as exc:
+                self._connection_error(exc)
+                return
+            if not frames:
+                return
+            self._handle_frames(frames)
+
+    def close(self, reply_code: int, text: str) -> None:
+        """Server-initiated close (shutdown, an operator): ``connection.close`` to the client."""
+        if self.state in (State.CLOSING, State.CLOSED):
+            return
+        if self.state is not State.OPEN:
+            self._set_closed()
+            return
+        self._connection_error(ConnectionError(reply_code, text))
+
+    def heartbeat_frame(self) -> bytes:
+        return HEARTBEAT_FRAME
+
+    def lost(self) -> None:
+        """The transport is gone (socket closed or heartbeats missed)."""
+        self._set_closed()
+
+    # ----------------------------------------------------------------- frames
+
+    def _handle_frames(self, frames: list[tuple[int, int, bytes]]) -> None:
+        channels = self.channels
+        handler = self.handler
+        for frame_type, number, payload in frames:
+            if self.state is not State.OPEN:
+                self._handle_outside_open(frame_type, number, payload)
+                if self.state is State.CLOSED:
+                    return
+                continue
+            channel = channels.get(number) if number else None
+            try:
+                if channel is None:
+                    self._handle_unopened(frame_type, number, payload)
+                elif channel.closing:
+                    self._handle_closing_channel(frame_type, channel, payload)
+                elif frame_type == FRAME_METHOD:
+                    method = decode_method(payload)
+                    channel.reject_method_mid_content()
+                    if type(method) is Publish:
+                        channel.start_content(method)
+                    elif isinstance(method, commands.Channel.Close):
+                        self._channel_close_from_client(channel)
+                    elif isinstance(method, commands.Channel.Open):
+                        raise ConnectionError(ReplyCode.CHANNEL_ERROR, "second 'channel.open' seen",
+                                              20, 10)
+                    else:
+                        try:
+                            handler.on_method(number, method)
+                        except AMQPError as exc:
+                            raise exc.for_method(*method_ids(method)) from None
+                elif frame_type == FRAME_BODY:
+                    content = channel.on_body(payload)
+                    if content is not None:
+                        try:
+                            handler.on_publish(number, *content)
+                        except AMQPError as exc:
+                            raise exc.for_method(60, 40) from None
+                elif frame_type == FRAME_HEADER:
+                    content = channel.on_header(payload)
+                    if content is not None:
+                        try:
+                            handler.on_publish(number, *content)
+                        except AMQPError as exc:
+                            raise exc.for_method(60, 40) from None
+                elif frame_type == FRAME_HEARTBEAT:
+                    raise ConnectionError(ReplyCode.FRAME_ERROR,
+                                          f"heartbeat frame on non-zero channel {number}")
+                else:
+                    raise ConnectionError(ReplyCode.FRAME_ERROR, f"unknown frame type {frame_type}")
+            except ChannelError as exc:
+                if number and number in channels:
+                    self._channel_error(channels[number], exc)
+                else:
+                    self._connection_error(exc)
+            except ConnectionError as exc:
+                self._connection_error(exc)
+            if self.state is not State.OPEN:
+                if self.state is State.CLOSED:
+                    return
+
+    def _handle_unopened(self, frame_type: int, number: int, payload: bytes) -> None:
+        if frame_type == FRAME_HEARTBEAT:
+            if number:
+                raise ConnectionError(ReplyCode.FRAME_ERROR, f"heartbeat frame on non-zero channel {number}")
+            return
+        if frame_type != FRAME_METHOD:
+            raise ConnectionError(ReplyCode.UNEXPECTED_FRAME if number == 0 else ReplyCode.CHANNEL_ERROR,
+                                  f"unexpected frame type {frame_type} on channel {number}")
+        method = decode_method(payload)
+        if number == 0:
+            self._handle_channel_zero(method)
+            return
+        if isinstance(method, commands.Channel.Open):
+            if number > self.channel_max:
+                raise ConnectionError(ReplyCode.NOT_ALLOWED,
+                                      f"number of channels opened ({number}) has reached the "
+                                      f"negotiated channel_max ({self.channel_max})", 20, 10)
+            self.channels[number] = ChannelMachine(number)
+            self.handler.channel_opened(number)
+            self.out.append(encode_method(number, commands.Channel.OpenOk()))
+            return
+        class_id, method_id = method_ids(method)
+        raise ConnectionError(ReplyCode.CHANNEL_ERROR, f"expected 'channel.open' on channel {number}",
+                              class_id, method_id)
+
+    def _handle_closing_channel(self, frame_type: int, channel: ChannelMachine, payload: bytes) -> None:
+        if frame_type != FRAME_METHOD:
+            return
+        method = decode_method(payload)
+        if isinstance(method, commands.Channel.CloseOk):
+            del self.channels[channel.number]
+        elif isinstance(method, commands.Channel.Close):
+            self.out.append(encode_method(channel.number, commands.Channel.CloseOk()))
+
+    def _handle_channel_zero(self, method: object) -> None:
+        if isinstance(method, commands.Connection.Close):
+            self.out.append(encode_method(0, commands.Connection.CloseOk()))
+            self._set_closed()
+        elif isinstance(method, commands.Connection.CloseOk):
+            raise ConnectionError(ReplyCode.UNEXPECTED_FRAME, "unexpected connection.close-ok", 10, 51)
+        elif isinstance(method, commands.Connection.UpdateSecret):
+            self.out.append(encode_method(0, commands.Connection.UpdateSecretOk()))
+        elif isinstance(method, (commands.Connection.Blocked, commands.Connection.Unblocked)):
+            pass  # a client telling us it is blocked needs no answer
+        else:
+            class_id, method_id = method_ids(method)
+            raise ConnectionError(ReplyCode.COMMAND_INVALID,
+                                  f"unexpected method {type(method).__name__} on channel 0",
+                                  class_id, method_id)
+
+    def _channel_close_from_client(self, channel: ChannelMachine) -> None:
+        del self.channels[channel.number]
+        self.handler.channel_closed(channel.number)
+        self.out.append(encode_method(channel.number, commands.Channel.CloseOk()))
+
+    # ----------------------------------------------------------------- handshake
+
+    def _send_start(self) -> None:
+        self.state = State.AWAIT_START_OK
+        properties = {
+            "capabilities": SERVER_CAPABILITIES,
+            "cluster_name": self.cluster_name,
+            "copyright": "amqpbroker contributors",
+            "information": "A RabbitMQ-compatible AMQP 0-9-1 broker in Python",
+            "platform": f"Python {platform.python_version()}",
+            "product": "amqpbroker",
+            "version": __version__,
+        }
+        start = commands.Connection.Start(version_major=0, version_minor=9, server_properties=properties,
+                                          mechanisms="PLAIN AMQPLAIN", locales="en_US")
+        self.out.append(encode_method(0, start))
+
+    def _handle_outside_open(self, frame_type: int, number: int, payload: bytes) -> None:
+        try:
+            if self.state is State.CLOSING:
+                if frame_type == FRAME_METHOD and number == 0:
+                    method = decode_method(payload)
+                    if isinstance(method, commands.Connection.Close):
+                        self.out.append(encode_method(0, commands.Connection.CloseOk()))
+                        self._set_closed()
+                    elif isinstance(method, commands.Connection.CloseOk):
+                        self._set_closed()
+                return
+            if frame_type == FRAME_HEARTBEAT:
+                return
+            if frame_type != FRAME_METHOD or number != 0:
+                raise ConnectionError(ReplyCode.UNEXPECTED_FRAME,
+                                      f"unexpected frame on channel {number} during handshake")
+            method = decode_method(payload)
+            if isinstance(method, commands.Connection.Close):
+                self.out.append(encode_method(0, commands.Connection.CloseOk()))
+                self._set_closed()
+                return
+            expected = self._handshake_method
+            if not isinstance(method, expected):
+                class_id, method_id = method_ids(method)
+                raise ConnectionError(ReplyCode.COMMAND_INVALID,
+                                      f"expected {expected.__name__}, got {type(method).__name__}",
+                                      class_id, method_id)
+            if isinstance(method, commands.Connection.StartOk):
+                self._on_start_ok(method)
+            elif isinstance(method, commands.Connection.TuneOk):
+                self._on_tune_ok(method)
+            elif isinstance(method, commands.Connection.Open):
+                self._on_open(method)
+        except AMQPError as exc:  # every error before OPEN closes the connection
+            self._connection_error(exc)
+
+    def _on_start_ok(self, start_ok: commands.Connection.StartOk) -> None:
+        self.client_properties = start_ok.client_properties or {}
+        mechanism = start_ok.mechanism
+        response = start_ok.response
+        if isinstance(response, str):
+            response = response.encode("utf-8", "surrogateescape")
+        try:
+            self.user = self.handler.login(mechanism, response)
+        except AuthenticationFailed as exc:
+            log.warning("login refused: %s", exc)
+            text = (f"Login was refused using authentication mechanism {mechanism}. "
+                    f"For details see the broker logfile.")
+            if self.client_capability("authentication_failure_close"):
+                self._connection_error(ConnectionError(ReplyCode.ACCESS_REFUSED, text, 10, 11))
+            else:
+                self._set_closed()
+            return
+        self._handshake_method = commands.Connection.TuneOk
+        self.state = State.AWAIT_TUNE_OK
+        self.out.append(encode_method(0, commands.Connection.Tune(
+            channel_max=self.server_channel_max, frame_max=self.server_frame_max,
+            heartbeat=self.server_heartbeat)))
+
+    def _on_tune_ok(self, tune_ok: commands.Connection.TuneOk) -> None:
+        frame_max = tune_ok.frame_max
+        if frame_max and frame_max < FRAME_MIN_SIZE:
+            raise ConnectionError(ReplyCode.NOT_ALLOWED,
+                                  f"frame_max={frame_max} < {FRAME_MIN_SIZE} min size", 10, 31)
+        if self.server_frame_max and frame_max > self.server_frame_max:
+            raise ConnectionError(ReplyCode.NOT_ALLOWED,
+                                  f"frame_max={frame_max} > {self.server_frame_max} max size", 10, 31)
+        if tune_ok.channel_max > self.server_channel_max:
+            raise ConnectionError(ReplyCode.NOT_ALLOWED,
+                                  f"channel_max={tune_ok.channel_max} > {self.server_channel_max} max", 10, 31)
+        self.frame_max = frame_max or self.server_frame_max
+        self.channel_max = tune_ok.channel_max or self.server_channel_max or 65535
+        self.heartbeat = tune_ok.heartbeat
+        self._reader.frame_max = self.frame_max
+        self._handshake_method = commands.Connection.Open
+        self.state = State.AWAIT_OPEN
+
+    def _on_open(self, open_method: commands.Connection.Open) -> None:
+        vhost = open_method.virtual_host or "/"
+        self.handler.open_vhost(vhost)
+        self.vhost = vhost
+        self._handshake_method = None
+        self.state = State.OPEN
+        self.out.append(encode_method(0, commands.Connection.OpenOk()))
+        log.info("connection opened: user %r, vhost %r, client %s", self.user, vhost,
+                 self.client_properties.get("product", "?"))
+
+    # ----------------------------------------------------------------- errors and close
+
+    def _channel_error(self, channel: ChannelMachine, exc: ChannelError) -> None:
+        log.info("channel %d closed by the broker: %s", channel.number, exc.reply_text)
+        channel.closing = True
+        self.handler.channel_closed(channel.number)
+        self.out.append(encode_method(channel.number, commands.Channel.Close(
+            reply_code=exc.reply_code, reply_text=exc.reply_text,
+            class_id=exc.class_id, method_id=exc.method_id)))
+
+    def _connection_error(self, exc: AMQPError) -> None:
+        if self.state in (State.CLOSING, State.CLOSED):
+            return
+        if exc.reply_code != ReplyCode.CONNECTION_FORCED:
+            log.warning("closing connection (user %r): %s", self.user, exc.reply_text)
+        self.close_reason = exc
+        self.out.append(encode_method(0, commands.Connection.Close(
+            reply_code=exc.reply_code, reply_text=exc.reply_text,
+            class_id=exc.class_id, method_id=exc.method_id)))
+        self.state = State.CLOSING
+        self._release_channels()
+
+    def _release_channels(self) -> None:
+        numbers = list(self.channels)
+        self.channels.clear()
+        for number in numbers:
+            self.handler.channel_closed(number)
+
+    def _set_closed(self) -> None:
+        if self.state is State.CLOSED:
+            return
+        previous = self.state
+        self.state = State.CLOSED
+        self._release_channels()
+        if previous in (State.OPEN, State.CLOSING):
+            self.handler.connection_closed()

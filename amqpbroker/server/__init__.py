@@ -1,0 +1,1 @@
+"""Sockets and time: listeners, one task group per connection, startup and shutdown."""

@@ -1,0 +1,167 @@
+"""One client connection on a socket: a reader, a writer and a timer in one task group.
+
+The reader takes one large ``receive()`` at a time, feeds it whole to the connection machine,
+then lets the broker dispatch once for the batch. The writer sleeps until woken, joins every
+pending output piece and sends once. The timer sends heartbeats and drops a peer that missed two
+heartbeat intervals (or did not finish its handshake in time).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import time
+
+import anyio
+from anyio.abc import SocketAttribute, SocketStream
+
+from amqpbroker.broker.broker import Broker
+from amqpbroker.broker.session import Session
+from amqpbroker.codec.frames import HEARTBEAT_FRAME
+from amqpbroker.protocol.connection import State
+
+__all__ = ["serve_connection", "HANDSHAKE_TIMEOUT", "CLOSE_TIMEOUT"]
+
+log = logging.getLogger("amqpbroker.transport")
+
+READ_SIZE = 256 * 1024
+HANDSHAKE_TIMEOUT = 10.0  # seconds to complete connection.open, as RabbitMQ
+CLOSE_TIMEOUT = 3.0  # seconds to wait for close-ok after the broker sent connection.close
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+class _Transport:
+    def __init__(self, stream: SocketStream, broker: Broker) -> None:
+        self.stream = stream
+        self.broker = broker
+        remote = stream.extra(SocketAttribute.remote_address, ("?", 0))
+        host = str(remote[0]) if isinstance(remote, tuple) else str(remote)
+        self.peer = f"{host}:{remote[1]}" if isinstance(remote, tuple) else host
+        self.session = Session(broker, peer=self.peer, from_loopback=_is_loopback(host))
+        self.session.wake = self.wake
+        self.connection = self.session.connection
+        self._output_ready = anyio.Event()
+        self.last_read = self.last_write = time.monotonic()
+        self.closing_since: float | None = None
+
+    def wake(self) -> None:
+        self._output_ready.set()
+
+    async def run(self) -> None:
+        try:
+            sock = self.stream.extra(SocketAttribute.raw_socket)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, anyio.TypedAttributeLookupError):
+            pass
+        async with anyio.create_task_group() as group:
+            group.start_soon(self._write_loop, group.cancel_scope)
+            group.start_soon(self._timer_loop, group.cancel_scope)
+            await self._read_loop()
+            group.cancel_scope.cancel()
+        self._lost()
+
+    async def _read_loop(self) -> None:
+        connection = self.connection
+        session = self.session
+        receive = self.stream.receive
+        while not connection.closed:
+            try:
+                data = await receive(READ_SIZE)
+            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                return
+            self.last_read = time.monotonic()
+            connection.receive_data(data)
+            session.end_of_batch()
+            if connection.out:
+                self.wake()
+            if connection.closed:
+                await self._flush_and_wait()
+                return
+
+    async def _flush_and_wait(self) -> None:
+        """Give the writer a moment to send the last frames (close-ok) before the socket goes."""
+        with anyio.move_on_after(1.0):
+            while self.connection.out:
+                self.wake()
+                await anyio.sleep(0.005)
+
+    async def _write_loop(self, scope: anyio.CancelScope) -> None:
+        out = self.connection.out
+        send = self.stream.send
+        session = self.session
+        while True:
+            await self._output_ready.wait()
+            self._output_ready = anyio.Event()
+            if not out:
+                continue
+            data = b"".join(out)
+            out.clear()
+            try:
+                await send(data)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                scope.cancel()
+                return
+            self.last_write = time.monotonic()
+            session.output_drained()
+            if self.connection.closed and not out:
+                scope.cancel()
+                return
+
+    async def _timer_loop(self, scope: anyio.CancelScope) -> None:
+        connection = self.connection
+        started = time.monotonic()
+        while True:
+            interval = connection.heartbeat if connection.state is State.OPEN else 0
+            await anyio.sleep(interval / 2 if interval else 0.5)
+            now = time.monotonic()
+            state = connection.state
+            if state is State.CLOSING:
+                if self.closing_since is None:
+                    self.closing_since = now
+                elif now - self.closing_since > CLOSE_TIMEOUT:
+                    scope.cancel()
+                    return
+                continue
+            if state is not State.OPEN:
+                if now - started > HANDSHAKE_TIMEOUT:
+                    log.warning("closing %s: handshake not finished in %.0f s", self.peer, HANDSHAKE_TIMEOUT)
+                    scope.cancel()
+                    return
+                continue
+            heartbeat = connection.heartbeat
+            if not heartbeat:
+                continue
+            if now - self.last_read > 2 * heartbeat:
+                log.warning("closing %s: missed heartbeats from client, timeout: %ds", self.peer, heartbeat)
+                scope.cancel()
+                return
+            if now - self.last_write >= heartbeat / 2:
+                connection.out.append(HEARTBEAT_FRAME)
+                self.wake()
+
+    def _lost(self) -> None:
+        if not self.connection.closed:
+            self.connection.lost()
+        self.broker.run_pending()
+        log.info("connection closed: %s (user %r)", self.peer, self.connection.user)
+
+
+async def serve_connection(stream: SocketStream, broker: Broker) -> None:
+    """Serve one accepted socket until either side closes it."""
+    transport = _Transport(stream, broker)
+    log.info("accepting AMQP connection %s", transport.peer)
+    try:
+        await transport.run()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await stream.aclose()
