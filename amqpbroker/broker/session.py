@@ -174,6 +174,18 @@ class Session:
 
     # ------------------------------------------------------------ helpers
 
+    def _spec_qos_semantics(self) -> bool:
+        """Does this client mean the spec's ``basic.qos`` (``global=false``: one limit shared by
+        the channel) rather than RabbitMQ's (``global=false``: per consumer, later consumers only)?
+
+        kombu (py-amqp) decides from the server's product name: for any product but "RabbitMQ"
+        3.3-3.x it assumes the spec's meaning, so Celery sends ``global=false`` where it sends
+        ``global=true`` to RabbitMQ, and raises the limit at run time for ETA tasks. We give
+        py-amqp clients the meaning they assume, which is what Celery gets from RabbitMQ 3.x;
+        every other client gets RabbitMQ's meaning.
+        """
+        return self.connection.client_properties.get("product") == "py-amqp"
+
     def _queue_name(self, channel: Channel, name: str) -> str:
         if name:
             return name
@@ -262,16 +274,10 @@ class Session:
     def _basic_qos(self, channel: Channel, m: commands.Basic.Qos) -> None:
         if m.prefetch_size:
             raise ConnectionError(ReplyCode.NOT_IMPLEMENTED, f"prefetch_size!=0 ({m.prefetch_size})")
-        if m.global_:
+        if m.global_ or self._spec_qos_semantics():
             channel.global_prefetch = m.prefetch_count
         else:
-            channel.consumer_prefetch = m.prefetch_count
-            # RabbitMQ applies a per-consumer limit to later consumers only. We also update the
-            # channel's existing consumers: kombu (and so Celery) sees a product other than
-            # "RabbitMQ", assumes the spec's per-channel meaning of global=false and raises the
-            # limit at run time (ETA tasks); ignoring that would starve its workers.
-            for consumer in channel.consumers.values():
-                consumer.prefetch = m.prefetch_count
+            channel.consumer_prefetch = m.prefetch_count  # for consumers created from now on
         for consumer in channel.consumers.values():
             consumer.queue.consumer_ready()
         channel.send(commands.Basic.QosOk())

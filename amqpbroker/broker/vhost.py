@@ -78,7 +78,7 @@ class VirtualHost:
                 self.apply(ops.DeleteExchange(source.name))
             return removed
         if isinstance(op, ops.DeleteQueue):
-            return self._delete_queue(self.queues.pop(op.name))
+            return self._delete_queue(self.queues[op.name])
         if isinstance(op, ops.DeleteExchange):
             exchange = self.exchanges.pop(op.name)
             exchange.bindings.clear()
@@ -89,10 +89,11 @@ class VirtualHost:
         return self.exchanges[op.destination] if op.destination_is_exchange else self.queues[op.destination]
 
     def _delete_queue(self, queue: Queue) -> int:
-        queue.deleted = True
         for exchange in list(self.exchanges.values()):
             for binding in exchange.bindings_to(queue):
                 self.apply(ops.Unbind(exchange.name, queue.name, binding.routing_key, binding.arguments))
+        del self.queues[queue.name]
+        queue.deleted = True
         count = queue.purge()
         self._on_queue_deleted(queue)
         return count

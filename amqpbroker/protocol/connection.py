@@ -214,6 +214,9 @@ class Connection:
                     self._connection_error(exc)
             except ConnectionError as exc:
                 self._connection_error(exc)
+            except Exception as exc:  # a bug of ours: this connection goes, the broker stays
+                log.exception("internal error on channel %d", number)
+                self._connection_error(ConnectionError(ReplyCode.INTERNAL_ERROR, f"internal error: {exc!r}"))
             if self.state is not State.OPEN:
                 if self.state is State.CLOSED:
                     return

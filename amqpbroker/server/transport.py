@@ -162,6 +162,8 @@ async def serve_connection(stream: SocketStream, broker: Broker) -> None:
     log.info("accepting AMQP connection %s", transport.peer)
     try:
         await transport.run()
+    except Exception:  # never let one connection take the listener down
+        log.exception("connection %s failed", transport.peer)
     finally:
         with anyio.CancelScope(shield=True):
             await stream.aclose()
