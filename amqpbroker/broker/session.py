@@ -234,6 +234,16 @@ class Session:
         if not m.nowait:
             channel.send(commands.Exchange.DeleteOk())
 
+    def _exchange_bind(self, channel: Channel, m: commands.Exchange.Bind) -> None:
+        self.vhost.bind_exchange(m.destination, m.source, m.routing_key, dict(m.arguments or {}))
+        if not m.nowait:
+            channel.send(commands.Exchange.BindOk())
+
+    def _exchange_unbind(self, channel: Channel, m: commands.Exchange.Unbind) -> None:
+        self.vhost.unbind_exchange(m.destination, m.source, m.routing_key, dict(m.arguments or {}))
+        if not m.nowait:
+            channel.send(commands.Exchange.UnbindOk())
+
     # ------------------------------------------------------------ queues
 
     def _queue_declare(self, channel: Channel, m: commands.Queue.Declare) -> None:
@@ -380,17 +390,14 @@ class Session:
         channel.tx = []
         channel.send(commands.Tx.RollbackOk())
 
-    def _unsupported(self, channel: Channel, method: Any) -> None:
-        raise ConnectionError(ReplyCode.NOT_IMPLEMENTED, f"{type(method).__name__} is not implemented yet")
-
 
 _HANDLERS: dict[type, Callable[[Session, Channel, Any], None]] = {
     commands.Channel.Flow: Session._channel_flow,
     commands.Channel.FlowOk: Session._channel_flow_ok,
     commands.Exchange.Declare: Session._exchange_declare,
     commands.Exchange.Delete: Session._exchange_delete,
-    commands.Exchange.Bind: Session._unsupported,
-    commands.Exchange.Unbind: Session._unsupported,
+    commands.Exchange.Bind: Session._exchange_bind,
+    commands.Exchange.Unbind: Session._exchange_unbind,
     commands.Queue.Declare: Session._queue_declare,
     commands.Queue.Bind: Session._queue_bind,
     commands.Queue.Unbind: Session._queue_unbind,

@@ -47,6 +47,7 @@ class VirtualHost:
         self.name = name
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue] = {}
+        self.exchange_bindings = 0  # exchange-to-exchange bindings; routing is simpler without
         self._mark_dirty = mark_dirty
         self._on_queue_deleted = on_queue_deleted
         for exchange_name, type_name, internal in PREDECLARED_EXCHANGES:
@@ -69,21 +70,34 @@ class VirtualHost:
         if isinstance(op, ops.Bind):
             source = self.exchanges[op.source]
             destination = self._destination(op)
-            return source.bind(Binding(destination, op.routing_key, op.arguments))
+            added = source.bind(Binding(destination, op.routing_key, op.arguments))
+            self.exchange_bindings += added and op.destination_is_exchange
+            return added
         if isinstance(op, ops.Unbind):
             source = self.exchanges[op.source]
             destination = self._destination(op)
             removed = source.unbind(Binding(destination, op.routing_key, op.arguments))
+            self.exchange_bindings -= removed and op.destination_is_exchange
             if removed and source.auto_delete and not source.bindings:
                 self.apply(ops.DeleteExchange(source.name))
             return removed
         if isinstance(op, ops.DeleteQueue):
             return self._delete_queue(self.queues[op.name])
         if isinstance(op, ops.DeleteExchange):
-            exchange = self.exchanges.pop(op.name)
-            exchange.bindings.clear()
+            exchange = self.exchanges[op.name]
+            for binding in list(exchange.bindings.values()):
+                self._unbind_binding(exchange, binding)
+            for source in list(self.exchanges.values()):
+                for binding in source.bindings_to(exchange):
+                    self._unbind_binding(source, binding)
+            del self.exchanges[op.name]
             return exchange
         raise TypeError(f"unknown topology operation {op!r}")
+
+    def _unbind_binding(self, source: Exchange, binding: Binding) -> None:
+        is_exchange = isinstance(binding.destination, Exchange)
+        self.apply(ops.Unbind(source.name, binding.destination.name, binding.routing_key,
+                              binding.arguments, destination_is_exchange=is_exchange))
 
     def _destination(self, op: ops.Bind | ops.Unbind) -> Any:
         return self.exchanges[op.destination] if op.destination_is_exchange else self.queues[op.destination]
@@ -91,7 +105,7 @@ class VirtualHost:
     def _delete_queue(self, queue: Queue) -> int:
         for exchange in list(self.exchanges.values()):
             for binding in exchange.bindings_to(queue):
-                self.apply(ops.Unbind(exchange.name, queue.name, binding.routing_key, binding.arguments))
+                self._unbind_binding(exchange, binding)
         del self.queues[queue.name]
         queue.deleted = True
         count = queue.purge()
@@ -215,6 +229,21 @@ class VirtualHost:
         exchange = self._bindable(exchange_name)
         self.apply(ops.Unbind(exchange.name, queue.name, routing_key, arguments))
 
+    def bind_exchange(self, destination: str, source: str, routing_key: str,
+                      arguments: dict[str, Any]) -> None:
+        destination_exchange = self._bindable(destination)
+        source_exchange = self._bindable(source)
+        self._check_binding_arguments(source_exchange, arguments)
+        self.apply(ops.Bind(source_exchange.name, destination_exchange.name, routing_key, arguments,
+                            destination_is_exchange=True))
+
+    def unbind_exchange(self, destination: str, source: str, routing_key: str,
+                        arguments: dict[str, Any]) -> None:
+        destination_exchange = self._bindable(destination)
+        source_exchange = self._bindable(source)
+        self.apply(ops.Unbind(source_exchange.name, destination_exchange.name, routing_key, arguments,
+                              destination_is_exchange=True))
+
     def _bindable(self, exchange_name: str) -> Exchange:
         if not exchange_name:
             raise access_refused("operation not permitted on the default exchange")
@@ -238,4 +267,24 @@ class VirtualHost:
         if not exchange.name:
             queue = self.queues.get(routing_key)
             return (queue,) if queue is not None else ()
-        return exchange.route(routing_key, message)
+        destinations = exchange.route(routing_key, message)
+        if not self.exchange_bindings:
+            return destinations
+        return self._route_through_exchanges(exchange, destinations, routing_key, message)
+
+    @staticmethod
+    def _route_through_exchanges(exchange: Exchange, destinations: tuple, routing_key: str,
+                                 message: Message) -> tuple:
+        """Follow exchange-to-exchange bindings; each exchange is visited once, so cycles end."""
+        queues: dict[Queue, None] = {}
+        visited = {exchange}
+        pending = list(destinations)
+        while pending:
+            destination = pending.pop(0)
+            if isinstance(destination, Exchange):
+                if destination not in visited:
+                    visited.add(destination)
+                    pending.extend(destination.route(routing_key, message))
+            else:
+                queues[destination] = None
+        return tuple(queues)
