@@ -1,0 +1,52 @@
+"""Configuration precedence: defaults < TOML file < environment < flags; and the CLI's help."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from amqpbroker.cli import build_parser
+from amqpbroker.config import Config, load_config
+
+
+def test_defaults_match_rabbitmq() -> None:
+    config = load_config(env={})
+    assert (config.port, config.heartbeat, config.frame_max, config.channel_max) == (5672, 60, 131072, 2047)
+    assert config.host is None  # every interface
+    assert config.default_user == "guest" and config.loopback_users
+
+
+def test_file_then_environment_then_flags(tmp_path) -> None:
+    file = tmp_path / "broker.toml"
+    file.write_text('port = 6000\nheartbeat = 30\ndata-dir = "/from/file"\nlog_level = "debug"\n')
+    env = {"AMQPBROKER_PORT": "7000", "AMQPBROKER_DATA_DIR": "/from/env"}
+    config = load_config(str(file), env=env, data_dir="/from/flag")
+    assert config == Config(port=7000, heartbeat=30, data_dir="/from/flag", log_level="debug")
+
+
+def test_unknown_file_setting_is_an_error(tmp_path) -> None:
+    file = tmp_path / "broker.toml"
+    file.write_text("prot = 1\n")
+    with pytest.raises(ValueError, match="prot"):
+        load_config(str(file), env={})
+
+
+def test_environment_booleans_and_empty_host() -> None:
+    config = load_config(env={"AMQPBROKER_LOOPBACK_USERS": "false", "AMQPBROKER_HOST": ""})
+    assert config.loopback_users is False and config.host is None
+
+
+def test_help_explains_each_option() -> None:
+    text = build_parser().format_help()
+    for option, env in (("--host", "AMQPBROKER_HOST"), ("--port", "AMQPBROKER_PORT"),
+                        ("--data-dir", "AMQPBROKER_DATA_DIR")):
+        assert option in text and env in text
+
+
+def test_module_entry_point_prints_help() -> None:
+    result = subprocess.run([sys.executable, "-m", "amqpbroker", "--help"], capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 0
+    assert "--data-dir" in result.stdout

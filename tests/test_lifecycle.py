@@ -1,0 +1,62 @@
+"""The broker as users run it: a subprocess, real clients, signals."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pika
+import pytest
+
+from amqpbroker.testing import _free_port, _wait_for_port
+
+
+@pytest.fixture
+def broker_process(tmp_path):
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "amqpbroker", "--host", "127.0.0.1", "--port", str(port),
+         "--data-dir", str(tmp_path)], stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_port(port, process, 20)
+        yield process, port
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        if process.stderr:
+            process.stderr.close()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_closes_connections_with_connection_forced(broker_process, signum) -> None:
+    process, port = broker_process
+    connection = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port))
+    channel = connection.channel()
+    channel.queue_declare("", exclusive=True)
+    process.send_signal(signum)
+    with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as raised:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            connection.process_data_events(time_limit=0.2)
+    assert raised.value.reply_code == 320
+    assert "CONNECTION_FORCED" in raised.value.reply_text
+    assert process.wait(10) == 0
+    log = process.stderr.read()
+    assert "connection opened" in log and "closing connections" in log
+
+
+def test_one_clients_garbage_does_not_disturb_another(broker_process) -> None:
+    _, port = broker_process
+    good = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port))
+    channel = good.channel()
+    queue = channel.queue_declare("", exclusive=True).method.queue
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        raw.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        assert raw.recv(8) == b"AMQP\x00\x00\x09\x01"
+    channel.basic_publish("", queue, b"still here")
+    assert channel.basic_get(queue, auto_ack=True)[2] == b"still here"
+    good.close()
