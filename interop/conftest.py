@@ -20,3 +20,4 @@ def amqp_url(request: pytest.FixtureRequest) -> str:
 def unique() -> str:
     """A name prefix no other test uses, so suites can share one broker."""
     return f"t-{uuid.uuid4().hex[:12]}"
+

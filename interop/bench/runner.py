@@ -1,0 +1,213 @@
+"""Run one workload against one broker: spawn the client processes, time the phases, collect."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import queue as queue_mod
+import time
+import uuid
+from array import array
+from dataclasses import asdict, dataclass
+
+from . import loadgen
+from .loadgen import PHASE_MEASURE, PHASE_STOP, PHASE_WARMUP, ClientConfig, Shared
+from .procstat import cpu_seconds
+
+WORKLOADS = ("throughput-autoack", "throughput-ack", "latency")
+
+
+@dataclass
+class RunOptions:
+    duration: float = 10.0
+    warmup: float = 2.0
+    body_size: int = 1024
+    producers: int = 1
+    consumers: int = 1
+    prefetch: int = 100
+    ack_every: int = 0
+    max_inflight: int = 20_000
+    batch: int = 100
+    rate: float = 10_000.0
+    latency_ack: str = "manual"      # manual (qos prefetch) or auto
+    layout: str = "split"            # split: a process per client; single: all in one process
+    setup_timeout: float = 20.0
+
+
+class BenchError(Exception):
+    pass
+
+
+def client_config(url: str, queue: str, workload: str, opts: RunOptions) -> ClientConfig:
+    if workload == "throughput-autoack":
+        manual, rate, latency = False, 0.0, False
+    elif workload == "throughput-ack":
+        manual, rate, latency = True, 0.0, False
+    elif workload == "latency":
+        manual, rate, latency = opts.latency_ack == "manual", opts.rate, True
+    else:
+        raise ValueError(f"unknown workload {workload!r} (known: {', '.join(WORKLOADS)})")
+    return ClientConfig(
+        url=url, queue=queue, body_size=opts.body_size, manual_ack=manual, prefetch=opts.prefetch,
+        ack_every=opts.ack_every, max_inflight=opts.max_inflight, batch=opts.batch, rate=rate,
+        n_producers=opts.producers, record_latency=latency, connect_timeout=opts.setup_timeout)
+
+
+def _percentile(sorted_values, q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[min(len(sorted_values) - 1, int(q * (len(sorted_values) - 1) + 0.5))]
+
+
+def latency_stats(samples_ns: array) -> dict:
+    values = sorted(samples_ns)
+    n = len(values)
+    ms = 1e6
+    return {
+        "samples": n,
+        "p50_ms": _percentile(values, 0.50) / ms,
+        "p99_ms": _percentile(values, 0.99) / ms,
+        "p999_ms": _percentile(values, 0.999) / ms,
+        "max_ms": (values[-1] / ms) if n else float("nan"),
+        "mean_ms": (sum(values) / n / ms) if n else float("nan"),
+    }
+
+
+def run_workload(url: str, workload: str, opts: RunOptions, broker_pid: int | None = None,
+                 label: str | None = None) -> dict:
+    """One measured run. Raises BenchError when the clients fail before or during measurement."""
+    ctx = mp.get_context("spawn")
+    queue_name = f"amqpbroker-bench-{workload}-{uuid.uuid4().hex[:8]}"
+    cfg = client_config(url, queue_name, workload, opts)
+    shared = Shared(ctx, opts.producers, opts.consumers)
+    report = ctx.Queue()
+    roles = [("consumer", i) for i in range(opts.consumers)] + [("producer", i) for i in range(opts.producers)]
+    groups = [[role] for role in roles] if opts.layout == "split" else [roles]
+
+    loadgen.declare_queue(url, queue_name)
+    procs = [ctx.Process(target=loadgen.worker_main, args=(group, cfg, shared, report), daemon=True)
+             for group in groups]
+    pids: dict[tuple[str, int], int] = {}
+    done: dict[tuple[str, int], dict] = {}
+    errors: list[str] = []
+
+    def handle(msg) -> None:
+        kind, role, idx, payload = msg
+        if kind == "ready":
+            pids[(role, idx)] = payload
+        else:
+            done[(role, idx)] = payload
+            if payload.get("error"):
+                errors.append(f"{role} {idx}: {payload['error']}")
+
+    def pump(seconds: float) -> None:
+        """Sleep ``seconds`` while collecting reports; stop early on a client error."""
+        deadline = time.monotonic() + seconds
+        while not errors:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            try:
+                handle(report.get(timeout=min(remaining, 0.2)))
+            except queue_mod.Empty:
+                dead = [p for p in procs if not p.is_alive()]
+                if dead and shared.phase.value < PHASE_STOP:
+                    errors.append(f"client process exited with code {dead[0].exitcode}")
+
+    def snapshot() -> dict:
+        return {
+            "t": time.perf_counter(),
+            "consumed": sum(shared.consumed),
+            "published": sum(shared.published),
+            "broker_cpu": cpu_seconds(broker_pid),
+            "clients_cpu": {key: cpu_seconds(pid) for key, pid in pids.items()},
+        }
+
+    try:
+        for proc in procs:
+            proc.start()
+        deadline = time.monotonic() + opts.setup_timeout
+        while len(pids) < len(roles) and not errors:
+            if time.monotonic() > deadline:
+                errors.append(f"clients not ready within {opts.setup_timeout} s")
+                break
+            pump(min(0.2, max(0.0, deadline - time.monotonic())))
+        if errors:
+            raise BenchError("; ".join(errors))
+
+        shared.phase.value = PHASE_WARMUP
+        pump(opts.warmup)
+        before = snapshot()
+        shared.phase.value = PHASE_MEASURE
+        pump(opts.duration)
+        after = snapshot()
+        measured_errors = list(errors)
+    finally:
+        shared.phase.value = PHASE_STOP
+        deadline = time.monotonic() + 10
+        while len(done) < len(roles) and time.monotonic() < deadline:
+            try:
+                handle(report.get(timeout=0.2))
+            except queue_mod.Empty:
+                if not any(p.pid is not None and p.is_alive() for p in procs):
+                    break
+        for proc in procs:
+            if proc.pid is None:  # never started
+                continue
+            proc.join(max(0.1, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(2)
+        try:
+            loadgen.delete_queue(url, queue_name)
+        except Exception as exc:  # noqa: BLE001 - best effort: the queue is auto-delete anyway
+            errors.append(f"queue.delete: {exc}")
+
+    if measured_errors:
+        raise BenchError("; ".join(measured_errors))
+
+    elapsed = after["t"] - before["t"]
+    consumed = after["consumed"] - before["consumed"]
+    published = after["published"] - before["published"]
+    result = {
+        "workload": workload,
+        "label": label or url,
+        "url": loadgen.parse_url(url).display,
+        "duration_s": elapsed,
+        "consumed": consumed,
+        "published": published,
+        "consumed_rate": consumed / elapsed,
+        "published_rate": published / elapsed,
+        "backlog_at_end": after["published"] - after["consumed"],
+        "broker_pid": broker_pid,
+        "broker_cpu_s": None,
+        "broker_cpu_util": None,
+        "broker_cpu_us_per_msg": None,
+        "clients": {},
+        "latency": None,
+        "options": asdict(opts),
+        "warnings": errors,  # errors after the measurement window (e.g. on close)
+    }
+    if before["broker_cpu"] is not None and after["broker_cpu"] is not None:
+        cpu = after["broker_cpu"] - before["broker_cpu"]
+        result["broker_cpu_s"] = cpu
+        result["broker_cpu_util"] = cpu / elapsed
+        result["broker_cpu_us_per_msg"] = cpu / consumed * 1e6 if consumed else None
+    for key in pids:
+        c0, c1 = before["clients_cpu"].get(key), after["clients_cpu"].get(key)
+        if c0 is not None and c1 is not None:
+            result["clients"][f"{key[0]}{key[1]}"] = {"cpu_util": (c1 - c0) / elapsed}
+    for (role, idx), payload in done.items():
+        if role == "consumer":  # whole-run totals (warm-up included): how the consumer read and acked
+            entry = result["clients"].setdefault(f"consumer{idx}", {})
+            entry.update({k: payload.get(k) for k in ("count", "reads", "acks")})
+    if opts.layout == "single":
+        # all clients share one process: every entry shows the same (whole-process) figure
+        result["clients"] = {"all": next(iter(result["clients"].values()), {})}
+    if cfg.record_latency:
+        samples = array("q")
+        for payload in done.values():
+            if payload.get("role") == "consumer" and payload.get("latency_ns"):
+                samples.frombytes(payload["latency_ns"])
+        result["latency"] = latency_stats(samples)
+        result["target_rate"] = opts.rate
+    return result

@@ -1,0 +1,70 @@
+"""A minimal Celery app for the interop tests (``celery -A interop.celery_app worker``).
+
+Environment:
+
+``AMQP_URL``
+    the broker, default ``amqp://guest:guest@localhost:5672/``
+``CELERY_INTEROP_NAME``
+    a name prefix so that runs sharing a broker do not collide; default
+    ``celery-interop``.  The task queue is named after it (and, as Celery does
+    by default, so is the direct exchange it is bound to), and so are the
+    remote-control ("<name>.pidbox", "reply.<name>.pidbox") and event
+    ("<name>.ev") exchanges, which otherwise are the broker-wide
+    ``celery.pidbox`` / ``reply.celery.pidbox`` / ``celeryev``.
+
+Results come back over the ``rpc://`` backend: each client has its own reply
+queue and the worker publishes results to it through the default exchange.
+
+The tests build their own client app with :func:`make_app`; the worker uses
+the module-level ``app``.  Task names are fixed, so both sides agree.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from celery import Celery
+
+DEFAULT_URL = "amqp://guest:guest@localhost:5672/"
+
+
+def make_app(broker_url: str | None = None, name: str | None = None) -> Celery:
+    broker_url = broker_url or os.environ.get("AMQP_URL") or DEFAULT_URL
+    name = name or os.environ.get("CELERY_INTEROP_NAME") or "celery-interop"
+
+    app = Celery("interop.celery_app", broker=broker_url, backend="rpc://", set_as_current=False)
+    app.conf.update(
+        task_default_queue=name,
+        control_exchange=name,
+        event_exchange=f"{name}.ev",
+        # Fail fast instead of retrying forever when the broker is not there.
+        broker_connection_retry_on_startup=False,
+        broker_connection_max_retries=1,
+        broker_connection_timeout=5,
+        # The rpc:// reply queues are declared with x-expires = result_expires
+        # (default one day).  A worker sometimes declares one for itself that
+        # nobody consumes (e.g. on a revoke command), so keep that short.
+        result_expires=120,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+    )
+
+    @app.task(name="interop.add", shared=False)
+    def add(x, y):
+        return x + y
+
+    @app.task(name="interop.fail", shared=False)
+    def fail(message):
+        raise ValueError(message)
+
+    @app.task(name="interop.sleep_then_echo", shared=False)
+    def sleep_then_echo(seconds, value):
+        time.sleep(seconds)
+        return value
+
+    return app
+
+
+app = make_app()

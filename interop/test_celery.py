@@ -1,0 +1,282 @@
+"""A real Celery worker (``celery -A interop.celery_app worker``) against the broker.
+
+The worker runs as a subprocess in two set-ups:
+
+``solo``
+    ``--pool=solo -c 1 --without-heartbeat --without-gossip --without-mingle``:
+    only the task queue, its exchange and the remote-control (pidbox) queue.
+``prefork``
+    ``--pool=prefork -c 2`` with Celery's defaults: mingle at start-up (a
+    broadcast plus replies), gossip (an exclusive, TTL'd event queue bound to a
+    topic exchange) and event heartbeats.
+
+The tests send tasks from this process through a client app of the same
+module (:func:`interop.celery_app.make_app`) and get results back over the
+``rpc://`` result backend.  Every name is unique to the module run and is
+deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pika
+import pika.exceptions
+import pytest
+from celery import group
+from celery.exceptions import TaskRevokedError
+
+from interop.celery_app import make_app
+
+pytestmark = pytest.mark.timeout(40)
+
+REPO = Path(__file__).resolve().parent.parent
+READY_TIMEOUT = 20.0  # worker start-up, mingle included
+RESULT_TIMEOUT = 20.0
+
+WORKER_MODES = {
+    "solo": ["--pool=solo", "-c", "1", "--without-heartbeat", "--without-gossip", "--without-mingle"],
+    "prefork": ["--pool=prefork", "-c", "2"],
+}
+
+
+class Worker:
+    """``celery worker`` in its own process group, with its log collected."""
+
+    def __init__(self, amqp_url: str, name: str, mode: str) -> None:
+        self.name = name
+        self.mode = mode
+        self.hostname = f"{name}@interop"
+        env = {
+            **os.environ,
+            "AMQP_URL": amqp_url,
+            "CELERY_INTEROP_NAME": name,
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "interop.celery_app", "worker",
+             "-Q", name, "-n", self.hostname, "--loglevel=INFO", *WORKER_MODES[mode]],
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,  # its own process group, prefork children included
+        )
+        self.log: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            with self._changed:
+                self.log.append(line.rstrip("\n"))
+                self._changed.notify_all()
+
+    def tail(self) -> str:
+        with self._changed:
+            return "\n".join(self.log[-40:])
+
+    def wait_ready(self) -> None:
+        marker = f"{self.hostname} ready."
+        deadline = time.monotonic() + READY_TIMEOUT
+        with self._changed:
+            while not any(marker in line for line in self.log):
+                if self.proc.poll() is not None:
+                    pytest.fail(f"celery worker exited ({self.proc.returncode}):\n{self.tail()}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    pytest.fail(f"celery worker not ready in {READY_TIMEOUT} s:\n{self.tail()}")
+                self._changed.wait(min(left, 0.2))
+
+    def stop(self, client=None) -> int | None:
+        """Stop the worker; return its exit status.
+
+        First by remote control (``celery control shutdown``) if a client app
+        is given, then by SIGTERM (warm shutdown), then SIGKILL to the whole
+        process group.  The remote command is tried first because it also
+        wakes the worker: after a SIGTERM, an idle worker only notices the
+        request once its event loop wakes up, which with nothing to do can
+        take up to 10 s.
+        """
+        if client is not None and self.proc.poll() is None:
+            try:
+                client.control.shutdown(destination=[self.hostname])
+                self.proc.wait(10)
+            except Exception:  # noqa: BLE001 - fall back to signals
+                pass
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(12)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # stragglers (pool children)
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:  # pragma: no cover
+            pass
+        self._reader.join(5)
+        self.proc.stdout.close()
+        return self.proc.returncode
+
+
+def _delete(amqp_url: str, queues: list[str], exchanges: list[str]) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        for method, name in [("queue_delete", q) for q in queues] + [
+            ("exchange_delete", x) for x in exchanges
+        ]:
+            channel = connection.channel()
+            try:
+                getattr(channel, method)(name)
+            except pika.exceptions.ChannelClosed:
+                continue
+            channel.close()
+    finally:
+        connection.close()
+
+
+@pytest.fixture(scope="module", params=sorted(WORKER_MODES))
+def celery_setup(request: pytest.FixtureRequest, amqp_url: str):
+    """(client app, worker) for one worker mode; names unique to this module run."""
+    mode = request.param
+    name = f"t-{uuid.uuid4().hex[:12]}-celery-{mode}"
+    client = make_app(amqp_url, name)
+    worker = Worker(amqp_url, name, mode)
+    try:
+        worker.wait_ready()
+        yield client, worker
+    finally:
+        status = worker.stop(client)
+        reply_queue = client.backend.oid
+        # client.close() leaves the rpc:// result consumer's connection open.
+        result_consumer = client.backend.result_consumer
+        if result_consumer is not None and result_consumer._connection is not None:
+            result_consumer.stop()
+        client.close()
+        _delete(
+            amqp_url,
+            queues=[name, reply_queue],
+            exchanges=[name, f"{name}.pidbox", f"reply.{name}.pidbox", f"{name}.ev"],
+        )
+    # A remote "shutdown" is a warm shutdown: the worker exits by itself, status 0.
+    assert status == 0, f"celery worker ended with {status}:\n{worker.tail()}"
+
+
+@pytest.fixture
+def client(celery_setup):
+    return celery_setup[0]
+
+
+@pytest.fixture
+def worker(celery_setup):
+    return celery_setup[1]
+
+
+def test_add(client) -> None:
+    add = client.tasks["interop.add"]
+
+    result = add.delay(2, 2)
+
+    assert result.get(timeout=RESULT_TIMEOUT) == 4
+    assert result.successful()
+    assert result.state == "SUCCESS"
+
+
+def test_many_tasks_in_flight(client) -> None:
+    add = client.tasks["interop.add"]
+
+    results = [add.delay(i, i) for i in range(25)]
+
+    assert [r.get(timeout=RESULT_TIMEOUT) for r in results] == [2 * i for i in range(25)]
+
+
+def test_group(client) -> None:
+    add = client.tasks["interop.add"]
+
+    result = group(add.s(i, 100) for i in range(10)).apply_async()
+
+    assert result.get(timeout=RESULT_TIMEOUT) == [100 + i for i in range(10)]
+
+
+def test_slow_tasks(client, worker) -> None:
+    """prefork -c 2 runs two at once: it holds two unacked deliveries (global prefetch 8)."""
+    sleep_then_echo = client.tasks["interop.sleep_then_echo"]
+
+    started = time.monotonic()
+    results = [sleep_then_echo.delay(1.0, i) for i in range(2)]
+
+    assert [r.get(timeout=RESULT_TIMEOUT) for r in results] == [0, 1]
+    elapsed = time.monotonic() - started
+    if worker.mode == "prefork":
+        assert elapsed < 1.9
+    else:  # the solo pool: one after the other
+        assert elapsed >= 1.9
+
+
+def test_exception_propagates(client) -> None:
+    fail = client.tasks["interop.fail"]
+
+    with pytest.raises(ValueError, match="boom"):
+        fail.delay("boom").get(timeout=RESULT_TIMEOUT)
+
+    result = fail.delay("quiet boom")
+    error = result.get(timeout=RESULT_TIMEOUT, propagate=False)
+    assert isinstance(error, ValueError) and str(error) == "quiet boom"
+    assert result.state == "FAILURE"
+    assert "ValueError" in result.traceback
+
+
+def test_countdown(client) -> None:
+    """An ETA task is held by the worker, which raises its basic.qos prefetch meanwhile."""
+    add = client.tasks["interop.add"]
+
+    started = time.monotonic()
+    later = add.apply_async((3, 4), countdown=1.5)
+    now = add.delay(1, 1)
+
+    assert now.get(timeout=RESULT_TIMEOUT) == 2  # not stuck behind the held one
+    assert later.get(timeout=RESULT_TIMEOUT) == 7
+    assert time.monotonic() - started >= 1.4
+
+
+def test_revoke_before_eta(client, worker) -> None:
+    add = client.tasks["interop.add"]
+
+    result = add.apply_async((5, 5), countdown=2)
+    client.control.revoke(result.id, destination=[worker.hostname])
+
+    with pytest.raises(TaskRevokedError):
+        result.get(timeout=RESULT_TIMEOUT)
+
+
+def test_control_ping(client, worker) -> None:
+    """Remote control: a broadcast on the pidbox fanout, replies on the reply exchange."""
+    replies = client.control.ping(destination=[worker.hostname], timeout=5)
+
+    assert replies == [{worker.hostname: {"ok": "pong"}}]
+
+
+def test_inspect_active_queues(client, worker) -> None:
+    replies = client.control.inspect(destination=[worker.hostname], timeout=5).active_queues()
+
+    assert replies is not None and list(replies) == [worker.hostname]
+    (queue,) = replies[worker.hostname]
+    assert queue["name"] == worker.name
+    assert queue["exchange"]["name"] == worker.name
+    assert queue["exchange"]["type"] == "direct"
+    assert queue["routing_key"] == worker.name
+    assert queue["durable"] is True
