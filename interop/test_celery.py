@@ -42,7 +42,9 @@ READY_TIMEOUT = 20.0  # worker start-up, mingle included
 RESULT_TIMEOUT = 20.0
 
 WORKER_MODES = {
-    "solo": ["--pool=solo", "-c", "1", "--without-heartbeat", "--without-gossip", "--without-mingle"],
+    "solo": [
+        "--pool=solo", "-c", "1", "--without-heartbeat", "--without-gossip", "--without-mingle",
+    ],
     "prefork": ["--pool=prefork", "-c", "2"],
 }
 

@@ -335,7 +335,8 @@ def test_routing_without_severities_prints_usage(tutorials: Tutorials) -> None:
     assert program.proc.wait(WAIT) == 1
     program.kill()
     assert program.lines == []
-    assert program.errors == [f"Usage: {TUTORIALS / 'receive_logs_direct.py'} [info] [warning] [error]"]
+    usage = f"Usage: {TUTORIALS / 'receive_logs_direct.py'} [info] [warning] [error]"
+    assert program.errors == [usage]
 
 
 # --------------------------------------------------------------------------

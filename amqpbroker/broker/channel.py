@@ -34,7 +34,7 @@ Unacked = tuple  # (queue, entry, consumer or None for basic.get)
 class Channel:
     __slots__ = (
         "number", "session", "out", "frame_max", "next_tag", "unacked", "consumers",
-        "consumer_prefetch", "global_prefetch", "flow_active", "confirm", "publish_seq",
+        "consumer_prefetch", "global_prefetch", "confirm", "publish_seq",
         "confirms_pending", "confirmed_through", "tx", "last_queue",
     )
 
@@ -48,7 +48,6 @@ class Channel:
         self.consumers: dict[str, Consumer] = {}
         self.consumer_prefetch = 0
         self.global_prefetch = 0
-        self.flow_active = True
         self.confirm = False
         self.publish_seq = 0
         self.confirms_pending: list[int] = []
@@ -59,7 +58,7 @@ class Channel:
     # ---------------------------------------------------------------- sending
 
     def can_send(self) -> bool:
-        if len(self.out) < OUTPUT_HIGH_WATER and self.flow_active:
+        if len(self.out) < OUTPUT_HIGH_WATER:
             return True
         self.session.output_saturated = True
         return False

@@ -211,11 +211,9 @@ class Session:
     # ------------------------------------------------------------ channel methods
 
     def _channel_flow(self, channel: Channel, method: commands.Channel.Flow) -> None:
-        channel.flow_active = method.active
-        channel.send(commands.Channel.FlowOk(active=method.active))
-        if method.active:
-            for consumer in channel.consumers.values():
-                consumer.queue.consumer_ready()
+        if not method.active:  # RabbitMQ 3.x does not let clients pause deliveries this way
+            raise ConnectionError(ReplyCode.NOT_IMPLEMENTED, "active=false")
+        channel.send(commands.Channel.FlowOk(active=True))
 
     def _channel_flow_ok(self, channel: Channel, method: commands.Channel.FlowOk) -> None:
         pass  # we never send channel.flow; a stray flow-ok is harmless

@@ -82,7 +82,7 @@ class FrameReader:
         offset = 0
         view = memoryview(buffer)
         try:
-            while end_of_data - offset >= 8:
+            while end_of_data - offset >= 7:  # a header is enough to check the size
                 frame_type, channel, size = unpack_head(buffer, offset)
                 if size > limit:
                     if frames:  # hand over the good frames first; the bad one stays buffered

@@ -9,7 +9,7 @@ header or body frame when no content is expected, or a body larger than its head
 from __future__ import annotations
 
 from amqpbroker.codec.content import BASIC_CLASS_ID, parse_content_header
-from amqpbroker.codec.methods import Publish
+from amqpbroker.codec.methods import PUBLISH_ID, Publish
 from amqpbroker.errors import ChannelError, ConnectionError, ReplyCode
 
 __all__ = ["ChannelMachine", "MAX_MESSAGE_SIZE"]
@@ -19,6 +19,11 @@ MAX_MESSAGE_SIZE = 128 * 1024 * 1024  # RabbitMQ's default max_message_size
 
 def unexpected_frame(text: str) -> ConnectionError:
     return ConnectionError(ReplyCode.UNEXPECTED_FRAME, text)
+
+
+def unexpected_content_frame(text: str) -> ConnectionError:
+    """Mid-content errors name the content method being assembled, as RabbitMQ does."""
+    return ConnectionError(ReplyCode.UNEXPECTED_FRAME, text, *PUBLISH_ID)
 
 
 class ChannelMachine:
@@ -45,7 +50,7 @@ class ChannelMachine:
 
     def start_content(self, publish: Publish) -> None:
         if self._publish is not None:
-            raise unexpected_frame(
+            raise unexpected_content_frame(
                 f"expected content header for class {BASIC_CLASS_ID}, got non content header frame instead")
         self._publish = publish
         self._header = None
@@ -54,7 +59,7 @@ class ChannelMachine:
         """A method frame arrived: legal only when no content is being assembled."""
         if self._publish is not None:
             what = "content header" if self._header is None else "content body"
-            raise unexpected_frame(f"expected {what} for class {BASIC_CLASS_ID}, got method frame instead")
+            raise unexpected_content_frame(f"expected {what} for class {BASIC_CLASS_ID}, got method frame instead")
 
     def on_header(self, payload: bytes) -> tuple[Publish, bytes, bytes] | None:
         """Take a content header; returns the whole message when the body is empty."""
@@ -82,7 +87,7 @@ class ChannelMachine:
             raise unexpected_frame(f"content body frame on channel {self.number} without a content header")
         received = self._received + len(payload)
         if received > self._body_size:
-            raise unexpected_frame(f"received body frame with size exceeding content header "
+            raise unexpected_content_frame(f"received body frame with size exceeding content header "
                                    f"({received} > {self._body_size})")
         if received < self._body_size:
             self._chunks.append(payload)

@@ -83,6 +83,15 @@ class ConnectionHandler(Protocol):
     def connection_closed(self) -> None: ...
 
 
+def _check_frame_type(frame_type: int, number: int) -> None:
+    """Frame types other than method, header and body: heartbeats belong on channel 0 only."""
+    if frame_type == FRAME_HEARTBEAT:
+        if number:
+            raise ConnectionError(ReplyCode.UNEXPECTED_FRAME, f"heartbeat frame on channel {number}")
+    elif frame_type not in (FRAME_METHOD, FRAME_HEADER, FRAME_BODY):
+        raise ConnectionError(ReplyCode.FRAME_ERROR, f"unknown frame type {frame_type}")
+
+
 class Connection:
     """One client connection's AMQP state, from protocol header to close."""
 
@@ -202,11 +211,8 @@ class Connection:
                             handler.on_publish(number, *content)
                         except AMQPError as exc:
                             raise exc.for_method(60, 40) from None
-                elif frame_type == FRAME_HEARTBEAT:
-                    raise ConnectionError(ReplyCode.FRAME_ERROR,
-                                          f"heartbeat frame on non-zero channel {number}")
                 else:
-                    raise ConnectionError(ReplyCode.FRAME_ERROR, f"unknown frame type {frame_type}")
+                    _check_frame_type(frame_type, number)
             except ChannelError as exc:
                 if number and number in channels:
                     self._channel_error(channels[number], exc)
@@ -222,9 +228,8 @@ class Connection:
                     return
 
     def _handle_unopened(self, frame_type: int, number: int, payload: bytes) -> None:
+        _check_frame_type(frame_type, number)
         if frame_type == FRAME_HEARTBEAT:
-            if number:
-                raise ConnectionError(ReplyCode.FRAME_ERROR, f"heartbeat frame on non-zero channel {number}")
             return
         if frame_type != FRAME_METHOD:
             raise ConnectionError(ReplyCode.UNEXPECTED_FRAME if number == 0 else ReplyCode.CHANNEL_ERROR,
@@ -234,10 +239,10 @@ class Connection:
             self._handle_channel_zero(method)
             return
         if isinstance(method, commands.Channel.Open):
-            if number > self.channel_max:
+            if len(self.channels) >= self.channel_max:
                 raise ConnectionError(ReplyCode.NOT_ALLOWED,
-                                      f"number of channels opened ({number}) has reached the "
-                                      f"negotiated channel_max ({self.channel_max})", 20, 10)
+                                      f"number of channels opened ({len(self.channels)}) has reached "
+                                      f"the negotiated channel_max ({self.channel_max})", 20, 10)
             self.channels[number] = ChannelMachine(number)
             self.handler.channel_opened(number)
             self.out.append(encode_method(number, commands.Channel.OpenOk()))
@@ -267,7 +272,7 @@ class Connection:
             pass  # a client telling us it is blocked needs no answer
         else:
             class_id, method_id = method_ids(method)
-            raise ConnectionError(ReplyCode.COMMAND_INVALID,
+            raise ConnectionError(ReplyCode.CHANNEL_ERROR,
                                   f"unexpected method {type(method).__name__} on channel 0",
                                   class_id, method_id)
 
