@@ -26,6 +26,23 @@ def _non_negative_int(value: Any) -> str | None:
     return None
 
 
+MAX_EXPIRY = 315_360_000_000  # RabbitMQ's largest TTL / expiry: ten years, in milliseconds
+
+
+def _ttl(value: Any) -> str | None:
+    error = _non_negative_int(value)
+    if error is None and value > MAX_EXPIRY:
+        return f"{{value_too_large,{value}}}"
+    return error
+
+
+def _expires(value: Any) -> str | None:
+    error = _positive_int(value)
+    if error is None and value > MAX_EXPIRY:
+        return f"{{value_too_large,{value}}}"
+    return error
+
+
 def _positive_int(value: Any) -> str | None:
     error = _non_negative_int(value)
     if error is None and value == 0:
@@ -59,8 +76,8 @@ def _boolean(value: Any) -> str | None:
 
 
 QUEUE_ARGUMENTS: dict[str, Callable[[Any], str | None]] = {
-    "x-expires": _positive_int,
-    "x-message-ttl": _non_negative_int,
+    "x-expires": _expires,
+    "x-message-ttl": _ttl,
     "x-dead-letter-exchange": _string,
     "x-dead-letter-routing-key": _string,
     "x-max-length": _non_negative_int,
@@ -82,7 +99,7 @@ def _amqp_type(value: Any) -> str:
     if isinstance(value, bool):
         return "bool"
     if _is_int(value):
-        return "long" if -(2 ** 31) <= value < 2 ** 31 else "longlong"
+        return "signedint" if -(2 ** 31) <= value < 2 ** 31 else "long"
     if isinstance(value, (str, bytes)):
         return "longstr"
     if isinstance(value, float):

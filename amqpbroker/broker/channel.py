@@ -98,13 +98,13 @@ class Channel:
                 taken = list(unacked.values())
                 unacked.clear()
                 return taken
+            if delivery_tag not in unacked:  # even with multiple, the tag itself must be outstanding
+                raise precondition_failed(f"unknown delivery tag {delivery_tag}")
             tags = []
             for tag in unacked:
                 if tag > delivery_tag:
                     break
                 tags.append(tag)
-            if not tags:
-                raise precondition_failed(f"unknown delivery tag {delivery_tag}")
             return [unacked.pop(tag) for tag in tags]
         found = unacked.pop(delivery_tag, None)
         if found is None:
@@ -113,10 +113,9 @@ class Channel:
 
     def check_tags(self, delivery_tag: int, multiple: bool) -> None:
         """Raise as ``take_unacked`` would, without taking anything (for transactions)."""
-        if multiple:
-            if delivery_tag and not any(tag <= delivery_tag for tag in self.unacked):
-                raise precondition_failed(f"unknown delivery tag {delivery_tag}")
-        elif delivery_tag not in self.unacked:
+        if multiple and delivery_tag == 0:
+            return
+        if delivery_tag not in self.unacked:
             raise precondition_failed(f"unknown delivery tag {delivery_tag}")
 
     def settle(self, deliveries: Iterable[Unacked], requeue: bool) -> None:

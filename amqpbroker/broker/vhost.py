@@ -129,8 +129,10 @@ class VirtualHost:
 
     def _check_exclusive(self, queue: Queue, owner: Any) -> None:
         if queue.exclusive_owner is not None and queue.exclusive_owner is not owner:
-            raise resource_locked(
-                f"cannot obtain exclusive access to locked queue '{queue.name}' in vhost '{self.name}'. "
+            raise resource_locked(self._locked_text(queue))
+
+    def _locked_text(self, queue: Queue) -> str:
+        return (f"cannot obtain exclusive access to locked queue '{queue.name}' in vhost '{self.name}'. "
                 f"It could be originally declared on another connection or the exclusive property "
                 f"value does not match that of the original declaration.")
 
@@ -138,12 +140,10 @@ class VirtualHost:
 
     def declare_exchange(self, name: str, type_name: str, *, passive: bool, durable: bool,
                          auto_delete: bool, internal: bool, arguments: dict[str, Any]) -> Exchange:
-        if passive:
-            if not name:
-                return self.exchanges[DEFAULT_EXCHANGE]
-            return self.exchange(name)
         if not name:
             raise access_refused("operation not permitted on the default exchange")
+        if passive:
+            return self.exchange(name)
         existing = self.exchanges.get(name)
         if existing is None and name.startswith("amq."):
             raise access_refused(f"exchange name '{name}' contains reserved prefix 'amq.*'")
@@ -167,12 +167,9 @@ class VirtualHost:
         exchange = self.exchanges.get(name)
         if exchange is None:
             return
-        if if_unused and (exchange.bindings or self._bound_as_destination(exchange)):
+        if if_unused and exchange.bindings:  # only bindings where it is the source count
             raise precondition_failed(f"exchange '{name}' in vhost '{self.name}' in use")
         self.apply(ops.DeleteExchange(name))
-
-    def _bound_as_destination(self, exchange: Exchange) -> bool:
-        return any(source.bindings_to(exchange) for source in self.exchanges.values())
 
     # ------------------------------------------------------------ queues
 
@@ -182,22 +179,23 @@ class VirtualHost:
             if not name:
                 raise not_found(f"no queue '' in vhost '{self.name}'")
             return self.queue(name, owner)
+        if name.startswith("amq.") and name not in self.queues:
+            raise access_refused(f"queue name '{name}' contains reserved prefix 'amq.*'")
         if not name:
             name = server_named_queue()
         existing = self.queues.get(name)
         if existing is None:
-            if name.startswith("amq.") and not name.startswith("amq.gen-"):
-                raise access_refused(f"queue name '{name}' contains reserved prefix 'amq.*'")
             validate_queue_arguments(name, self.name, arguments)
             return self.apply(ops.DeclareQueue(name, durable, auto_delete, arguments,
                                                owner if exclusive else None))
         self._check_exclusive(existing, owner)
+        if exclusive != existing.exclusive:  # RabbitMQ: strict exclusive access, 405
+            raise resource_locked(self._locked_text(existing))
         where = (name, self.name)
         check_flag("queue", *where, "durable", durable, existing.durable)
-        check_flag("queue", *where, "exclusive", exclusive, existing.exclusive)
         check_flag("queue", *where, "auto_delete", auto_delete, existing.auto_delete)
-        validate_queue_arguments(name, self.name, arguments)
         check_queue_equivalence(name, self.name, arguments, existing.arguments)
+        validate_queue_arguments(name, self.name, arguments)
         return existing
 
     def delete_queue(self, name: str, *, if_unused: bool, if_empty: bool, owner: Any) -> int:
@@ -218,16 +216,20 @@ class VirtualHost:
 
     def bind_queue(self, queue_name: str, exchange_name: str, routing_key: str,
                    arguments: dict[str, Any], owner: Any) -> None:
-        queue = self.queue(queue_name, owner)
         exchange = self._bindable(exchange_name)
+        queue = self.queue(queue_name, owner)
         self._check_binding_arguments(exchange, arguments)
         self.apply(ops.Bind(exchange.name, queue.name, routing_key, arguments))
 
     def unbind_queue(self, queue_name: str, exchange_name: str, routing_key: str,
                      arguments: dict[str, Any], owner: Any) -> None:
-        queue = self.queue(queue_name, owner)
-        exchange = self._bindable(exchange_name)
-        self.apply(ops.Unbind(exchange.name, queue.name, routing_key, arguments))
+        if not exchange_name:
+            raise access_refused("operation not permitted on the default exchange")
+        queue = self.queues.get(queue_name)
+        if queue is None or exchange_name not in self.exchanges:
+            return  # unbinding what does not exist is fine, as in RabbitMQ
+        self._check_exclusive(queue, owner)
+        self.apply(ops.Unbind(exchange_name, queue.name, routing_key, arguments))
 
     def bind_exchange(self, destination: str, source: str, routing_key: str,
                       arguments: dict[str, Any]) -> None:
@@ -239,8 +241,11 @@ class VirtualHost:
 
     def unbind_exchange(self, destination: str, source: str, routing_key: str,
                         arguments: dict[str, Any]) -> None:
-        destination_exchange = self._bindable(destination)
-        source_exchange = self._bindable(source)
+        if not destination or not source:
+            raise access_refused("operation not permitted on the default exchange")
+        if destination not in self.exchanges or source not in self.exchanges:
+            return
+        destination_exchange, source_exchange = self.exchanges[destination], self.exchanges[source]
         self.apply(ops.Unbind(source_exchange.name, destination_exchange.name, routing_key, arguments,
                               destination_is_exchange=True))
 
@@ -256,6 +261,9 @@ class VirtualHost:
         mode = arguments.get("x-match", "all")
         if isinstance(mode, bytes):
             mode = mode.decode(errors="replace")
+        if not isinstance(mode, str):
+            raise precondition_failed(f"Invalid x-match field type {type(mode).__name__} "
+                                      f"(value {mode!r}); expected longstr")
         if mode not in ("all", "any", "all-with-x", "any-with-x"):
             raise precondition_failed(f"Invalid x-match field value <<\"{mode}\">>; "
                                       f"expected all, any, all-with-x, or any-with-x")

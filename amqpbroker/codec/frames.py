@@ -75,7 +75,9 @@ class FrameReader:
         have been returned."""
         buffer = self._buffer
         end_of_data = len(buffer)
-        limit = self.frame_max - FRAME_OVERHEAD if self.frame_max else 0xFFFFFFFF
+        # RabbitMQ tolerates frames up to 8 bytes over (clients disagree on whether frame_max
+        # counts the header and frame-end); so do we
+        limit = self.frame_max if self.frame_max else 0xFFFFFFFF
         unpack_head = FRAME_HEAD.unpack_from
         frames: list[tuple[int, int, bytes]] = []
         append = frames.append
