@@ -8,7 +8,7 @@ from amqpbroker.codec.writer import deliver_prefix
 
 if TYPE_CHECKING:
     from amqpbroker.broker.channel import Channel
-    from amqpbroker.broker.queue import Entry, Queue
+    from amqpbroker.broker.queue import Queue
 
 __all__ = ["Consumer"]
 
@@ -40,9 +40,6 @@ class Consumer:
             return False
         limit = channel.global_prefetch
         return not limit or len(channel.unacked) < limit
-
-    def deliver(self, queue: Queue, entry: Entry) -> None:
-        self.channel.deliver(self, queue, entry)
 
     def __repr__(self) -> str:
         return f"<Consumer {self.tag!r} on {self.queue.name!r} unacked={self.unacked}>"

@@ -108,7 +108,7 @@ class Queue:
             consumer = consumers[turn]
             turn = turn + 1 if turn + 1 < count else 0
             if consumer.has_credit():
-                consumer.deliver(self, popleft())
+                consumer.channel.deliver(consumer, self, popleft())
                 idle = 0
             else:
                 idle += 1

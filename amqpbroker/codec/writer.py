@@ -51,9 +51,16 @@ def append_deliver(out: list[bytes], channel: int, prefix: bytes, delivery_tag: 
                    redelivered: bool, routing_raw: bytes, header_payload: bytes, body: bytes,
                    frame_max: int) -> None:
     """Append a whole delivery (method, header, body frames) for one message to ``out``."""
-    size = len(prefix) + 9 + len(routing_raw)
-    out.append(_pack_head(FRAME_METHOD, channel, size) + prefix
-               + _DELIVER_TAIL.pack(delivery_tag, redelivered) + routing_raw + FRAME_END_BYTE)
+    method_head = _pack_head(FRAME_METHOD, channel, len(prefix) + 9 + len(routing_raw))
+    size = len(body)
+    if 0 < size <= frame_max - 8:  # the usual case: the body fits one frame
+        out += (method_head + prefix + _DELIVER_TAIL.pack(delivery_tag, redelivered) + routing_raw
+                + FRAME_END_BYTE + _pack_head(FRAME_HEADER, channel, len(header_payload)),
+                header_payload, FRAME_END_BYTE + _pack_head(FRAME_BODY, channel, size), body,
+                FRAME_END_BYTE)
+        return
+    out.append(method_head + prefix + _DELIVER_TAIL.pack(delivery_tag, redelivered) + routing_raw
+               + FRAME_END_BYTE)
     append_content(out, channel, header_payload, body, frame_max)
 
 

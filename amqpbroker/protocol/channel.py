@@ -83,20 +83,21 @@ class ChannelMachine:
 
     def on_body(self, payload: bytes) -> tuple[Publish, bytes, bytes] | None:
         """Take a body frame; returns ``(publish, header payload, body)`` once complete."""
-        if self._header is None:
+        header = self._header
+        if header is None:
             raise unexpected_frame(f"content body frame on channel {self.number} without a content header")
         received = self._received + len(payload)
-        if received > self._body_size:
-            raise unexpected_content_frame(f"received body frame with size exceeding content header "
-                                   f"({received} > {self._body_size})")
         if received < self._body_size:
             self._chunks.append(payload)
             self._received = received
             return None
+        if received > self._body_size:
+            raise unexpected_content_frame(f"received body frame with size exceeding content header "
+                                           f"({received} > {self._body_size})")
         if self._chunks:
             self._chunks.append(payload)
             payload = b"".join(self._chunks)
             self._chunks = []
-        publish, header = self._publish, self._header
+        publish = self._publish
         self._publish = self._header = None
         return publish, header, payload

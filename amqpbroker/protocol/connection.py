@@ -36,7 +36,7 @@ from amqpbroker.codec.frames import (
     FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD, FRAME_MIN_SIZE, HEARTBEAT_FRAME,
     PROTOCOL_HEADER, FrameReader,
 )
-from amqpbroker.codec.methods import Publish, decode_method, encode_method, method_ids
+from amqpbroker.codec.methods import PUBLISH_ID, Publish, decode_method, encode_method, method_ids
 from amqpbroker.errors import AMQPError, ChannelError, ConnectionError, ReplyCode
 from amqpbroker.protocol.channel import ChannelMachine
 
@@ -169,63 +169,63 @@ class Connection:
 
     def _handle_frames(self, frames: list[tuple[int, int, bytes]]) -> None:
         channels = self.channels
-        handler = self.handler
+        on_publish = self.handler.on_publish
+        is_open = State.OPEN
         for frame_type, number, payload in frames:
-            if self.state is not State.OPEN:
+            if self.state is not is_open:
                 self._handle_outside_open(frame_type, number, payload)
                 if self.state is State.CLOSED:
                     return
                 continue
-            channel = channels.get(number) if number else None
+            channel = channels.get(number)  # channel 0 is never in the table
+            method = None
             try:
-                if channel is None:
-                    self._handle_unopened(frame_type, number, payload)
-                elif channel.closing:
-                    self._handle_closing_channel(frame_type, channel, payload)
-                elif frame_type == FRAME_METHOD:
-                    method = decode_method(payload)
-                    channel.reject_method_mid_content()
-                    if type(method) is Publish:
-                        channel.start_content(method)
-                    elif isinstance(method, commands.Channel.Close):
-                        self._channel_close_from_client(channel)
-                    elif isinstance(method, commands.Channel.Open):
-                        raise ConnectionError(ReplyCode.CHANNEL_ERROR, "second 'channel.open' seen",
-                                              20, 10)
-                    else:
-                        try:
-                            handler.on_method(number, method)
-                        except AMQPError as exc:
-                            raise exc.for_method(*method_ids(method)) from None
+                if channel is None or channel.closing:
+                    self._handle_unopened_or_closing(frame_type, number, channel, payload)
                 elif frame_type == FRAME_BODY:
                     content = channel.on_body(payload)
                     if content is not None:
-                        try:
-                            handler.on_publish(number, *content)
-                        except AMQPError as exc:
-                            raise exc.for_method(60, 40) from None
+                        on_publish(number, *content)
+                elif frame_type == FRAME_METHOD:
+                    method = decode_method(payload)
+                    if type(method) is Publish:
+                        channel.start_content(method)
+                    else:
+                        channel.reject_method_mid_content()
+                        self._channel_method(channel, method)
                 elif frame_type == FRAME_HEADER:
                     content = channel.on_header(payload)
                     if content is not None:
-                        try:
-                            handler.on_publish(number, *content)
-                        except AMQPError as exc:
-                            raise exc.for_method(60, 40) from None
+                        on_publish(number, *content)
                 else:
                     _check_frame_type(frame_type, number)
-            except ChannelError as exc:
-                if number and number in channels:
-                    self._channel_error(channels[number], exc)
+            except AMQPError as exc:
+                if frame_type != FRAME_METHOD:
+                    exc.for_method(*PUBLISH_ID)
+                elif method is not None:
+                    exc.for_method(*method_ids(method))
+                if isinstance(exc, ChannelError) and channel is not None and not channel.closing:
+                    self._channel_error(channel, exc)
                 else:
                     self._connection_error(exc)
-            except ConnectionError as exc:
-                self._connection_error(exc)
             except Exception as exc:  # a bug of ours: this connection goes, the broker stays
                 log.exception("internal error on channel %d", number)
                 self._connection_error(ConnectionError(ReplyCode.INTERNAL_ERROR, f"internal error: {exc!r}"))
-            if self.state is not State.OPEN:
-                if self.state is State.CLOSED:
-                    return
+
+    def _channel_method(self, channel: ChannelMachine, method: Any) -> None:
+        if isinstance(method, commands.Channel.Close):
+            self._channel_close_from_client(channel)
+        elif isinstance(method, commands.Channel.Open):
+            raise ConnectionError(ReplyCode.CHANNEL_ERROR, "second 'channel.open' seen", 20, 10)
+        else:
+            self.handler.on_method(channel.number, method)
+
+    def _handle_unopened_or_closing(self, frame_type: int, number: int, channel: ChannelMachine | None,
+                                    payload: bytes) -> None:
+        if channel is None:
+            self._handle_unopened(frame_type, number, payload)
+        else:
+            self._handle_closing_channel(frame_type, channel, payload)
 
     def _handle_unopened(self, frame_type: int, number: int, payload: bytes) -> None:
         _check_frame_type(frame_type, number)
