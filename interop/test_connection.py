@@ -476,8 +476,6 @@ def test_bad_frame_end_is_501(raw):
     close = client.expect_connection_close()
     assert close.reply_code == 501
     assert close.reply_text.startswith("FRAME_ERROR")
-    client.send_frame(commands.Connection.CloseOk())
-    assert client.wait_closed(3)[0]
 
 
 def test_frame_larger_than_negotiated_frame_max_is_501(raw):
@@ -489,6 +487,10 @@ def test_frame_larger_than_negotiated_frame_max_is_501(raw):
     close = client.expect_connection_close()
     assert close.reply_code == 501
     assert close.reply_text.startswith("FRAME_ERROR")
+    # after a framing error the broker stops reading and drops the socket on its own
+    # (RabbitMQ: ~3 s later), without waiting for close-ok
+    closed, _ = client.wait_closed(6)
+    assert closed
 
 
 def test_frame_exactly_at_frame_max_is_accepted(raw, unique):
