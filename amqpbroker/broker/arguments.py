@@ -20,7 +20,7 @@ def _is_int(value: Any) -> bool:
 
 def _non_negative_int(value: Any) -> str | None:
     if not _is_int(value):
-        return f"{{unacceptable_type,{_amqp_type(value)}}}"
+        return f"expected integer, got {_amqp_type(value)}"
     if value < 0:
         return f"{{value_negative,{value}}}"
     return None
@@ -54,20 +54,21 @@ def _string(value: Any) -> str | None:
     return None if isinstance(value, (str, bytes)) else f"{{unacceptable_type,{_amqp_type(value)}}}"
 
 
-def _one_of(*choices: str) -> Callable[[Any], str | None]:
+def _one_of(invalid: str, *choices: str) -> Callable[[Any], str | None]:
+    """A string among ``choices``; ``invalid`` formats RabbitMQ's reason for any other string."""
     def check(value: Any) -> str | None:
         if isinstance(value, bytes):
             value = value.decode(errors="replace")
         if not isinstance(value, str):
             return f"{{unacceptable_type,{_amqp_type(value)}}}"
-        return None if value in choices else f"{{invalid_value,<<\"{value}\">>}}"
+        return None if value in choices else invalid.format(value=value)
     return check
 
 
 def _max_priority(value: Any) -> str | None:
     error = _non_negative_int(value)
     if error is None and value > 255:
-        return f"{{value_too_large,{value},255}}"
+        return f"{{max_value_exceeded,{value}}}"
     return error
 
 
@@ -85,9 +86,9 @@ QUEUE_ARGUMENTS: dict[str, Callable[[Any], str | None]] = {
     "x-max-in-memory-length": _non_negative_int,
     "x-max-in-memory-bytes": _non_negative_int,
     "x-max-priority": _max_priority,
-    "x-overflow": _one_of("drop-head", "reject-publish", "reject-publish-dlx"),
-    "x-queue-mode": _one_of("default", "lazy"),
-    "x-queue-type": _one_of("classic", "quorum", "stream"),
+    "x-overflow": _one_of("invalid_overflow", "drop-head", "reject-publish", "reject-publish-dlx"),
+    "x-queue-mode": _one_of("unsupported queue mode '{value}'", "default", "lazy"),
+    "x-queue-type": _one_of("unsupported queue type '{value}'", "classic", "quorum", "stream"),
     "x-single-active-consumer": _boolean,
     "x-delivery-limit": _non_negative_int,
     "x-queue-master-locator": _string,
@@ -133,7 +134,7 @@ def validate_queue_arguments(name: str, vhost: str, arguments: dict[str, Any]) -
     if "x-dead-letter-routing-key" in arguments and "x-dead-letter-exchange" not in arguments:
         raise precondition_failed(
             f"invalid arg 'x-dead-letter-routing-key' for queue '{name}' in vhost '{vhost}': "
-            f"{{no_dlx_specified}}")
+            f"routing_key_but_no_dlx_defined")
 
 
 def _inequivalent(kind: str, name: str, vhost: str, key: str, received: Any, current: Any) -> None:

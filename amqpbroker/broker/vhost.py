@@ -148,7 +148,9 @@ class VirtualHost:
         if existing is None and name.startswith("amq."):
             raise access_refused(f"exchange name '{name}' contains reserved prefix 'amq.*'")
         if exchange_class(type_name) is None:
-            raise ConnectionError(ReplyCode.COMMAND_INVALID, f"unknown exchange type '{type_name}'")
+            text = (f"unknown exchange type '{type_name}'" if type_name.startswith("x-")
+                    else f"invalid exchange type '{type_name}'")
+            raise ConnectionError(ReplyCode.COMMAND_INVALID, text)
         if existing is not None:
             where = (name, self.name)
             check_flag("exchange", *where, "type", type_name, existing.type_name)
@@ -162,11 +164,11 @@ class VirtualHost:
     def delete_exchange(self, name: str, *, if_unused: bool) -> None:
         if not name:
             raise access_refused("operation not permitted on the default exchange")
-        if name.startswith("amq."):
-            raise access_refused(f"exchange name '{name}' contains reserved prefix 'amq.*'")
         exchange = self.exchanges.get(name)
         if exchange is None:
             return
+        if name.startswith("amq."):
+            raise access_refused(f"deletion of system exchange '{name}' in vhost '{self.name}' not allowed")
         if if_unused and exchange.bindings:  # only bindings where it is the source count
             raise precondition_failed(f"exchange '{name}' in vhost '{self.name}' in use")
         self.apply(ops.DeleteExchange(name))
