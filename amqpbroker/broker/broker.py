@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from amqpbroker.broker.auth import UserDatabase
+from amqpbroker.broker.journal import Journal
 from amqpbroker.broker.queue import Queue
 from amqpbroker.broker.vhost import VirtualHost
 
@@ -40,22 +41,29 @@ class Broker:
         self.sessions: set[Session] = set()
         self.output_pending: list[Session] = []
         self._dirty: set[Queue] = set()
+        self.journal = Journal()
         self.add_vhost("/")
 
     def add_vhost(self, name: str) -> VirtualHost:
-        vhost = VirtualHost(name, mark_dirty=self._dirty.add, on_queue_deleted=self._queue_deleted)
+        vhost = VirtualHost(name, journal=self.journal, mark_dirty=self._dirty.add,
+                            on_queue_deleted=self._queue_deleted)
         self.vhosts[name] = vhost
         return vhost
 
     def run_pending(self) -> None:
-        """Dispatch every queue that changed, then wake every session that has output."""
+        """Dispatch every queue that changed, hand the journal to the store writer, then send
+        each session's confirms and wake it."""
         dirty = self._dirty
         while dirty:
             dirty.pop().dispatch()
+        journal = self.journal
+        if journal.ops or journal.waiters:
+            journal.on_pending()
         pending = self.output_pending
         if pending:
             for session in pending:
                 session.output_marked = False
+                session.flush_confirms()
                 session.wake()
             pending.clear()
 

@@ -35,7 +35,7 @@ class Channel:
     __slots__ = (
         "number", "session", "out", "frame_max", "next_tag", "unacked", "consumers",
         "consumer_prefetch", "global_prefetch", "confirm", "publish_seq",
-        "confirms_pending", "confirmed_through", "tx", "last_queue",
+        "confirms_pending", "nacks_pending", "confirmed_through", "settled_ahead", "tx", "last_queue",
     )
 
     def __init__(self, session: Session, number: int) -> None:
@@ -51,7 +51,9 @@ class Channel:
         self.confirm = False
         self.publish_seq = 0
         self.confirms_pending: list[int] = []
+        self.nacks_pending: list[int] = []
         self.confirmed_through = 0
+        self.settled_ahead: set[int] = set()
         self.tx: list[tuple] | None = None
         self.last_queue = ""
 
@@ -68,10 +70,15 @@ class Channel:
         message = entry[1]
         append_deliver(self.out, self.number, consumer.prefix, tag, entry[2], message.routing_raw,
                        message.header, message.body, self.frame_max)
-        if not consumer.no_ack:
+        if consumer.no_ack:
+            if message.message_id is not None:
+                queue.discard(entry)
+        else:
             self.unacked[tag] = (queue, entry, consumer)
             consumer.unacked += 1
             queue.unacked_count += 1
+            if message.message_id is not None and not entry[2] and queue.queue_id is not None:
+                queue.journal.mark_delivered(queue, entry)
         self.session.mark_output()
 
     def send_get_ok(self, queue: Queue, entry: Entry, no_ack: bool) -> None:
@@ -80,9 +87,13 @@ class Channel:
         self.out.append(method_frame(self.number, get_ok_payload(tag, entry[2], message.routing_raw,
                                                                  len(queue.ready))))
         append_content(self.out, self.number, message.header, message.body, self.frame_max)
-        if not no_ack:
+        if no_ack:
+            queue.discard(entry)
+        else:
             self.unacked[tag] = (queue, entry, None)
             queue.unacked_count += 1
+            if message.message_id is not None and not entry[2] and queue.queue_id is not None:
+                queue.journal.mark_delivered(queue, entry)
 
     def send(self, method: Any) -> None:
         self.out.append(encode_method(self.number, method))
@@ -130,9 +141,15 @@ class Channel:
                 returned = freed[queue] = []
             if requeue:
                 returned.append(entry)
+            elif entry[1].message_id is not None:
+                queue.discard(entry)
         for queue, entries in freed.items():
-            if entries and not queue.deleted:
-                queue.requeue(entries)
+            if entries:
+                if queue.deleted:
+                    for entry in entries:
+                        queue.discard(entry)
+                else:
+                    queue.requeue(entries)
             queue.consumer_ready()
         if self.global_prefetch:
             for consumer in self.consumers.values():
@@ -148,15 +165,36 @@ class Channel:
 
     # ---------------------------------------------------------------- confirms
 
-    def confirm_published(self) -> None:
+    def confirm_published(self, durable: bool = False) -> None:
+        """Count a publish in confirm mode; ``durable`` ones are confirmed once the store synced."""
         seq = self.publish_seq = self.publish_seq + 1
-        if not self.confirms_pending:
+        if durable:
+            journal = self.session.broker.journal
+            if journal.failed:
+                self._settle_confirm(seq, ok=False)
+            else:
+                journal.wait_for_sync(self, seq)
+            return
+        self._settle_confirm(seq, ok=True)
+
+    def confirm_synced(self, seq: int, ok: bool) -> None:
+        """The store made a publish durable (or failed to); ignored once the channel is gone."""
+        if self.session.channels.get(self.number) is self:
+            self._settle_confirm(seq, ok)
+
+    def _settle_confirm(self, seq: int, ok: bool) -> None:
+        if not self.confirms_pending and not self.nacks_pending:
             self.session.confirming.append(self)
-        self.confirms_pending.append(seq)
+            self.session.mark_output()
+        (self.confirms_pending if ok else self.nacks_pending).append(seq)
 
     def flush_confirms(self) -> None:
-        """Send the pending publisher acks: one ``multiple`` ack for a run of sequence numbers that
-        continues from the last confirmed one, single acks otherwise."""
+        """Send pending publisher acks and nacks: one ``multiple`` ack for a run of sequence numbers
+        that continues from the highest one settled so far, single frames otherwise."""
+        for seq in self.nacks_pending:
+            self.send(commands.Basic.Nack(delivery_tag=seq, multiple=False, requeue=False))
+            self._settled(seq)
+        self.nacks_pending.clear()
         pending = self.confirms_pending
         if not pending:
             return
@@ -174,6 +212,17 @@ class Channel:
         if start == self.confirmed_through + 1:
             self.send(commands.Basic.Ack(delivery_tag=end, multiple=end != start))
             self.confirmed_through = end
+            self._settled(end)
         else:
             for seq in range(start, end + 1):
                 self.send(commands.Basic.Ack(delivery_tag=seq, multiple=False))
+                self._settled(seq)
+
+    def _settled(self, seq: int) -> None:
+        """Track the highest sequence number below which everything is settled."""
+        if seq > self.confirmed_through:
+            self.settled_ahead.add(seq)
+        ahead = self.settled_ahead
+        while self.confirmed_through + 1 in ahead:
+            self.confirmed_through += 1
+            ahead.discard(self.confirmed_through)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from amqpbroker.codec.content import decode_properties
+from amqpbroker.codec.content import decode_properties, delivery_mode
 
 __all__ = ["Message"]
 
@@ -17,7 +17,8 @@ class Message:
     publish; deliveries send both back unchanged.
     """
 
-    __slots__ = ("exchange", "routing_key", "routing_raw", "header", "body", "_properties")
+    __slots__ = ("exchange", "routing_key", "routing_raw", "header", "body", "_properties",
+                 "message_id", "refs")
 
     def __init__(self, exchange: str, routing_key: str, routing_raw: bytes, header: bytes,
                  body: bytes) -> None:
@@ -27,6 +28,13 @@ class Message:
         self.header = header
         self.body = body
         self._properties: Any = None
+        self.message_id: int | None = None  # set once the store holds it
+        self.refs = 0  # durable queue entries that hold it in the store
+
+    @property
+    def persistent(self) -> bool:
+        """delivery_mode 2, read from the raw header (properties stay undecoded)."""
+        return delivery_mode(self.header) == 2
 
     @property
     def properties(self) -> Any:

@@ -34,6 +34,7 @@ class DeclareQueue:
     auto_delete: bool = False
     arguments: dict[str, Any] = field(default_factory=dict)
     exclusive_owner: Any = None  # the owning session; never persisted (exclusive queues are transient)
+    queue_id: int | None = None  # the store's id, when recovering
 
 
 @dataclass(frozen=True, slots=True)

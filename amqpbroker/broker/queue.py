@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from amqpbroker.broker.journal import Journal
 from amqpbroker.broker.message import Message
 
 if TYPE_CHECKING:
@@ -27,12 +28,13 @@ class Queue:
     __slots__ = (
         "name", "vhost", "durable", "exclusive_owner", "auto_delete", "arguments",
         "ready", "unacked_count", "consumers", "_next_seq", "_turn", "_mark_dirty",
-        "had_consumers", "deleted", "exclusive_consumer",
+        "had_consumers", "deleted", "exclusive_consumer", "queue_id", "journal",
     )
 
     def __init__(self, name: str, vhost: str, *, durable: bool = False, exclusive_owner: Any = None,
                  auto_delete: bool = False, arguments: dict[str, Any] | None = None,
-                 mark_dirty: Callable[[Queue], None] = lambda queue: None) -> None:
+                 mark_dirty: Callable[[Queue], None] = lambda queue: None,
+                 journal: Journal | None = None, queue_id: int | None = None) -> None:
         self.name = name
         self.vhost = vhost
         self.durable = durable
@@ -48,6 +50,8 @@ class Queue:
         self._next_seq = 0
         self._turn = 0
         self._mark_dirty = mark_dirty
+        self.journal = journal
+        self.queue_id = queue_id  # set when the queue lives in the store (durable, not exclusive)
 
     @property
     def exclusive(self) -> bool:
@@ -65,6 +69,8 @@ class Queue:
     def enqueue(self, message: Message) -> None:
         seq = self._next_seq = self._next_seq + 1
         self.ready.append((seq, message, False))
+        if self.queue_id is not None and message.persistent:
+            self.journal.store_entry(self, seq, message)
         if self.consumers:
             self._mark_dirty(self)
 
@@ -91,8 +97,24 @@ class Queue:
 
     def purge(self) -> int:
         count = len(self.ready)
+        if self.queue_id is not None and not self.deleted:
+            for entry in self.ready:
+                if entry[1].message_id is not None:
+                    self.journal.forget_entry(self, entry, entry_gone=True)
+            self.journal.ops.append(("purge", self.queue_id))
         self.ready.clear()
         return count
+
+    def discard(self, entry: Entry) -> None:
+        """An entry left the queue for good (acked, rejected without requeue, auto-acked)."""
+        if self.queue_id is not None and entry[1].message_id is not None:
+            self.journal.forget_entry(self, entry, entry_gone=self.deleted)
+
+    def restore(self, entries: list[Entry]) -> None:
+        """Recovery: the entries the store held, in order."""
+        self.ready.extend(entries)
+        if entries:
+            self._next_seq = max(self._next_seq, entries[-1][0])
 
     def dispatch(self) -> None:
         """Deliver ready messages to consumers with credit, round-robin, until either runs out."""

@@ -135,14 +135,14 @@ class Session:
     def _route(self, channel: Channel, exchange: Any, message: Message, mandatory: bool) -> None:
         queues = self.vhost.route(exchange, message.routing_key, message)
         for queue in queues:
-            queue.enqueue(message)
+            queue.enqueue(message)  # a durable queue journals a persistent message (message_id set)
         if not queues and mandatory:
             out = self.out
             out.append(method_frame(channel.number,
                                     return_payload(ReplyCode.NO_ROUTE, "NO_ROUTE", message.routing_raw)))
             append_content(out, channel.number, message.header, message.body, channel.frame_max)
         if channel.confirm:
-            channel.confirm_published()
+            channel.confirm_published(durable=message.message_id is not None)
 
     # ------------------------------------------------------------ batches and output
 
@@ -152,12 +152,14 @@ class Session:
             self.broker.output_pending.append(self)
 
     def end_of_batch(self) -> None:
-        """After a batch of input: send publisher confirms, then let the broker dispatch."""
+        """After a batch of input: the broker dispatches, journals and sends confirms once."""
+        self.broker.run_pending()
+
+    def flush_confirms(self) -> None:
         if self.confirming:
             for channel in self.confirming:
                 channel.flush_confirms()
             self.confirming.clear()
-        self.broker.run_pending()
 
     def output_drained(self) -> None:
         """The transport sent everything: consumers held back for output may go on."""

@@ -8,15 +8,19 @@ the way RabbitMQ does (404, 403, 405, 406) and then build the operation and appl
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 from collections.abc import Callable
 from typing import Any
+
+from pamqp import encode
 
 from amqpbroker.broker import ops
 from amqpbroker.broker.arguments import (
     check_exchange_equivalence, check_flag, check_queue_equivalence, validate_queue_arguments,
 )
 from amqpbroker.broker.exchanges import Binding, Exchange, exchange_class
+from amqpbroker.broker.journal import Journal
 from amqpbroker.broker.message import Message
 from amqpbroker.broker.queue import Queue
 from amqpbroker.errors import (
@@ -37,14 +41,39 @@ PREDECLARED_EXCHANGES = (
 )
 
 
+def exchange_definition(op: ops.DeclareExchange) -> dict[str, Any]:
+    return {"name": op.name, "type": op.type, "durable": op.durable, "auto_delete": op.auto_delete,
+            "internal": op.internal, "arguments": op.arguments}
+
+
+def queue_definition(op: ops.DeclareQueue) -> dict[str, Any]:
+    return {"name": op.name, "durable": op.durable, "auto_delete": op.auto_delete,
+            "arguments": op.arguments}
+
+
+def binding_definition(op: ops.Bind) -> dict[str, Any]:
+    return {"source": op.source, "destination": op.destination, "routing_key": op.routing_key,
+            "arguments": op.arguments, "destination_is_exchange": op.destination_is_exchange}
+
+
+def binding_key(op: ops.Bind | ops.Unbind) -> str:
+    """The identity of a binding as a store key: ends, kind, routing key, arguments."""
+    arguments = (hashlib.sha1(encode.field_table(dict(sorted(op.arguments.items())))).hexdigest()
+                 if op.arguments else "")
+    kind = "e" if op.destination_is_exchange else "q"
+    return "\x00".join((op.source, kind, op.destination, op.routing_key, arguments))
+
+
 def server_named_queue() -> str:
     return "amq.gen-" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
 
 
 class VirtualHost:
-    def __init__(self, name: str, *, mark_dirty: Callable[[Queue], None] = lambda queue: None,
+    def __init__(self, name: str, *, journal: Journal | None = None,
+                 mark_dirty: Callable[[Queue], None] = lambda queue: None,
                  on_queue_deleted: Callable[[Queue], None] = lambda queue: None) -> None:
         self.name = name
+        self.journal = journal if journal is not None else Journal()
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue] = {}
         self.exchange_bindings = 0  # exchange-to-exchange bindings; routing is simpler without
@@ -56,28 +85,43 @@ class VirtualHost:
     # ------------------------------------------------------------ the one mutation path
 
     def apply(self, op: ops.Op) -> Any:
-        """Carry out one topology operation that has already been checked."""
+        """Carry out one topology operation that has already been checked, and journal it when
+        it concerns durable entities (recovery applies with the journal still disabled)."""
+        journal = self.journal
         if isinstance(op, ops.DeclareExchange):
             cls = exchange_class(op.type)
             exchange = cls(op.name, op.durable, op.auto_delete, op.internal, op.arguments)
             self.exchanges[op.name] = exchange
+            if op.durable and not op.name.startswith("amq.") and op.name:
+                journal.definition(("exchange", self.name, op.name, exchange_definition(op)))
             return exchange
         if isinstance(op, ops.DeclareQueue):
+            stored = op.durable and op.exclusive_owner is None and not op.auto_delete
+            queue_id = op.queue_id
+            if stored and queue_id is None and journal.enabled:
+                queue_id = journal.new_queue_id()
             queue = Queue(op.name, self.name, durable=op.durable, exclusive_owner=op.exclusive_owner,
-                          auto_delete=op.auto_delete, arguments=op.arguments, mark_dirty=self._mark_dirty)
+                          auto_delete=op.auto_delete, arguments=op.arguments, mark_dirty=self._mark_dirty,
+                          journal=journal, queue_id=queue_id if stored else None)
             self.queues[op.name] = queue
+            if queue.queue_id is not None:
+                journal.definition(("queue", self.name, op.name, queue.queue_id, queue_definition(op)))
             return queue
         if isinstance(op, ops.Bind):
             source = self.exchanges[op.source]
             destination = self._destination(op)
             added = source.bind(Binding(destination, op.routing_key, op.arguments))
             self.exchange_bindings += added and op.destination_is_exchange
+            if added and self._stored_binding(source, destination):
+                journal.definition(("binding", self.name, binding_key(op), binding_definition(op)))
             return added
         if isinstance(op, ops.Unbind):
             source = self.exchanges[op.source]
             destination = self._destination(op)
             removed = source.unbind(Binding(destination, op.routing_key, op.arguments))
             self.exchange_bindings -= removed and op.destination_is_exchange
+            if removed and self._stored_binding(source, destination):
+                journal.definition(("binding-", self.name, binding_key(op)))
             if removed and source.auto_delete and not source.bindings:
                 self.apply(ops.DeleteExchange(source.name))
             return removed
@@ -91,8 +135,18 @@ class VirtualHost:
                 for binding in source.bindings_to(exchange):
                     self._unbind_binding(source, binding)
             del self.exchanges[op.name]
+            if exchange.durable:
+                journal.definition(("exchange-", self.name, op.name))
             return exchange
         raise TypeError(f"unknown topology operation {op!r}")
+
+    @staticmethod
+    def _stored_binding(source: Exchange, destination: Any) -> bool:
+        if not source.durable or not source.name:
+            return False
+        if isinstance(destination, Exchange):
+            return destination.durable
+        return destination.queue_id is not None
 
     def _unbind_binding(self, source: Exchange, binding: Binding) -> None:
         is_exchange = isinstance(binding.destination, Exchange)
@@ -107,6 +161,11 @@ class VirtualHost:
             for binding in exchange.bindings_to(queue):
                 self._unbind_binding(exchange, binding)
         del self.queues[queue.name]
+        if queue.queue_id is not None:
+            for entry in queue.ready:
+                if entry[1].message_id is not None:
+                    self.journal.forget_entry(queue, entry, entry_gone=True)
+            self.journal.definition(("queue-", self.name, queue.name, queue.queue_id))
         queue.deleted = True
         count = queue.purge()
         self._on_queue_deleted(queue)

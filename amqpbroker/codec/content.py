@@ -13,7 +13,8 @@ from pamqp import commands, header as pamqp_header
 
 from amqpbroker.errors import ConnectionError, ReplyCode
 
-__all__ = ["parse_content_header", "decode_properties", "encode_content_header", "BASIC_CLASS_ID"]
+__all__ = ["parse_content_header", "decode_properties", "encode_content_header", "delivery_mode",
+           "BASIC_CLASS_ID"]
 
 BASIC_CLASS_ID = 60
 _HEADER_HEAD = struct.Struct(">HHQ")
@@ -37,3 +38,25 @@ def decode_properties(header_payload: bytes) -> commands.Basic.Properties:
 def encode_content_header(body_size: int, properties: commands.Basic.Properties | None = None) -> bytes:
     """A content header payload for content the broker makes itself."""
     return pamqp_header.ContentHeader(0, body_size, properties).marshal()
+
+
+_CONTENT_TYPE, _CONTENT_ENCODING, _HEADERS, _DELIVERY_MODE = 0x8000, 0x4000, 0x2000, 0x1000
+_LONG = struct.Struct(">I")
+
+
+def delivery_mode(header_payload: bytes) -> int | None:
+    """The delivery-mode property, read from the raw header without decoding the others."""
+    offset = 12
+    flags = (header_payload[offset] << 8) | header_payload[offset + 1]
+    if not flags & _DELIVERY_MODE:
+        return None
+    offset += 2
+    while header_payload[offset - 1] & 1:  # further flag words (none are defined for Basic)
+        offset += 2
+    if flags & _CONTENT_TYPE:
+        offset += 1 + header_payload[offset]
+    if flags & _CONTENT_ENCODING:
+        offset += 1 + header_payload[offset]
+    if flags & _HEADERS:
+        offset += 4 + _LONG.unpack_from(header_payload, offset)[0]
+    return header_payload[offset]

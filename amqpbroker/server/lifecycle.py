@@ -4,6 +4,7 @@ CONNECTION_FORCED, give them ``shutdown_timeout`` seconds to go, then stop."""
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from typing import Any
 
@@ -11,9 +12,13 @@ import anyio
 from anyio.abc import TaskStatus
 
 from amqpbroker.broker.broker import Broker, Limits
+from amqpbroker.broker.recovery import restore
 from amqpbroker.config import Config
 from amqpbroker.errors import ReplyCode
 from amqpbroker.server.listener import listen
+from amqpbroker.store.base import StoreError
+from amqpbroker.store.rocks import RocksStore
+from amqpbroker.store.writer import StoreWriter
 
 __all__ = ["serve", "run"]
 
@@ -29,10 +34,39 @@ def build_broker(config: Config) -> Broker:
                   default_user_loopback_only=config.loopback_users)
 
 
+def open_store(config: Config, broker: Broker) -> RocksStore:
+    """Open the data directory and rebuild the broker from it (blocking: before serving)."""
+    path = os.path.join(config.data_dir, "rocksdb")
+    os.makedirs(path, exist_ok=True)
+    store = RocksStore(path)
+    try:
+        orphans = restore(broker, store.recover())
+        store.remove(orphans)
+    except BaseException:
+        store.close()
+        raise
+    broker.journal.enabled = True
+    log.info("data directory %s", config.data_dir)
+    return store
+
+
 async def serve(config: Config, *, task_status: TaskStatus[Any] = anyio.TASK_STATUS_IGNORED) -> None:
     """Serve until cancelled or signalled; reports the bound ports through ``task_status``."""
     broker = build_broker(config)
+    store = open_store(config, broker)
+    writer = StoreWriter(store, broker)
+    try:
+        await _serve(config, broker, writer, task_status)
+    finally:
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(config.shutdown_timeout):
+                await writer.drain()
+            store.close()
+
+
+async def _serve(config: Config, broker: Broker, writer: StoreWriter, task_status: TaskStatus[Any]) -> None:
     async with anyio.create_task_group() as group:
+        group.start_soon(writer.run)
         connections = await group.start(listen, config, broker)
         task_status.started(connections.ports)
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -60,4 +94,7 @@ def run(config: Config) -> int:
         anyio.run(serve, config, backend="asyncio", backend_options=backend_options)
     except KeyboardInterrupt:
         pass
+    except StoreError as exc:
+        log.error("%s; refusing to start", exc)
+        return 1
     return 0

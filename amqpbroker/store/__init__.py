@@ -1,0 +1,1 @@
+"""Durable state: the narrow Store interface, its RocksDB implementation and the group-commit writer."""
