@@ -96,7 +96,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "in one process")
     p.add_argument("--json", metavar="PATH", help="also write every run's full result as JSON")
     p.add_argument("--selftest", action="store_true",
-                   help="measure the consumer fast path without a broker (msg per CPU second) and exit")
+                   help="measure the generator itself (no broker: a null server that streams "
+                        "deliveries and discards publishes) and exit; uses --duration up to 5 s")
     args = p.parse_args(argv)
     if not args.selftest and not args.url and not args.reference:
         p.error("give at least one --url (or --reference)")
@@ -123,6 +124,11 @@ def _targets(args: argparse.Namespace) -> list[Target]:
     if args.reference:
         targets.append(Target(args.reference_url, "RabbitMQ", _pid_arg(args.reference_pid, args.reference_url),
                               reference=True))
+    seen: dict[str, int] = {}
+    for t in targets:  # labels name the table columns and key the results: keep them unique
+        seen[t.label] = seen.get(t.label, 0) + 1
+        if seen[t.label] > 1:
+            t.label = f"{t.label}#{seen[t.label]}"
     return targets
 
 
@@ -214,17 +220,20 @@ def _summary(run: dict) -> str:
                         if c.get("cpu_util") is not None)
     if clients:
         parts.append(f"generator CPU: {clients}")
+    if run.get("system_cores"):
+        sc = run["system_cores"]
+        parts.append(f"machine: {sc['busy']:.2f} cores busy, {sc['idle']:.2f} idle, {sc['steal']:.2f} stolen")
+    if run.get("warnings"):
+        parts.append(f"WARNINGS: {'; '.join(run['warnings'])}")
     return "; ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.selftest:
-        for manual in (False, True):
-            res = loadgen.parser_selftest(1.0, args.size, manual)
-            mode = "manual ack (one ack per 64 KB read)" if manual else "autoack"
-            print(f"consumer fast path, {args.size} B bodies, {mode}: "
-                  f"{res['consumer_msgs_per_cpu_s']:,.0f} msg per CPU second (parsing only, no syscalls)")
+        from . import selftest
+        for line in selftest.run(min(args.duration, 5.0), args.size, args.layout):
+            print(line, flush=True)
         return 0
 
     workloads = _workloads(args.workload)
@@ -249,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                     run = run_workload(t.url, wl, opts, broker_pid=t.pid, label=t.label)
                 except BenchError as exc:
                     run = {"workload": wl, "label": t.label, "error": str(exc)}
-                except OSError as exc:
+                except Exception as exc:  # noqa: BLE001 - report it in the table, keep benchmarking
                     run = {"workload": wl, "label": t.label, "error": f"{type(exc).__name__}: {exc}"}
                 if "error" in run or run["consumed_rate"] <= 0:
                     failed = True

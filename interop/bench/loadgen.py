@@ -179,6 +179,7 @@ class BenchProtocol(asyncio.BufferedProtocol):
         self.body_left = 0
         self.body_size = 0
         self.manual_ack = False
+        self.expect_size = -1      # body size every delivery must have (checked per header frame)
         self.ack_every = 0
         self.ack_frame = _ack_template()
         self.lat: list[int] | None = None
@@ -257,6 +258,9 @@ class BenchProtocol(asyncio.BufferedProtocol):
                         return
             elif ftype == FRAME_HEADER:
                 body_size = body_left = u64(buf, off + 11)[0]
+                if body_size != self.expect_size:
+                    self._fail(f"delivery {tag} has a {body_size} B body, expected {self.expect_size} B")
+                    return
                 if body_size == 0:
                     count += 1
             elif ftype != FRAME_HEARTBEAT:
@@ -389,6 +393,7 @@ async def _consumer(cfg: ClientConfig, idx: int, shared: Shared, report) -> dict
             await proto.rpc(commands.Basic.Qos(prefetch_count=cfg.prefetch), commands.Basic.QosOk)
         # set the fast-path state *before* consuming: deliveries can share a read with Consume-Ok
         proto.manual_ack = cfg.manual_ack
+        proto.expect_size = cfg.body_size
         proto.ack_every = cfg.ack_every if cfg.manual_ack else 0
         proto.consumed_slot = (shared.consumed, idx)
         if cfg.record_latency:
@@ -404,7 +409,7 @@ async def _consumer(cfg: ClientConfig, idx: int, shared: Shared, report) -> dict
         lat = array("q", proto.lat or ())
         proto.lat = None
         return {"role": "consumer", "idx": idx, "count": proto.count, "error": error,
-                "reads": proto.reads, "acks": proto.acks,
+                "reads": proto.reads, "acks": proto.acks, "last_tag": proto.tag,
                 "latency_ns": lat.tobytes()}
     finally:
         await proto.close()
@@ -452,8 +457,15 @@ async def _publish_flood(proto: BenchProtocol, cfg: ClientConfig, idx: int, shar
         if can_write.is_set():
             await sleep(0)      # let the loop read whatever the broker sent
         else:
-            await can_write.wait()
+            await _drained(proto, phase)
     return published
+
+
+async def _drained(proto: BenchProtocol, phase) -> None:
+    """Wait until the transport's write buffer drains (the broker reads again), or the run stops."""
+    while not proto.can_write.is_set() and phase.value < PHASE_STOP and proto.error is None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(proto.can_write.wait(), 0.05)
 
 
 async def _publish_paced(proto: BenchProtocol, cfg: ClientConfig, idx: int, shared: Shared,
@@ -483,7 +495,7 @@ async def _publish_paced(proto: BenchProtocol, cfg: ClientConfig, idx: int, shar
                 published += n
                 pub[idx] = published
             if not proto.can_write.is_set():
-                await proto.can_write.wait()
+                await _drained(proto, phase)
         # Sleep until the next message is due, but at least 1 ms: uvloop (libuv) timers have
         # 1 ms resolution and a shorter sleep would busy-spin, stealing CPU from the broker.
         # So at 10k msg/s messages leave in bursts of ~10 per millisecond tick.
@@ -556,6 +568,7 @@ def parser_selftest(seconds: float = 1.0, body_size: int = 1024, manual_ack: boo
         proto.transport = mock.Mock()
         proto.transport.write = lambda data: None
         proto.manual_ack = manual_ack
+        proto.expect_size = body_size
         one = bytearray()
         for tag in range(1, 65):
             one += pframe.marshal(commands.Basic.Deliver(consumer_tag="bench-c0", delivery_tag=tag,

@@ -23,6 +23,19 @@ def cpu_seconds(pid: int | None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def system_cpu() -> dict[str, float] | None:
+    """Machine-wide CPU seconds so far from /proc/stat: busy, idle (incl. iowait) and steal."""
+    try:
+        with open("/proc/stat") as f:
+            cols = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    cols += [0] * (8 - len(cols))
+    user, nice, system, idle, iowait, irq, softirq, steal = cols[:8]
+    return {"busy": (user + nice + system + irq + softirq) / _TICK, "idle": (idle + iowait) / _TICK,
+            "steal": steal / _TICK}
+
+
 def listener_pid(host: str, port: int) -> int | None:
     """The pid owning the TCP socket listening on ``port`` on this machine, if we can see it.
 

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 from . import loadgen
 from .loadgen import PHASE_MEASURE, PHASE_STOP, PHASE_WARMUP, ClientConfig, Shared
-from .procstat import cpu_seconds
+from .procstat import cpu_seconds, system_cpu
 
 WORKLOADS = ("throughput-autoack", "throughput-ack", "latency")
 
@@ -83,7 +83,11 @@ def run_workload(url: str, workload: str, opts: RunOptions, broker_pid: int | No
     roles = [("consumer", i) for i in range(opts.consumers)] + [("producer", i) for i in range(opts.producers)]
     groups = [[role] for role in roles] if opts.layout == "split" else [roles]
 
-    loadgen.declare_queue(url, queue_name)
+    try:
+        loadgen.declare_queue(url, queue_name)
+    except Exception as exc:  # noqa: BLE001 - refused, bad credentials, unknown vhost, timeout...
+        raise BenchError(f"cannot set up the queue on {loadgen.parse_url(url).display}: "
+                         f"{type(exc).__name__}: {exc}") from exc
     procs = [ctx.Process(target=loadgen.worker_main, args=(group, cfg, shared, report), daemon=True)
              for group in groups]
     pids: dict[tuple[str, int], int] = {}
@@ -120,6 +124,7 @@ def run_workload(url: str, workload: str, opts: RunOptions, broker_pid: int | No
             "published": sum(shared.published),
             "broker_cpu": cpu_seconds(broker_pid),
             "clients_cpu": {key: cpu_seconds(pid) for key, pid in pids.items()},
+            "system_cpu": system_cpu(),
         }
 
     try:
@@ -192,14 +197,23 @@ def run_workload(url: str, workload: str, opts: RunOptions, broker_pid: int | No
         result["broker_cpu_s"] = cpu
         result["broker_cpu_util"] = cpu / elapsed
         result["broker_cpu_us_per_msg"] = cpu / consumed * 1e6 if consumed else None
-    for key in pids:
+    if before["system_cpu"] and after["system_cpu"]:
+        # whole machine, in cores: busy + idle + steal = number of CPUs
+        result["system_cores"] = {k: (after["system_cpu"][k] - before["system_cpu"][k]) / elapsed
+                                  for k in before["system_cpu"]}
+    for key in sorted(pids):
         c0, c1 = before["clients_cpu"].get(key), after["clients_cpu"].get(key)
         if c0 is not None and c1 is not None:
             result["clients"][f"{key[0]}{key[1]}"] = {"cpu_util": (c1 - c0) / elapsed}
     for (role, idx), payload in done.items():
         if role == "consumer":  # whole-run totals (warm-up included): how the consumer read and acked
             entry = result["clients"].setdefault(f"consumer{idx}", {})
-            entry.update({k: payload.get(k) for k in ("count", "reads", "acks")})
+            entry.update({k: payload.get(k) for k in ("count", "reads", "acks", "last_tag")})
+            # delivery tags are 1, 2, 3... per channel: the last one read must match the count
+            # (one more when the run stopped between a Basic.Deliver and its body)
+            if payload.get("last_tag") is not None and not 0 <= payload["last_tag"] - payload["count"] <= 1:
+                errors.append(f"consumer {idx}: last delivery tag {payload['last_tag']} but "
+                              f"{payload['count']} messages counted")
     if opts.layout == "single":
         # all clients share one process: every entry shows the same (whole-process) figure
         result["clients"] = {"all": next(iter(result["clients"].values()), {})}
