@@ -31,6 +31,8 @@ class Config:
     loopback_users: bool = True  # the default user may connect from loopback only
     log_level: str = "info"
     shutdown_timeout: float = 5.0
+    queue_window_messages: int = 2048  # ready messages a queue keeps in memory before paging out
+    queue_window_bytes: int = 8 << 20  # ... or this many body bytes, whichever comes first
 
 
 _FIELDS = {field.name: field for field in dataclasses.fields(Config)}

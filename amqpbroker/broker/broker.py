@@ -32,7 +32,8 @@ class Limits:
 
 class Broker:
     def __init__(self, limits: Limits = Limits(), *, default_user: str = "guest",
-                 default_password: str = "guest", default_user_loopback_only: bool = True) -> None:
+                 default_password: str = "guest", default_user_loopback_only: bool = True,
+                 paging_window: tuple[int, int] = (0, 0)) -> None:
         self.limits = limits
         self.users = UserDatabase()
         self.users.add(default_user, default_password, tags=("administrator",),
@@ -41,7 +42,7 @@ class Broker:
         self.sessions: set[Session] = set()
         self.output_pending: list[Session] = []
         self._dirty: set[Queue] = set()
-        self.journal = Journal()
+        self.journal = Journal(window_messages=paging_window[0], window_bytes=paging_window[1])
         self.add_vhost("/")
 
     def add_vhost(self, name: str) -> VirtualHost:
@@ -51,13 +52,13 @@ class Broker:
         return vhost
 
     def run_pending(self) -> None:
-        """Dispatch every queue that changed, hand the journal to the store writer, then send
-        each session's confirms and wake it."""
+        """Dispatch every queue that changed, hand the journal (durable writes, pages) to the
+        store writer, then send each session's confirms and wake it."""
         dirty = self._dirty
         while dirty:
             dirty.pop().dispatch()
         journal = self.journal
-        if journal.ops or journal.waiters:
+        if journal.ops or journal.waiters or journal.pages or journal.page_requests:
             journal.on_pending()
         pending = self.output_pending
         if pending:

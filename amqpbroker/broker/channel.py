@@ -85,7 +85,7 @@ class Channel:
         tag = self.next_tag = self.next_tag + 1
         message = entry[1]
         self.out.append(method_frame(self.number, get_ok_payload(tag, entry[2], message.routing_raw,
-                                                                 len(queue.ready))))
+                                                                 queue.message_count)))
         append_content(self.out, self.number, message.header, message.body, self.frame_max)
         if no_ack:
             queue.discard(entry)

@@ -5,58 +5,95 @@ registers publisher confirms that must wait until those operations are synced. T
 (``amqpbroker/store/writer.py``) takes both once per batch of input, writes the operations
 unsynced, syncs in a worker thread, and then releases the confirms.
 
-Operations are tuples, first element a tag:
+It also carries queue paging: a queue whose ready messages pass the window (``window_messages``,
+``window_bytes``) writes further arrivals out here instead of keeping them, and asks for them back
+(``page_requests``) when its in-memory part runs low.
 
-=================================================  ============================================
-``("exchange", vhost, name, definition)``          durable exchange declared
-``("exchange-", vhost, name)``                      durable exchange deleted
-``("queue", vhost, name, queue_id, definition)``    durable queue declared
-``("queue-", vhost, name, queue_id)``               durable queue deleted (with its entries)
-``("binding", vhost, key, definition)``             binding between durable ends added
-``("binding-", vhost, key)``                        binding removed
-``("message", message_id, message)``                persistent message stored (once)
-``("message-", message_id)``                        last queue entry of that message gone
-``("entry", queue_id, seq, message_id, delivered)``  message in a durable queue (delivered: bool)
-``("entry-", queue_id, seq)``                       entry acked or dropped
-``("purge", queue_id)``                             every entry of a queue dropped
-=================================================  ============================================
+Operations (``ops``, written to the WAL and synced) are tuples, first element a tag:
+
+=====================================================  ========================================
+``("exchange", vhost, name, definition)``              durable exchange declared
+``("exchange-", vhost, name)``                          durable exchange deleted
+``("queue", vhost, name, queue_id, definition)``        durable queue declared
+``("queue-", vhost, name, queue_id)``                   durable queue deleted (with its entries)
+``("binding", vhost, key, definition)``                 binding between durable ends added
+``("binding-", vhost, key)``                            binding removed
+``("message", message_id, message)``                    persistent message stored (once)
+``("message-", message_id)``                            last queue entry of that message gone
+``("entry", queue_id, seq, message_id, delivered)``     message in a durable queue (delivered: bool)
+``("entry-", queue_id, seq)``                           entry acked or dropped
+``("inline", queue_id, seq, message, persistent)``      paged-out entry of a durable queue, with
+                                                        its own copy of the message
+``("delivered", queue_id, seq)``                        an inline entry was handed out once
+``("inline-", queue_id, seq)``                          inline entry (and its mark) acked or dropped
+``("entries-", queue_id, from_seq)``                    a durable queue's paged-out entries dropped
+=====================================================  ========================================
+
+Transient page operations (``pages``, written without the WAL: they never need to survive):
+
+=====================================================  ========================================
+``("page", page_id, seq, message)``                     paged-out entry of a non-durable queue
+``("page-", page_id, from_seq, to_seq)``                those entries read back, or purged
+=====================================================  ========================================
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from amqpbroker.broker.channel import Channel
     from amqpbroker.broker.message import Message
     from amqpbroker.broker.queue import Entry, Queue
 
-__all__ = ["Journal"]
+__all__ = ["Journal", "INLINE"]
+
+INLINE = 0  # the message_id of a message that lives inline in its (paged) queue entry
+UNBOUNDED = sys.maxsize
 
 
 class Journal:
-    """Outbox of durable operations and of the confirms that wait for them."""
+    """Outbox of durable operations, of the confirms that wait for them, and of page requests."""
 
-    __slots__ = ("enabled", "ops", "waiters", "next_message_id", "next_queue_id", "on_pending", "failed")
+    __slots__ = ("_enabled", "ops", "pages", "waiters", "page_requests", "next_message_id",
+                 "next_queue_id", "next_page_id", "on_pending", "failed", "window_messages",
+                 "window_bytes", "paging_window", "read_page_now")
 
-    def __init__(self, *, enabled: bool = False) -> None:
-        self.enabled = enabled
+    def __init__(self, *, enabled: bool = False, window_messages: int = 0, window_bytes: int = 0) -> None:
         self.ops: list[tuple] = []
+        self.pages: list[tuple] = []
         self.waiters: list[tuple[Channel, int]] = []
+        self.page_requests: list[Queue] = []
         self.next_message_id = 1
         self.next_queue_id = 1
+        self.next_page_id = 1
         self.failed = False  # the store refused a write: persistent publishes are nacked
         self.on_pending: Callable[[], None] = lambda: None
+        # a short page read on the spot, for basic.get on a queue whose in-memory part ran out
+        self.read_page_now: Callable[[Queue], None] = lambda queue: None
+        self.paging_window = (window_messages or UNBOUNDED, window_bytes or UNBOUNDED)  # as configured
+        self.enabled = enabled
+
+    @property
+    def enabled(self) -> bool:
+        """Is there a store? Without one nothing is journaled and queues never page."""
+        return self._enabled
+
+    @enabled.setter
+    def enabled(self, value: bool) -> None:
+        self._enabled = value
+        self.window_messages, self.window_bytes = self.paging_window if value else (UNBOUNDED, UNBOUNDED)
 
     @property
     def pending(self) -> bool:
-        return bool(self.ops or self.waiters)
+        return bool(self.ops or self.pages or self.waiters or self.page_requests)
 
-    def take(self) -> tuple[list[tuple], list[tuple[Channel, int]]]:
-        ops, waiters = self.ops, self.waiters
-        self.ops, self.waiters = [], []
-        return ops, waiters
+    def take(self) -> tuple[list[tuple], list[tuple], list[tuple[Channel, int]]]:
+        ops, pages, waiters = self.ops, self.pages, self.waiters
+        self.ops, self.pages, self.waiters = [], [], []
+        return ops, pages, waiters
 
     # ---------------------------------------------------------------- definitions
 
@@ -72,24 +109,35 @@ class Journal:
     # ---------------------------------------------------------------- messages
 
     def store_entry(self, queue: Queue, seq: int, message: Message) -> None:
-        """A persistent message entered a durable queue."""
+        """A persistent message entered a durable queue (in memory)."""
         message_id = message.message_id
         if message_id is None:
             message_id = message.message_id = self.next_message_id
             self.next_message_id += 1
             self.ops.append(("message", message_id, message))
+            message.durable = True
         message.refs += 1
         self.ops.append(("entry", queue.queue_id, seq, message_id, False))
 
     def mark_delivered(self, queue: Queue, entry: Entry) -> None:
         """Remember a delivery, so a restart hands the message out as redelivered."""
-        self.ops.append(("entry", queue.queue_id, entry[0], entry[1].message_id, True))
+        message_id = entry[1].message_id
+        if message_id == INLINE:
+            self.ops.append(("delivered", queue.queue_id, entry[0]))
+        else:
+            self.ops.append(("entry", queue.queue_id, entry[0], message_id, True))
 
-    def forget_entry(self, queue: Queue, entry: Entry, *, entry_gone: bool = False) -> None:
-        """An entry left its durable queue for good (acked, dropped, purged)."""
+    def forget_entry(self, queue: Queue, entry: Entry) -> None:
+        """A stored entry left its durable queue for good (acked, dropped, purged)."""
         message = entry[1]
-        if not entry_gone:
-            self.ops.append(("entry-", queue.queue_id, entry[0]))
+        if message.message_id == INLINE:
+            self.ops.append(("inline-", queue.queue_id, entry[0]))
+            return
+        self.ops.append(("entry-", queue.queue_id, entry[0]))
+        self.release(message)
+
+    def release(self, message: Message) -> None:
+        """One fewer stored entry holds this shared message; the last one removes it."""
         message.refs -= 1
         if message.refs == 0:
             self.ops.append(("message-", message.message_id))
@@ -97,7 +145,32 @@ class Journal:
     def wait_for_sync(self, channel: Channel, seq: int) -> None:
         self.waiters.append((channel, seq))
 
+    # ---------------------------------------------------------------- paging
 
-def is_stored(queue: Queue, entry: Any) -> bool:
-    """Does this queue entry live in the store?"""
-    return queue.queue_id is not None and entry[1].message_id is not None
+    def page_out(self, queue: Queue, seq: int, message: Message) -> None:
+        """Write an arrival of a queue past its window to the store instead of memory."""
+        if queue.queue_id is not None:
+            persistent = message.persistent
+            self.ops.append(("inline", queue.queue_id, seq, message, persistent))
+            if persistent:
+                message.durable = True
+        else:
+            if queue.page_id is None:
+                queue.page_id = self.next_page_id
+                self.next_page_id += 1
+            self.pages.append(("page", queue.page_id, seq, message))
+
+    def drop_paged(self, queue: Queue, from_seq: int) -> None:
+        """A queue's paged-out entries from ``from_seq`` on are gone (purge)."""
+        if queue.queue_id is not None:
+            self.ops.append(("entries-", queue.queue_id, from_seq))
+        else:
+            self.pages.append(("page-", queue.page_id, from_seq, UNBOUNDED))
+
+    def paged_in(self, queue: Queue, from_seq: int, to_seq: int) -> None:
+        """Entries of a non-durable queue came back into memory: their pages can go."""
+        if queue.queue_id is None:
+            self.pages.append(("page-", queue.page_id, from_seq, to_seq))
+
+    def request_page(self, queue: Queue) -> None:
+        self.page_requests.append(queue)

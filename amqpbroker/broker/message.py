@@ -18,7 +18,7 @@ class Message:
     """
 
     __slots__ = ("exchange", "routing_key", "routing_raw", "header", "body", "_properties",
-                 "message_id", "refs")
+                 "message_id", "refs", "durable")
 
     def __init__(self, exchange: str, routing_key: str, routing_raw: bytes, header: bytes,
                  body: bytes) -> None:
@@ -28,8 +28,18 @@ class Message:
         self.header = header
         self.body = body
         self._properties: Any = None
-        self.message_id: int | None = None  # set once the store holds it
+        # set once the store holds it: its id, shared by queue entries, or journal.INLINE when it
+        # lives in a paged queue entry of its own
+        self.message_id: int | None = None
         self.refs = 0  # durable queue entries that hold it in the store
+        self.durable = False  # written to the store durably: its confirm waits for the sync
+
+    @classmethod
+    def from_store(cls, routing_raw: bytes, header: bytes, body: bytes) -> Message:
+        """A message read back from the store (``routing_raw``: exchange and key as shortstrs)."""
+        exchange_end = 1 + routing_raw[0]
+        return cls(routing_raw[1:exchange_end].decode(), routing_raw[exchange_end + 1:].decode(),
+                   routing_raw, header, body)
 
     @property
     def persistent(self) -> bool:

@@ -4,6 +4,14 @@ An entry is a tuple ``(seq, message, redelivered)``; ``seq`` is the queue's arri
 requeued message goes back to its original position among the ready ones, as RabbitMQ does.
 ``dispatch()`` hands ready messages to consumers that have credit, one per consumer in turn; the
 broker calls it once per batch for every queue that changed (``Broker.run_pending``).
+
+Paging (when the broker has a store): ``ready`` holds at most a window of messages
+(``journal.window_messages`` / ``window_bytes``). Once it is full, arrivals are written to the
+store instead (``journal.page_out``) and only counted (``paged``); from then on every arrival goes
+there until the paged part is empty again, so the paged entries are always the newest ones, in
+order, from ``page_next`` on. When ``ready`` falls below half the window the queue asks for the
+next page (``journal.request_page``); the store writer reads it in a worker thread and hands it
+back through :meth:`Queue.paged_in`.
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from amqpbroker.broker.journal import Journal
+from amqpbroker.broker.journal import INLINE, Journal
 from amqpbroker.broker.message import Message
 
 if TYPE_CHECKING:
@@ -29,6 +37,7 @@ class Queue:
         "name", "vhost", "durable", "exclusive_owner", "auto_delete", "arguments",
         "ready", "unacked_count", "consumers", "_next_seq", "_turn", "_mark_dirty",
         "had_consumers", "deleted", "exclusive_consumer", "queue_id", "journal",
+        "ready_bytes", "paged", "page_next", "page_id", "paging_in", "page_epoch",
     )
 
     def __init__(self, name: str, vhost: str, *, durable: bool = False, exclusive_owner: Any = None,
@@ -50,8 +59,14 @@ class Queue:
         self._next_seq = 0
         self._turn = 0
         self._mark_dirty = mark_dirty
-        self.journal = journal
+        self.journal = journal if journal is not None else Journal()
         self.queue_id = queue_id  # set when the queue lives in the store (durable, not exclusive)
+        self.ready_bytes = 0  # body bytes in ``ready``
+        self.paged = 0  # entries written out to the store, not in memory
+        self.page_next = 0  # seq of the first paged entry
+        self.page_id: int | None = None  # a non-durable queue's page space, once it paged
+        self.paging_in = False  # a page read is under way
+        self.page_epoch = 0  # bumped by purge and delete: a page read begun before is stale
 
     @property
     def exclusive(self) -> bool:
@@ -59,7 +74,8 @@ class Queue:
 
     @property
     def message_count(self) -> int:
-        return len(self.ready)
+        """Ready messages, in memory and paged out."""
+        return len(self.ready) + self.paged
 
     def __repr__(self) -> str:
         return f"<Queue {self.name!r} ready={len(self.ready)} unacked={self.unacked_count}>"
@@ -68,9 +84,17 @@ class Queue:
 
     def enqueue(self, message: Message) -> None:
         seq = self._next_seq = self._next_seq + 1
+        journal = self.journal
+        if self.paged or len(self.ready) >= journal.window_messages or self.ready_bytes >= journal.window_bytes:
+            if not self.paged:
+                self.page_next = seq
+            self.paged += 1
+            journal.page_out(self, seq, message)
+            return
         self.ready.append((seq, message, False))
+        self.ready_bytes += len(message.body)
         if self.queue_id is not None and message.persistent:
-            self.journal.store_entry(self, seq, message)
+            journal.store_entry(self, seq, message)
         if self.consumers:
             self._mark_dirty(self)
 
@@ -79,6 +103,7 @@ class Queue:
         returned = sorted((seq, message, True) for seq, message, _ in entries)
         if not returned:
             return
+        self.ready_bytes += sum(len(entry[1].body) for entry in returned)
         ready = self.ready
         if not ready or returned[-1][0] < ready[0][0]:
             ready.extendleft(reversed(returned))
@@ -93,48 +118,128 @@ class Queue:
     # ---------------------------------------------------------------- messages out
 
     def get(self) -> Entry | None:
-        return self.ready.popleft() if self.ready else None
+        if not self.ready:
+            if not self.paged:
+                return None
+            # basic.get outran the page reads: a short read now, or a client polling a backlog
+            # would be told "empty" while it holds messages
+            self.page_epoch += 1  # a read under way is stale: it would start at the same seq
+            self.journal.read_page_now(self)
+            if not self.ready:
+                return None
+        entry = self.ready.popleft()
+        self.ready_bytes -= len(entry[1].body)
+        if self.paged:
+            self._want_page()
+        return entry
 
     def purge(self) -> int:
-        count = len(self.ready)
-        if self.queue_id is not None and not self.deleted:
-            for entry in self.ready:
-                if entry[1].message_id is not None:
-                    self.journal.forget_entry(self, entry, entry_gone=True)
-            self.journal.ops.append(("purge", self.queue_id))
+        """Drop every ready message (in memory and paged out); unacked ones stay."""
+        count = self.message_count
+        for entry in self.ready:
+            self.discard(entry)
+        if self.paged:
+            if self.queue_id is None or not self.deleted:  # a durable queue's delete dropped them
+                self.journal.drop_paged(self, self.page_next)
+            self.paged = 0
+            self.paging_in = False
+            self.page_epoch += 1
         self.ready.clear()
+        self.ready_bytes = 0
         return count
 
     def discard(self, entry: Entry) -> None:
-        """An entry left the queue for good (acked, rejected without requeue, auto-acked)."""
-        if self.queue_id is not None and entry[1].message_id is not None:
-            self.journal.forget_entry(self, entry, entry_gone=self.deleted)
+        """An entry left the queue for good (acked, rejected without requeue, auto-acked, purged)."""
+        message = entry[1]
+        if self.queue_id is None or message.message_id is None:
+            return
+        if not self.deleted:
+            self.journal.forget_entry(self, entry)
+        elif message.message_id != INLINE:  # the queue's entries went with it; the message may not
+            self.journal.release(message)
 
-    def restore(self, entries: list[Entry]) -> None:
-        """Recovery: the entries the store held, in order."""
+    def restore(self, entries: list[Entry], *, paged: int = 0, page_next: int = 0, last_seq: int = 0) -> None:
+        """Recovery: the entries the store held, in order, and how many more it holds from
+        ``page_next`` on (``last_seq`` the newest)."""
         self.ready.extend(entries)
-        if entries:
-            self._next_seq = max(self._next_seq, entries[-1][0])
+        self.ready_bytes += sum(len(entry[1].body) for entry in entries)
+        self.paged, self.page_next = paged, page_next
+        self._next_seq = max(self._next_seq, last_seq, entries[-1][0] if entries else 0)
+
+    # ---------------------------------------------------------------- paging
+
+    def _want_page(self) -> None:
+        """Ask for the next page once the in-memory part is down to half the window."""
+        if not self.paging_in and len(self.ready) <= self.journal.window_messages // 2:
+            self.paging_in = True
+            self.journal.request_page(self)
+
+    def page_wanted(self) -> tuple[int, bool, int, int, int, int] | None:
+        """What to read for this queue now, or None:
+        ``(epoch, durable, page id, from seq, at most count, at most bytes)``."""
+        if self.deleted or not self.paged:
+            self.paging_in = False
+            return None
+        journal = self.journal
+        durable = self.queue_id is not None
+        room = max(journal.window_messages - len(self.ready), 1)
+        return (self.page_epoch, durable, self.queue_id if durable else self.page_id, self.page_next,
+                min(room, self.paged), max(journal.window_bytes - self.ready_bytes, 1))
+
+    def paged_in(self, epoch: int, page: list[tuple[int, tuple[bytes, bytes, bytes]]]) -> None:
+        """A page read begun at ``epoch`` came back as ``(seq, (routing_raw, header, body))``
+        pairs: its messages join the in-memory part."""
+        if epoch != self.page_epoch or self.deleted:
+            return  # purged or deleted meanwhile; the purge dropped those pages
+        self.paging_in = False
+        if not page:
+            self.paged = 0  # the store lost them (only if the data dir was altered underneath)
+            return
+        stored_inline = self.queue_id is not None
+        entries = []
+        for seq, stored in page:
+            message = Message.from_store(*stored)
+            if stored_inline:
+                message.message_id = INLINE
+            self.ready_bytes += len(message.body)
+            entries.append((seq, message, False))
+        self.ready.extend(entries)
+        self.paged = max(self.paged - len(entries), 0)
+        last = entries[-1][0]
+        self.journal.paged_in(self, self.page_next, last + 1)
+        self.page_next = last + 1
+        if self.consumers:
+            self._mark_dirty(self)
+        if self.paged:
+            self._want_page()
 
     def dispatch(self) -> None:
         """Deliver ready messages to consumers with credit, round-robin, until either runs out."""
         ready = self.ready
         consumers = self.consumers
         if not ready or not consumers:
+            if self.paged:
+                self._want_page()
             return
         count = len(consumers)
         turn = self._turn % count
         idle = 0
+        sent_bytes = 0
         popleft = ready.popleft
         while ready and idle < count:
             consumer = consumers[turn]
             turn = turn + 1 if turn + 1 < count else 0
             if consumer.has_credit():
-                consumer.channel.deliver(consumer, self, popleft())
+                entry = popleft()
+                sent_bytes += len(entry[1].body)
+                consumer.channel.deliver(consumer, self, entry)
                 idle = 0
             else:
                 idle += 1
         self._turn = turn
+        self.ready_bytes -= sent_bytes
+        if self.paged:
+            self._want_page()
 
     # ---------------------------------------------------------------- consumers
 

@@ -1,6 +1,13 @@
 """Rebuild the broker from what the store held: topology through ``VirtualHost.apply`` (the same
 path live declares take), then each durable queue's messages in their original order; messages
-that had been delivered come back with ``redelivered`` set."""
+that had been delivered come back with ``redelivered`` set.
+
+A queue's first entries come back into memory, up to its paging window; the rest stay in the store
+as the queue's paged-out part, read back as consumers drain it. Entries that must be in memory
+(those referring to a shared message, or delivered before) are always loaded; in a running broker
+they never come after paged-out ones, so this only matters if the window was made smaller.
+Transient messages that had been paged out of a durable queue are dropped, as RabbitMQ does.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +16,21 @@ from typing import Any
 
 from amqpbroker.broker import ops
 from amqpbroker.broker.broker import Broker
+from amqpbroker.broker.journal import INLINE
 from amqpbroker.broker.message import Message
+from amqpbroker.broker.queue import Queue
 
 __all__ = ["restore"]
 
 log = logging.getLogger("amqpbroker.recovery")
 
+_CLEANUP_BATCH = 10_000
 
-def restore(broker: Broker, recovered: Any) -> list[tuple]:
-    """Apply ``recovered`` (an ``amqpbroker.store.base.Recovered``) to a new broker (journal still disabled). Returns the store keys of
-    orphans to drop: messages no queue holds, entries of unknown queues or messages."""
+
+def restore(broker: Broker, store: Any) -> None:
+    """Read ``store`` (an ``amqpbroker.store.base.Store``) into a new broker whose journal is still
+    disabled, and drop from the store what no queue holds any more. Blocking: call before serving."""
+    recovered = store.recover()
     journal = broker.journal
     vhost = broker.vhosts["/"]
     for definition in recovered.exchanges:
@@ -26,7 +38,7 @@ def restore(broker: Broker, recovered: Any) -> list[tuple]:
             vhost.apply(ops.DeclareExchange(definition["name"], definition["type"], definition["durable"],
                                             definition["auto_delete"], definition["internal"],
                                             dict(definition.get("arguments") or {})))
-    queues_by_id = {}
+    queues_by_id: dict[int, Queue] = {}
     for definition in recovered.queues:
         queue = vhost.apply(ops.DeclareQueue(definition["name"], definition["durable"],
                                              definition["auto_delete"], dict(definition.get("arguments") or {}),
@@ -37,33 +49,94 @@ def restore(broker: Broker, recovered: Any) -> list[tuple]:
         _restore_binding(vhost, definition)
 
     messages: dict[int, Message] = {}
-    orphans: list[tuple] = []
     for message_id, stored in recovered.messages.items():
-        exchange_end = 1 + stored.routing_raw[0]
-        message = Message(stored.routing_raw[1:exchange_end].decode(),
-                          stored.routing_raw[exchange_end + 1:].decode(),
-                          stored.routing_raw, stored.header, stored.body)
+        message = messages[message_id] = Message.from_store(*stored)
         message.message_id = message_id
-        messages[message_id] = message
+        message.durable = True
         journal.next_message_id = max(journal.next_message_id, message_id + 1)
-    count = 0
-    for queue_id, stored_entries in recovered.entries.items():
-        queue = queues_by_id.get(queue_id)
-        entries = []
-        for seq, message_id, delivered in stored_entries:
-            message = messages.get(message_id)
-            if queue is None or message is None:
-                orphans.append(("entry", queue_id, seq))
+
+    cleanup = _Cleanup(store)
+    marks_used: set[tuple[int, int]] = set()
+    count = paged = 0
+    for queue_id, queue in queues_by_id.items():
+        _restore_queue(queue, store, messages, journal.paging_window, cleanup, marks_used)
+        count += queue.message_count
+        paged += queue.paged
+    for queue_id, seq in recovered.delivered_marks - marks_used:
+        cleanup.add(("delivered-", queue_id, seq))
+    for message_id, message in messages.items():
+        if not message.refs:
+            cleanup.add(("message-", message_id))
+    cleanup.finish()
+    log.info("recovered %d exchanges, %d queues, %d bindings, %d messages (%d of them paged out)",
+             len(recovered.exchanges), len(recovered.queues), len(recovered.bindings), count, paged)
+
+
+def _restore_queue(queue: Queue, store: Any, messages: dict[int, Message], window: tuple[int, int],
+                   cleanup: _Cleanup, marks_used: set[tuple[int, int]]) -> None:
+    queue_id = queue.queue_id
+
+    def survives(entry: Any) -> bool:
+        return messages.get(entry.message_id) is not None if entry.message_id else entry.persistent
+
+    # first pass, without message bodies: what survives, and how far memory must reach
+    total = must_load = last_seq = 0
+    for entry in store.queue_entries(queue_id, with_messages=False):
+        last_seq = entry.seq
+        if not survives(entry):
+            cleanup.add(("entry-", queue_id, entry.seq) if entry.message_id else ("inline-", queue_id, entry.seq))
+            continue
+        total += 1
+        if entry.message_id or entry.delivered:
+            must_load = total
+
+    # second pass: load the in-memory part
+    window_messages, window_bytes = window
+    entries: list[tuple] = []
+    size = page_next = 0
+    if total:
+        for entry in store.queue_entries(queue_id, with_messages=True):
+            if not survives(entry):
                 continue
-            message.refs += 1
-            entries.append((seq, message, delivered))
-        if queue is not None:
-            queue.restore(entries)
-            count += len(entries)
-    orphans.extend(("message", message_id) for message_id, message in messages.items() if not message.refs)
-    log.info("recovered %d exchanges, %d queues, %d bindings, %d messages",
-             len(recovered.exchanges), len(recovered.queues), len(recovered.bindings), count)
-    return orphans
+            if len(entries) >= must_load and (len(entries) >= window_messages or size >= window_bytes):
+                page_next = entry.seq
+                break
+            if entry.message_id:
+                message = messages[entry.message_id]
+                message.refs += 1
+            else:
+                message = Message.from_store(*entry.inline)
+                message.message_id = INLINE
+                if entry.delivered:
+                    marks_used.add((queue_id, entry.seq))
+            size += len(message.body)
+            entries.append((entry.seq, message, entry.delivered))
+    queue.restore(entries, paged=total - len(entries), page_next=page_next, last_seq=last_seq)
+
+
+class _Cleanup:
+    """Store operations dropping what recovery found orphaned, written in batches, synced at the end."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.ops: list[tuple] = []
+        self.written = False
+
+    def add(self, op: tuple) -> None:
+        self.ops.append(op)
+        if len(self.ops) >= _CLEANUP_BATCH:
+            self._write()
+
+    def _write(self) -> None:
+        self.store.write(self.ops)
+        self.ops = []
+        self.written = True
+
+    def finish(self) -> None:
+        if self.ops:
+            self._write()
+        if self.written:
+            self.store.sync()
 
 
 def _restore_binding(vhost: Any, definition: dict[str, Any]) -> None:

@@ -135,14 +135,14 @@ class Session:
     def _route(self, channel: Channel, exchange: Any, message: Message, mandatory: bool) -> None:
         queues = self.vhost.route(exchange, message.routing_key, message)
         for queue in queues:
-            queue.enqueue(message)  # a durable queue journals a persistent message (message_id set)
+            queue.enqueue(message)  # a durable queue journals a persistent message (durable set)
         if not queues and mandatory:
             out = self.out
             out.append(method_frame(channel.number,
                                     return_payload(ReplyCode.NO_ROUTE, "NO_ROUTE", message.routing_raw)))
             append_content(out, channel.number, message.header, message.body, channel.frame_max)
         if channel.confirm:
-            channel.confirm_published(durable=message.message_id is not None)
+            channel.confirm_published(durable=message.durable)
 
     # ------------------------------------------------------------ batches and output
 
@@ -254,7 +254,7 @@ class Session:
             self.exclusive_queues.append(queue)
         channel.last_queue = queue.name
         if not m.nowait:
-            channel.send(commands.Queue.DeclareOk(queue=queue.name, message_count=len(queue.ready),
+            channel.send(commands.Queue.DeclareOk(queue=queue.name, message_count=queue.message_count,
                                                   consumer_count=len(queue.consumers)))
 
     def _queue_bind(self, channel: Channel, m: commands.Queue.Bind) -> None:

@@ -161,10 +161,7 @@ class VirtualHost:
             for binding in exchange.bindings_to(queue):
                 self._unbind_binding(exchange, binding)
         del self.queues[queue.name]
-        if queue.queue_id is not None:
-            for entry in queue.ready:
-                if entry[1].message_id is not None:
-                    self.journal.forget_entry(queue, entry, entry_gone=True)
+        if queue.queue_id is not None:  # drops its stored entries too
             self.journal.definition(("queue-", self.name, queue.name, queue.queue_id))
         queue.deleted = True
         count = queue.purge()
@@ -266,7 +263,7 @@ class VirtualHost:
         self._check_exclusive(queue, owner)
         if if_unused and queue.consumers:
             raise precondition_failed(f"queue '{name}' in vhost '{self.name}' in use")
-        if if_empty and queue.ready:
+        if if_empty and queue.message_count:
             raise precondition_failed(f"queue '{name}' in vhost '{self.name}' is not empty")
         return self.apply(ops.DeleteQueue(name))
 

@@ -31,7 +31,8 @@ def build_broker(config: Config) -> Broker:
     return Broker(Limits(channel_max=config.channel_max, frame_max=config.frame_max,
                          heartbeat=config.heartbeat),
                   default_user=config.default_user, default_password=config.default_password,
-                  default_user_loopback_only=config.loopback_users)
+                  default_user_loopback_only=config.loopback_users,
+                  paging_window=(config.queue_window_messages, config.queue_window_bytes))
 
 
 def open_store(config: Config, broker: Broker) -> RocksStore:
@@ -40,8 +41,7 @@ def open_store(config: Config, broker: Broker) -> RocksStore:
     os.makedirs(path, exist_ok=True)
     store = RocksStore(path)
     try:
-        orphans = restore(broker, store.recover())
-        store.remove(orphans)
+        restore(broker, store)
     except BaseException:
         store.close()
         raise
@@ -67,6 +67,7 @@ async def serve(config: Config, *, task_status: TaskStatus[Any] = anyio.TASK_STA
 async def _serve(config: Config, broker: Broker, writer: StoreWriter, task_status: TaskStatus[Any]) -> None:
     async with anyio.create_task_group() as group:
         group.start_soon(writer.run)
+        group.start_soon(writer.run_pages)
         connections = await group.start(listen, config, broker)
         task_status.started(connections.ports)
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

@@ -2,45 +2,65 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
-__all__ = ["Store", "Recovered", "StoredMessage", "StoreError"]
+__all__ = ["Store", "Recovered", "StoredMessage", "StoredEntry", "StoreError"]
 
 
 class StoreError(Exception):
     """The store cannot be opened, read or written (corrupt, locked, disk full, I/O error)."""
 
 
-@dataclass(frozen=True, slots=True)
-class StoredMessage:
+class StoredMessage(NamedTuple):
     routing_raw: bytes  # exchange and routing key as two shortstrs
     header: bytes  # content header payload as published
     body: bytes
 
 
+class StoredEntry(NamedTuple):
+    """One entry of a durable queue, as the store holds it."""
+
+    seq: int
+    message_id: int  # the shared message it refers to, or 0 when the message is inline
+    delivered: bool  # handed out at least once
+    persistent: bool  # inline entries only: transient ones do not outlive a restart
+    inline: StoredMessage | None  # the entry's own copy of its message (paged-out entries)
+
+
 @dataclass
 class Recovered:
-    """Everything a restart needs, read once before the broker serves."""
+    """The definitions and shared messages a restart needs, read once before the broker serves.
+    Queue entries are read per queue with :meth:`Store.queue_entries`."""
 
     exchanges: list[dict[str, Any]] = field(default_factory=list)
     queues: list[dict[str, Any]] = field(default_factory=list)
     bindings: list[dict[str, Any]] = field(default_factory=list)
-    entries: dict[int, list[tuple[int, int, bool]]] = field(default_factory=dict)  # queue id -> (seq, message id, delivered)
     messages: dict[int, StoredMessage] = field(default_factory=dict)
+    delivered_marks: set[tuple[int, int]] = field(default_factory=set)  # (queue id, seq) of inline entries
 
 
 class Store(Protocol):
     def recover(self) -> Recovered:
-        """Read the whole durable state (blocking; called before serving)."""
+        """Read definitions and shared messages, drop transient pages (blocking; before serving)."""
+
+    def queue_entries(self, queue_id: int, *, with_messages: bool) -> Iterator[StoredEntry]:
+        """A durable queue's entries in order (blocking; before serving). Without
+        ``with_messages`` the ``inline`` copies are left unread (None)."""
 
     def write(self, ops: list[tuple]) -> None:
         """Apply journal operations as one atomic batch, without waiting for the disk."""
 
+    def write_pages(self, pages: list[tuple]) -> None:
+        """Apply transient page operations, without the WAL (they never outlive a restart)."""
+
+    def read_page(self, durable: bool, page_id: int, from_seq: int, count: int,
+                  max_bytes: int) -> list[tuple[int, StoredMessage]]:
+        """Up to ``count`` paged-out entries ``(seq, message)`` of a queue from ``from_seq`` on,
+        stopping once ``max_bytes`` of bodies were read (blocking: a worker thread calls it)."""
+
     def sync(self) -> None:
         """Make every write so far durable (blocking; called from a worker thread)."""
-
-    def remove(self, keys: list[tuple]) -> None:
-        """Drop orphans found at recovery (``("message", id)`` / ``("entry", queue_id, seq)``)."""
 
     def close(self) -> None: ...

@@ -1,51 +1,60 @@
 """The store on RocksDB (rocksdict), in one key space with one-letter prefixes.
 
-=============================================  ==========================================
+=============================================  ==================================================
 key                                            value
-=============================================  ==========================================
+=============================================  ==================================================
 ``x`` vhost ``\\0`` name                          exchange definition (field table)
 ``q`` vhost ``\\0`` name                          queue definition, including its queue id
 ``b`` vhost ``\\0`` binding identity             binding definition
-``m`` message id (8 bytes, big-endian)          routing bytes, header length, header, body
-``e`` queue id (8) seq (8)                      message id (8), delivered flag (1)
-=============================================  ==========================================
+``m`` message id (8 bytes, big-endian)          a message: routing bytes, header length, header, body
+``e`` queue id (8) seq (8)                      message id (8), delivered flag (1); or, for an entry
+                                                written while its queue paged, 0 (8), flags (1:
+                                                persistent) and its own copy of the message
+``d`` queue id (8) seq (8)                      (empty) that inline entry was delivered once
+``t`` page id (8) seq (8)                       a paged-out message of a non-durable queue
+=============================================  ==================================================
 
 Entries of a queue are contiguous and in arrival order, so recovery reads each queue in order with
-one prefix scan, and a queue is dropped with one range delete. Writes go to the WAL unsynced;
-:meth:`RocksStore.sync` (``flush_wal(sync=True)``, which releases the GIL) makes them durable.
+one prefix scan, a page is one seek and a short scan, and a queue is dropped with one range delete.
+Writes go to the WAL unsynced; :meth:`RocksStore.sync` (``flush_wal(sync=True)``, which releases
+the GIL) makes them durable. ``t`` pages are written without the WAL and dropped at every start.
 """
 
 from __future__ import annotations
 
 import logging
 import struct
+from collections.abc import Iterator
 from typing import Any
 
 from pamqp import decode, encode
 from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 
-from amqpbroker.store.base import Recovered, StoredMessage, StoreError
+from amqpbroker.store.base import Recovered, StoredEntry, StoredMessage, StoreError
 
 __all__ = ["RocksStore"]
 
 log = logging.getLogger("amqpbroker.store")
 
 _U64 = struct.Struct(">Q")
-_ENTRY_KEY = struct.Struct(">cQQ")
+_SEQ_KEY = struct.Struct(">cQQ")
 _ENTRY_VALUE = struct.Struct(">QB")
 _U32 = struct.Struct(">I")
+_PERSISTENT = 2  # inline entry flag
+_MEMTABLE_BYTES = 32 << 20  # two of these at most: bounds RocksDB's share of resident memory
 
 
 def _text_key(prefix: bytes, vhost: str, name: str) -> bytes:
     return prefix + vhost.encode() + b"\x00" + name.encode()
 
 
-def _entry_key(queue_id: int, seq: int) -> bytes:
-    return _ENTRY_KEY.pack(b"e", queue_id, seq)
+def _seq_key(prefix: bytes, owner: int, seq: int) -> bytes:
+    return _SEQ_KEY.pack(prefix, owner, seq)
 
 
-def _queue_range(queue_id: int) -> tuple[bytes, bytes]:
-    return _ENTRY_KEY.pack(b"e", queue_id, 0), _ENTRY_KEY.pack(b"e", queue_id + 1, 0)
+def _range(prefix: bytes, owner: int, from_seq: int = 0, to_seq: int | None = None) -> tuple[bytes, bytes]:
+    end = _SEQ_KEY.pack(prefix, owner + 1, 0) if to_seq is None else _SEQ_KEY.pack(prefix, owner, to_seq)
+    return _SEQ_KEY.pack(prefix, owner, from_seq), end
 
 
 def _table(definition: dict[str, Any]) -> bytes:
@@ -60,19 +69,21 @@ def _message_value(message: Any) -> bytes:
     return b"".join((message.routing_raw, _U32.pack(len(message.header)), message.header, message.body))
 
 
-def _stored_message(value: bytes) -> StoredMessage:
-    exchange_end = 1 + value[0]
+def _stored_message(value: bytes, start: int = 0) -> StoredMessage:
+    exchange_end = start + 1 + value[start]
     routing_end = exchange_end + 1 + value[exchange_end]
     header_length = _U32.unpack_from(value, routing_end)[0]
     header_start = routing_end + 4
     body_start = header_start + header_length
-    return StoredMessage(value[:routing_end], value[header_start:body_start], value[body_start:])
+    return StoredMessage(value[start:routing_end], value[header_start:body_start], value[body_start:])
 
 
 class RocksStore:
     def __init__(self, path: str) -> None:
         options = Options(raw_mode=True)
         options.create_if_missing(True)
+        options.set_write_buffer_size(_MEMTABLE_BYTES)
+        options.set_max_write_buffer_number(2)
         try:
             self._db = Rdict(path, options)
         except Exception as exc:  # rocksdict raises plain Exception for corrupt or locked dirs
@@ -80,33 +91,99 @@ class RocksStore:
         self.path = path
         self._unsynced = WriteOptions()
         self._unsynced.sync = False
+        self._no_wal = WriteOptions()
+        self._no_wal.disable_wal = True
+        self._delivered: set[tuple[int, int]] = set()
 
-    # ------------------------------------------------------------ reading
+    # ------------------------------------------------------------ reading, before serving
 
     def recover(self) -> Recovered:
         recovered = Recovered()
         try:
-            for key, value in self._db.items():
-                kind = key[:1]
-                if kind == b"e":
-                    _, queue_id, seq = _ENTRY_KEY.unpack(key)
-                    message_id, delivered = _ENTRY_VALUE.unpack(value)
-                    recovered.entries.setdefault(queue_id, []).append((seq, message_id, bool(delivered)))
-                elif kind == b"m":
-                    recovered.messages[_U64.unpack(key[1:])[0]] = _stored_message(value)
-                elif kind == b"x":
-                    recovered.exchanges.append(_untable(value))
-                elif kind == b"q":
-                    recovered.queues.append(_untable(value))
-                elif kind == b"b":
-                    recovered.bindings.append(_untable(value))
-                else:
-                    raise StoreError(f"unknown key {key[:16]!r} in the data directory {self.path}")
+            self._drop_transient_pages()
+            for prefix, kind in ((b"x", recovered.exchanges), (b"q", recovered.queues),
+                                 (b"b", recovered.bindings)):
+                kind.extend(_untable(value) for _, value in self._scan(prefix))
+            for key, value in self._scan(b"m"):
+                recovered.messages[_U64.unpack_from(key, 1)[0]] = _stored_message(value)
+            self._delivered = {_SEQ_KEY.unpack(key)[1:] for key, _ in self._scan(b"d")}
+            recovered.delivered_marks = self._delivered
+            self._check_prefixes()
         except StoreError:
             raise
         except Exception as exc:
             raise StoreError(f"cannot read the data directory {self.path}: {exc}") from exc
         return recovered
+
+    def queue_entries(self, queue_id: int, *, with_messages: bool) -> Iterator[StoredEntry]:
+        delivered = self._delivered
+        try:
+            for key, value in self._scan_range(*_range(b"e", queue_id)):
+                seq = _SEQ_KEY.unpack(key)[2]
+                message_id, flags = _ENTRY_VALUE.unpack_from(value)
+                if message_id:
+                    yield StoredEntry(seq, message_id, bool(flags), True, None)
+                else:
+                    inline = _stored_message(value, _ENTRY_VALUE.size) if with_messages else None
+                    yield StoredEntry(seq, 0, (queue_id, seq) in delivered, bool(flags & _PERSISTENT), inline)
+        except Exception as exc:
+            raise StoreError(f"cannot read the data directory {self.path}: {exc}") from exc
+
+    def _check_prefixes(self) -> None:
+        """Every key must start with one of our prefixes (one seek per prefix present)."""
+        iterator = self._db.iter()
+        try:
+            iterator.seek_to_first()
+            while iterator.valid():
+                key = iterator.key()
+                if key[:1] not in (b"x", b"q", b"b", b"m", b"e", b"d"):
+                    raise StoreError(f"unknown key {key[:16]!r} in the data directory {self.path}")
+                iterator.seek(bytes([key[0] + 1]))
+        finally:
+            del iterator
+
+    def _scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        return self._scan_range(prefix, bytes([prefix[0] + 1]))
+
+    def _scan_range(self, start: bytes, end: bytes) -> Iterator[tuple[bytes, bytes]]:
+        iterator = self._db.iter()
+        try:
+            iterator.seek(start)
+            while iterator.valid():
+                key = iterator.key()
+                if key >= end:
+                    break
+                yield key, iterator.value()
+                iterator.next()
+        finally:
+            del iterator  # iterators must be gone before close()
+
+    def _drop_transient_pages(self) -> None:
+        batch = WriteBatch(raw_mode=True)
+        batch.delete_range(b"t", b"u")
+        self._db.write(batch, self._unsynced)
+
+    # ------------------------------------------------------------ paging, from a worker thread
+
+    def read_page(self, durable: bool, page_id: int, from_seq: int, count: int,
+                  max_bytes: int) -> list[tuple[int, StoredMessage]]:
+        page: list[tuple[int, StoredMessage]] = []
+        start = _ENTRY_VALUE.size if durable else 0
+        size = 0
+        try:
+            for key, value in self._scan_range(*_range(b"e" if durable else b"t", page_id, from_seq)):
+                if durable and _ENTRY_VALUE.unpack_from(value)[0]:
+                    raise StoreError(f"queue {page_id}: entry {key[9:].hex()} is not a paged one")
+                message = _stored_message(value, start)
+                page.append((_SEQ_KEY.unpack(key)[2], message))
+                size += len(message.body)
+                if len(page) >= count or size >= max_bytes:
+                    break
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(f"reading a page from {self.path} failed: {exc}") from exc
+        return page
 
     # ------------------------------------------------------------ writing
 
@@ -117,22 +194,34 @@ class RocksStore:
             tag = op[0]
             if tag == "entry":
                 _, queue_id, seq, message_id, delivered = op
-                put(_entry_key(queue_id, seq), _ENTRY_VALUE.pack(message_id, delivered))
+                put(_seq_key(b"e", queue_id, seq), _ENTRY_VALUE.pack(message_id, delivered))
             elif tag == "entry-":
-                delete(_entry_key(op[1], op[2]))
+                delete(_seq_key(b"e", op[1], op[2]))
             elif tag == "message":
                 put(b"m" + _U64.pack(op[1]), _message_value(op[2]))
             elif tag == "message-":
                 delete(b"m" + _U64.pack(op[1]))
-            elif tag == "purge":
-                batch.delete_range(*_queue_range(op[1]))
+            elif tag == "inline":
+                _, queue_id, seq, message, persistent = op
+                put(_seq_key(b"e", queue_id, seq),
+                    _ENTRY_VALUE.pack(0, _PERSISTENT if persistent else 0) + _message_value(message))
+            elif tag == "delivered":
+                put(_seq_key(b"d", op[1], op[2]), b"")
+            elif tag == "inline-":
+                delete(_seq_key(b"e", op[1], op[2]))
+                delete(_seq_key(b"d", op[1], op[2]))
+            elif tag == "delivered-":
+                delete(_seq_key(b"d", op[1], op[2]))
+            elif tag == "entries-":
+                batch.delete_range(*_range(b"e", op[1], op[2]))
             elif tag == "queue":
                 _, vhost, name, queue_id, definition = op
                 put(_text_key(b"q", vhost, name), _table({**definition, "id": queue_id}))
             elif tag == "queue-":
                 _, vhost, name, queue_id = op
                 delete(_text_key(b"q", vhost, name))
-                batch.delete_range(*_queue_range(queue_id))
+                batch.delete_range(*_range(b"e", queue_id))
+                batch.delete_range(*_range(b"d", queue_id))
             elif tag == "exchange":
                 put(_text_key(b"x", op[1], op[2]), _table(op[3]))
             elif tag == "exchange-":
@@ -143,8 +232,22 @@ class RocksStore:
                 delete(_text_key(b"b", op[1], op[2]))
             else:
                 raise ValueError(f"unknown journal operation {tag!r}")
+        self._write(batch, self._unsynced)
+
+    def write_pages(self, pages: list[tuple]) -> None:
+        batch = WriteBatch(raw_mode=True)
+        for op in pages:
+            if op[0] == "page":
+                batch.put(_seq_key(b"t", op[1], op[2]), _message_value(op[3]))
+            elif op[0] == "page-":
+                batch.delete_range(*_range(b"t", op[1], op[2], op[3]))
+            else:
+                raise ValueError(f"unknown page operation {op[0]!r}")
+        self._write(batch, self._no_wal)
+
+    def _write(self, batch: WriteBatch, options: WriteOptions) -> None:
         try:
-            self._db.write(batch, self._unsynced)
+            self._db.write(batch, options)
         except Exception as exc:
             raise StoreError(f"write to {self.path} failed: {exc}") from exc
 
@@ -153,12 +256,6 @@ class RocksStore:
             self._db.flush_wal(True)
         except Exception as exc:
             raise StoreError(f"sync of {self.path} failed: {exc}") from exc
-
-    def remove(self, keys: list[tuple]) -> None:
-        ops = [("message-", key[1]) if key[0] == "message" else ("entry-", key[1], key[2]) for key in keys]
-        if ops:
-            self.write(ops)
-            self.sync()
 
     def close(self) -> None:
         try:

@@ -9,6 +9,10 @@ since the last sync; when a sync ends, every confirm of a generation written bef
 released. So one fsync serves every publish that arrived while the previous one ran, from every
 connection.
 
+Paging goes through here too: transient pages are written in the same ``flush`` (without the
+WAL), and :meth:`StoreWriter.run_pages` reads the pages queues ask for in another worker thread,
+one at a time, and hands them back to their queues on the loop.
+
 A failed write or sync is logged once and the broker stops taking persistent messages: waiting
 publishers get ``basic.nack``, later persistent publishes too; nothing already confirmed is touched.
 """
@@ -22,11 +26,14 @@ from collections import deque
 import anyio
 
 from amqpbroker.broker.broker import Broker
+from amqpbroker.broker.queue import Queue
 from amqpbroker.store.base import Store, StoreError
 
 __all__ = ["StoreWriter"]
 
 log = logging.getLogger("amqpbroker.store")
+
+SHORT_PAGE = 32
 
 
 class StoreWriter:
@@ -39,12 +46,22 @@ class StoreWriter:
         self._waiting: deque[tuple[int, list]] = deque()
         self._wanted = anyio.Event()
         self._limiter = anyio.CapacityLimiter(1)
+        self._pages_wanted = anyio.Event()
+        self._page_limiter = anyio.CapacityLimiter(1)
         self.sync_seconds: list[float] = []  # recent sync durations, for metrics
         self.journal.on_pending = self.flush
+        self.journal.read_page_now = self.read_page_now
 
     def flush(self) -> None:
         """Write what the journal holds (on the loop, unsynced) and ask for a sync."""
-        ops, waiters = self.journal.take()
+        ops, pages, waiters = self.journal.take()
+        if self.journal.page_requests:
+            self._pages_wanted.set()
+        if pages:
+            try:
+                self.store.write_pages(pages)
+            except StoreError as exc:
+                log.error("writing queue pages failed: %s", exc)
         if self.journal.failed:
             self._refuse(waiters)
             return
@@ -54,10 +71,48 @@ class StoreWriter:
             except StoreError as exc:
                 self._fail(exc, waiters)
                 return
-        self._generation += 1
-        if waiters:
-            self._waiting.append((self._generation, waiters))
-        self._wanted.set()
+        if ops or waiters:
+            self._generation += 1
+            if waiters:
+                self._waiting.append((self._generation, waiters))
+            self._wanted.set()
+
+    def read_page_now(self, queue: Queue) -> None:
+        """Read a few of a queue's paged-out messages on the loop: for ``basic.get`` when its
+        in-memory part ran out before the page read under way came back. A short read (at most
+        ``SHORT_PAGE`` entries, tens of microseconds), after writing what the journal holds."""
+        self.flush()
+        wanted = queue.page_wanted()
+        if wanted is None:
+            return
+        epoch, durable, page_id, from_seq, count, max_bytes = wanted
+        try:
+            page = self.store.read_page(durable, page_id, from_seq, min(count, SHORT_PAGE), max_bytes)
+        except StoreError as exc:
+            log.error("queue '%s': cannot read its paged-out messages: %s", queue.name, exc)
+            page = []
+        queue.paged_in(epoch, page)
+
+    async def run_pages(self) -> None:
+        """Read the pages queues asked for, one at a time, each in a worker thread."""
+        requests = self.journal.page_requests
+        while True:
+            await self._pages_wanted.wait()
+            self._pages_wanted = anyio.Event()
+            while requests:
+                queue = requests.pop(0)
+                wanted = queue.page_wanted()
+                if wanted is None:
+                    continue
+                epoch, durable, page_id, from_seq, count, max_bytes = wanted
+                try:
+                    page = await anyio.to_thread.run_sync(self.store.read_page, durable, page_id, from_seq,
+                                                          count, max_bytes, limiter=self._page_limiter)
+                except StoreError as exc:
+                    log.error("queue '%s': cannot read its paged-out messages: %s", queue.name, exc)
+                    page = []
+                queue.paged_in(epoch, page)
+                self.broker.run_pending()
 
     async def run(self) -> None:
         """Sync whenever something was written since the last sync; release confirms after."""
