@@ -9,7 +9,10 @@ It also carries queue paging: a queue whose ready messages pass the window (``wi
 ``window_bytes``) writes further arrivals out here instead of keeping them, and asks for them back
 (``page_requests``) when its in-memory part runs low.
 
-Operations (``ops``, written to the WAL and synced) are tuples, first element a tag:
+Operations (``ops``, written to the WAL and synced) are tuples, first element a tag. The put of a
+message or entry that is gone again before the writer took it (consumed at once) is replaced by
+None, and its delete never appended: it costs no write at all. Its publisher confirm still waits
+for the next sync, which keeps confirms in order.
 
 =====================================================  ========================================
 ``("exchange", vhost, name, definition)``              durable exchange declared
@@ -59,13 +62,18 @@ class Journal:
 
     __slots__ = ("_enabled", "ops", "pages", "waiters", "page_requests", "next_message_id",
                  "next_queue_id", "next_page_id", "on_pending", "failed", "window_messages",
-                 "window_bytes", "paging_window", "read_page_now")
+                 "window_bytes", "paging_window", "read_page_now", "_unwritten_messages",
+                 "_unwritten_entries")
 
     def __init__(self, *, enabled: bool = False, window_messages: int = 0, window_bytes: int = 0) -> None:
         self.ops: list[tuple] = []
         self.pages: list[tuple] = []
         self.waiters: list[tuple[Channel, int]] = []
         self.page_requests: list[Queue] = []
+        # where in ``ops`` the puts of messages and entries not handed to the store yet are: one
+        # that is gone again before the next flush (consumed at once) is never written at all
+        self._unwritten_messages: dict[int, int] = {}
+        self._unwritten_entries: dict[tuple[int, int], int] = {}
         self.next_message_id = 1
         self.next_queue_id = 1
         self.next_page_id = 1
@@ -90,9 +98,12 @@ class Journal:
     def pending(self) -> bool:
         return bool(self.ops or self.pages or self.waiters or self.page_requests)
 
-    def take(self) -> tuple[list[tuple], list[tuple], list[tuple[Channel, int]]]:
+    def take(self) -> tuple[list[tuple | None], list[tuple], list[tuple[Channel, int]]]:
+        """Hand over the operations (None where one was cancelled), pages and waiting confirms."""
         ops, pages, waiters = self.ops, self.pages, self.waiters
         self.ops, self.pages, self.waiters = [], [], []
+        self._unwritten_messages.clear()
+        self._unwritten_entries.clear()
         return ops, pages, waiters
 
     # ---------------------------------------------------------------- definitions
@@ -110,22 +121,30 @@ class Journal:
 
     def store_entry(self, queue: Queue, seq: int, message: Message) -> None:
         """A persistent message entered a durable queue (in memory)."""
+        ops = self.ops
         message_id = message.message_id
         if message_id is None:
             message_id = message.message_id = self.next_message_id
             self.next_message_id += 1
-            self.ops.append(("message", message_id, message))
+            self._unwritten_messages[message_id] = len(ops)
+            ops.append(("message", message_id, message))
             message.durable = True
         message.refs += 1
-        self.ops.append(("entry", queue.queue_id, seq, message_id, False))
+        self._unwritten_entries[(queue.queue_id, seq)] = len(ops)
+        ops.append(("entry", queue.queue_id, seq, message_id, False))
 
     def mark_delivered(self, queue: Queue, entry: Entry) -> None:
         """Remember a delivery, so a restart hands the message out as redelivered."""
         message_id = entry[1].message_id
         if message_id == INLINE:
             self.ops.append(("delivered", queue.queue_id, entry[0]))
+            return
+        op = ("entry", queue.queue_id, entry[0], message_id, True)
+        index = self._unwritten_entries.get((queue.queue_id, entry[0]))
+        if index is None:
+            self.ops.append(op)
         else:
-            self.ops.append(("entry", queue.queue_id, entry[0], message_id, True))
+            self.ops[index] = op
 
     def forget_entry(self, queue: Queue, entry: Entry) -> None:
         """A stored entry left its durable queue for good (acked, dropped, purged)."""
@@ -133,14 +152,22 @@ class Journal:
         if message.message_id == INLINE:
             self.ops.append(("inline-", queue.queue_id, entry[0]))
             return
-        self.ops.append(("entry-", queue.queue_id, entry[0]))
+        index = self._unwritten_entries.pop((queue.queue_id, entry[0]), None)
+        if index is None:
+            self.ops.append(("entry-", queue.queue_id, entry[0]))
+        else:
+            self.ops[index] = None
         self.release(message)
 
     def release(self, message: Message) -> None:
         """One fewer stored entry holds this shared message; the last one removes it."""
         message.refs -= 1
         if message.refs == 0:
-            self.ops.append(("message-", message.message_id))
+            index = self._unwritten_messages.pop(message.message_id, None)
+            if index is None:
+                self.ops.append(("message-", message.message_id))
+            else:
+                self.ops[index] = None
 
     def wait_for_sync(self, channel: Channel, seq: int) -> None:
         self.waiters.append((channel, seq))

@@ -191,6 +191,8 @@ class RocksStore:
         batch = WriteBatch(raw_mode=True)
         put, delete = batch.put, batch.delete
         for op in ops:
+            if op is None:  # cancelled before it was written
+                continue
             tag = op[0]
             if tag == "entry":
                 _, queue_id, seq, message_id, delivered = op

@@ -4,7 +4,7 @@
 
 * ``confirms``: ``--publishers`` connections (default 4) publish persistent 1 KB messages to one
   durable queue with confirms, each keeping at most ``--window`` (default 100) unconfirmed; one
-  autoack consumer drains the queue. Reported: confirmed msg/s, and confirm latency (publish
+  autoack consumer drains the queue (``--no-consumer``: nobody does, the queue grows). Reported: confirmed msg/s, and confirm latency (publish
   write → the ``basic.ack`` covering it) p50 / p99 / max, over ``--duration`` seconds after a
   warm-up.
 * ``backlog``: ``--backlog`` messages (default 1 000 000, 1 KB, transient or ``--persistent``) are
@@ -163,7 +163,8 @@ async def run_confirms(url: str, args: argparse.Namespace) -> dict:
     await _declare_durable(url, queue)
     consumer = await connect(parse_url(url))
     consumer.expect_size = args.size
-    await consumer.rpc(commands.Basic.Consume(queue=queue, no_ack=True), commands.Basic.ConsumeOk)
+    if not args.no_consumer:
+        await consumer.rpc(commands.Basic.Consume(queue=queue, no_ack=True), commands.Basic.ConsumeOk)
     stop, measuring = asyncio.Event(), asyncio.Event()
     tasks = [asyncio.create_task(_confirming_publisher(url, queue, args.window, args.size, stop, measuring))
              for _ in range(args.publishers)]
@@ -278,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--no-consumer", action="store_true",
+                        help="confirms: nobody consumes, so every message is written (the queue grows)")
     parser.add_argument("--backlog", type=int, default=1_000_000)
     parser.add_argument("--persistent", action="store_true", help="backlog of persistent messages")
     args = parser.parse_args(argv)
