@@ -221,3 +221,27 @@ def test_a_corrupt_data_dir_is_refused_with_a_clear_message(tmp_path) -> None:
     assert result.returncode == 1
     assert "cannot open the data directory" in result.stderr
     assert "refusing to start" in result.stderr
+
+
+def test_messages_consumed_at_once_are_not_written_and_do_not_come_back(broker) -> None:
+    """An autoack consumer takes persistent messages before the writer does: they are confirmed
+    (after a sync) without ever being written, and a crash does not bring them back."""
+    consuming = broker.connect()
+    consumer = consuming.channel()
+    consumer.queue_declare("fast-lane", durable=True)
+    got = []
+    consumer.basic_consume("fast-lane", lambda ch, method, props, body: got.append(body), auto_ack=True)
+    with channel_of(broker) as ch:
+        ch.confirm_delivery()  # pika raises if any publish is nacked
+        for index in range(300):
+            ch.basic_publish("", "fast-lane", f"c{index}".encode(), PERSISTENT)
+        deadline = time.monotonic() + 10
+        while len(got) < 300 and time.monotonic() < deadline:
+            consuming.process_data_events(time_limit=0.1)
+        assert got == [f"c{index}".encode() for index in range(300)]
+        consuming.close()
+        for index in range(5):
+            ch.basic_publish("", "fast-lane", f"kept{index}".encode(), PERSISTENT)
+    broker.restart(crash=True)
+    with channel_of(broker) as ch:
+        assert drain(ch, "fast-lane") == [(f"kept{index}".encode(), False) for index in range(5)]
