@@ -1,0 +1,85 @@
+"""The store writer without sockets: a failing disk turns into nacks, and paging through a real
+RocksDB store (the sans-IO broker driven by FakeClient, the writer's flush called as the
+transport's batches do)."""
+
+from __future__ import annotations
+
+import pytest
+from pamqp import commands
+from pamqp.commands import Basic
+
+from amqpbroker.broker.broker import Broker
+from amqpbroker.store.base import StoreError
+from amqpbroker.store.rocks import RocksStore
+from amqpbroker.store.writer import StoreWriter
+from tests.helpers import FakeClient
+
+PERSISTENT = commands.Basic.Properties(delivery_mode=2)
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class FullDisk:
+    """A store whose every write fails, as with ENOSPC."""
+
+    def write(self, ops: list[tuple]) -> None:
+        raise StoreError("No space left on device")
+
+    def write_pages(self, pages: list[tuple]) -> None:
+        raise StoreError("No space left on device")
+
+    def sync(self) -> None:
+        raise StoreError("No space left on device")
+
+
+async def test_a_failed_write_nacks_persistent_publishes_and_transient_traffic_goes_on(caplog):
+    broker = Broker()
+    broker.journal.enabled = True
+    StoreWriter(FullDisk(), broker)
+    client = FakeClient(broker)
+    client.open_channel()
+    client.declare_queue("orders", durable=True)
+    client.send(commands.Confirm.Select(), 1)
+    client.expect(commands.Confirm.SelectOk)
+    client.publish(1, "", "orders", b"first", PERSISTENT)
+    (nack,) = client.expect(Basic.Nack)
+    assert nack.delivery_tag == 1
+    assert "the store failed" in caplog.text
+    client.publish(1, "", "orders", b"second", PERSISTENT)
+    (nack,) = client.expect(Basic.Nack)
+    assert nack.delivery_tag == 2
+    client.publish(1, "", "orders", b"transient")
+    (ack,) = client.expect(Basic.Ack)
+    assert ack.delivery_tag == 3
+    client.send(commands.Basic.Get(queue="orders", no_ack=True))
+    assert not client.closed
+
+
+async def test_a_queue_past_its_window_pages_out_and_basic_get_reads_it_back_in_order(tmp_path):
+    broker = Broker(paging_window=(10, 0))
+    store = RocksStore(str(tmp_path / "db"))
+    try:
+        broker.journal.enabled = True
+        StoreWriter(store, broker)
+        client = FakeClient(broker)
+        client.open_channel()
+        client.declare_queue("backlog")
+        for index in range(100):
+            client.publish(1, "", "backlog", f"m{index}".encode())
+        queue = broker.vhosts["/"].queues["backlog"]
+        assert (len(queue.ready), queue.paged, queue.message_count) == (10, 90, 100)
+        got = []
+        for _ in range(100):
+            client.send(commands.Basic.Get(queue="backlog", no_ack=True))
+            frames = client.received()
+            got.append(frames[-1][1].value)
+        assert got == [f"m{index}".encode() for index in range(100)]
+        assert queue.message_count == 0
+        client.send(commands.Basic.Get(queue="backlog", no_ack=True))
+        client.expect(Basic.GetEmpty)
+    finally:
+        store.close()
