@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import pika
 import pytest
 
 from tests.broker_process import PERSISTENT, TRANSIENT, BrokerProcess, channel_of, drain

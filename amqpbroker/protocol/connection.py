@@ -29,7 +29,6 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from pamqp import commands
-from pamqp.base import Frame as PamqpMethod
 
 from amqpbroker import __version__
 from amqpbroker.codec.frames import (

@@ -28,7 +28,7 @@ import socket
 import struct
 import time
 from array import array
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 from pamqp import body as pbody
