@@ -83,3 +83,42 @@ async def test_a_queue_past_its_window_pages_out_and_basic_get_reads_it_back_in_
         client.expect(Basic.GetEmpty)
     finally:
         store.close()
+
+
+class RecordingStore:
+    """A store that keeps what it was asked to write; nothing is synced unless the test says so."""
+
+    def __init__(self) -> None:
+        self.ops: list[tuple] = []
+
+    def write(self, ops: list[tuple]) -> None:
+        self.ops.extend(op for op in ops if op is not None)
+
+    def write_pages(self, pages: list[tuple]) -> None:
+        pass
+
+    def sync(self) -> None:
+        pass
+
+
+async def test_a_persistent_message_consumed_before_it_was_written_is_confirmed_without_a_write():
+    broker = Broker()
+    broker.journal.enabled = True
+    store = RecordingStore()
+    writer = StoreWriter(store, broker)
+    client = FakeClient(broker)
+    client.open_channel()
+    client.declare_queue("fast", durable=True)
+    client.send(commands.Confirm.Select(), 1)
+    client.expect(commands.Confirm.SelectOk)
+    client.publish(1, "", "fast", b"parked", PERSISTENT)  # nobody consumes: waits for the sync
+    assert client.methods() == []
+    assert [op[0] for op in store.ops] == ["queue", "message", "entry"]
+    client.send(commands.Basic.Consume(queue="fast", consumer_tag="c", no_ack=True), 1)
+    client.publish(1, "", "fast", b"taken at once", PERSISTENT)
+    # both delivered; only the second is confirmed, and the store never saw it
+    assert [type(frame) for _, frame in client.methods()] == [Basic.ConsumeOk, Basic.Deliver, Basic.Deliver, Basic.Ack]
+    assert [op[0] for op in store.ops] == ["queue", "message", "entry", "entry-", "message-"]
+    await writer.drain()  # the sync the first one waited for
+    (ack,) = client.expect(Basic.Ack)
+    assert (ack.delivery_tag, ack.multiple) == (1, False)

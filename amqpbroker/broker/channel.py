@@ -17,6 +17,7 @@ from amqpbroker.errors import precondition_failed
 
 if TYPE_CHECKING:
     from amqpbroker.broker.consumer import Consumer
+    from amqpbroker.broker.message import Message
     from amqpbroker.broker.queue import Entry, Queue
     from amqpbroker.broker.session import Session
 
@@ -165,15 +166,16 @@ class Channel:
 
     # ---------------------------------------------------------------- confirms
 
-    def confirm_published(self, durable: bool = False) -> None:
-        """Count a publish in confirm mode; ``durable`` ones are confirmed once the store synced."""
+    def confirm_published(self, message: Message) -> None:
+        """Count a publish in confirm mode; one that was written to the store (``durable``) is
+        confirmed once the store synced it."""
         seq = self.publish_seq = self.publish_seq + 1
-        if durable:
+        if message.durable:
             journal = self.session.broker.journal
             if journal.failed:
                 self._settle_confirm(seq, ok=False)
             else:
-                journal.wait_for_sync(self, seq)
+                journal.wait_for_sync(self, seq, message)
             return
         self._settle_confirm(seq, ok=True)
 

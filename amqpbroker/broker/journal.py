@@ -68,7 +68,7 @@ class Journal:
     def __init__(self, *, enabled: bool = False, window_messages: int = 0, window_bytes: int = 0) -> None:
         self.ops: list[tuple] = []
         self.pages: list[tuple] = []
-        self.waiters: list[tuple[Channel, int]] = []
+        self.waiters: list[tuple[Channel, int, Message]] = []
         self.page_requests: list[Queue] = []
         # where in ``ops`` the puts of messages and entries not handed to the store yet are: one
         # that is gone again before the next flush (consumed at once) is never written at all
@@ -99,12 +99,23 @@ class Journal:
         return bool(self.ops or self.pages or self.waiters or self.page_requests)
 
     def take(self) -> tuple[list[tuple | None], list[tuple], list[tuple[Channel, int]]]:
-        """Hand over the operations (None where one was cancelled), pages and waiting confirms."""
+        """Hand over the operations (None where one was cancelled), pages, and the confirms that
+        must wait for them to be synced.
+
+        A persistent message that every queue gave away before it was written (an autoack
+        consumer took it at once) has nothing left to sync: its confirm goes out now, as RabbitMQ
+        confirms a message consumed before it was persisted."""
         ops, pages, waiters = self.ops, self.pages, self.waiters
         self.ops, self.pages, self.waiters = [], [], []
         self._unwritten_messages.clear()
         self._unwritten_entries.clear()
-        return ops, pages, waiters
+        waiting = []
+        for channel, seq, message in waiters:
+            if message.refs or message.paged_out:
+                waiting.append((channel, seq))
+            else:
+                channel.confirm_synced(seq, ok=True)
+        return ops, pages, waiting
 
     # ---------------------------------------------------------------- definitions
 
@@ -169,8 +180,9 @@ class Journal:
             else:
                 self.ops[index] = None
 
-    def wait_for_sync(self, channel: Channel, seq: int) -> None:
-        self.waiters.append((channel, seq))
+    def wait_for_sync(self, channel: Channel, seq: int, message: Message) -> None:
+        """Confirm publish ``seq`` of ``channel`` once the writes of ``message`` are synced."""
+        self.waiters.append((channel, seq, message))
 
     # ---------------------------------------------------------------- paging
 
@@ -180,7 +192,7 @@ class Journal:
             persistent = message.persistent
             self.ops.append(("inline", queue.queue_id, seq, message, persistent))
             if persistent:
-                message.durable = True
+                message.durable = message.paged_out = True
         else:
             if queue.page_id is None:
                 queue.page_id = self.next_page_id

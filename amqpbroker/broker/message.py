@@ -18,7 +18,7 @@ class Message:
     """
 
     __slots__ = ("exchange", "routing_key", "routing_raw", "header", "body", "_properties",
-                 "message_id", "refs", "durable")
+                 "message_id", "refs", "durable", "paged_out")
 
     def __init__(self, exchange: str, routing_key: str, routing_raw: bytes, header: bytes,
                  body: bytes) -> None:
@@ -33,6 +33,7 @@ class Message:
         self.message_id: int | None = None
         self.refs = 0  # durable queue entries that hold it in the store
         self.durable = False  # written to the store durably: its confirm waits for the sync
+        self.paged_out = False  # a durable queue holds its own (inline) copy of it in the store
 
     @classmethod
     def from_store(cls, routing_raw: bytes, header: bytes, body: bytes) -> Message:

@@ -142,7 +142,7 @@ class Session:
                                     return_payload(ReplyCode.NO_ROUTE, "NO_ROUTE", message.routing_raw)))
             append_content(out, channel.number, message.header, message.body, channel.frame_max)
         if channel.confirm:
-            channel.confirm_published(durable=message.durable)
+            channel.confirm_published(message)
 
     # ------------------------------------------------------------ batches and output
 

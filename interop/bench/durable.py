@@ -6,7 +6,8 @@
   durable queue with confirms, each keeping at most ``--window`` (default 100) unconfirmed; one
   autoack consumer drains the queue (``--no-consumer``: nobody does, the queue grows). Reported: confirmed msg/s, and confirm latency (publish
   write → the ``basic.ack`` covering it) p50 / p99 / max, over ``--duration`` seconds after a
-  warm-up.
+  warm-up. ``--rate R`` publishes R msg/s in all instead of as fast as the window allows, which
+  measures the latency of durability itself rather than of a saturated broker.
 * ``backlog``: ``--backlog`` messages (default 1 000 000, 1 KB, transient or ``--persistent``) are
   published to a durable queue with no consumer, as fast as the broker reads them; then one
   consumer (manual ack, prefetch 100) drains it. Reported: publish rate, drain rate, the broker's
@@ -112,7 +113,9 @@ async def _message_count(proto: BenchProtocol, queue: str) -> int:
 # ------------------------------------------------------------------------------------ confirms
 
 async def _confirming_publisher(url: str, queue: str, window: int, size: int, stop: asyncio.Event,
-                                measuring: asyncio.Event) -> ConfirmingProtocol:
+                                measuring: asyncio.Event, rate: float = 0.0) -> ConfirmingProtocol:
+    """Publish with at most ``window`` unconfirmed, as fast as confirms come back, or at ``rate``
+    msg/s (sent every millisecond, as many as are due)."""
     loop = asyncio.get_running_loop()
     parsed = parse_url(url)
     _, proto = await loop.create_connection(ConfirmingProtocol, parsed.host, parsed.port)
@@ -120,11 +123,18 @@ async def _confirming_publisher(url: str, queue: str, window: int, size: int, st
     await proto.rpc(commands.Confirm.Select(), commands.Confirm.SelectOk)
     message = persistent_message(queue, bytes(size), proto.frame_max)
     seq = 0
-    batch = max(1, window // 4)
+    batch = 1 if rate else max(1, window // 4)
+    started = time.perf_counter()
     while not stop.is_set() and proto.error is None:
         if measuring.is_set() and proto.latencies is None:
             proto.latencies = []
         room = window - len(proto.unconfirmed)
+        if rate:
+            due = int((time.perf_counter() - started) * rate) - seq
+            if due <= 0:
+                await asyncio.sleep(0.001)
+                continue
+            room = min(room, due)
         if room < batch:
             proto.room.clear()
             try:
@@ -166,7 +176,8 @@ async def run_confirms(url: str, args: argparse.Namespace) -> dict:
     if not args.no_consumer:
         await consumer.rpc(commands.Basic.Consume(queue=queue, no_ack=True), commands.Basic.ConsumeOk)
     stop, measuring = asyncio.Event(), asyncio.Event()
-    tasks = [asyncio.create_task(_confirming_publisher(url, queue, args.window, args.size, stop, measuring))
+    tasks = [asyncio.create_task(_confirming_publisher(url, queue, args.window, args.size, stop, measuring,
+                                                       args.rate / args.publishers))
              for _ in range(args.publishers)]
     await asyncio.sleep(args.warmup)
     measuring.set()
@@ -279,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="confirms: total publish rate in msg/s (default 0: as fast as confirms allow)")
     parser.add_argument("--no-consumer", action="store_true",
                         help="confirms: nobody consumes, so every message is written (the queue grows)")
     parser.add_argument("--backlog", type=int, default=1_000_000)
