@@ -20,7 +20,6 @@ import amqp
 import pika
 import pytest
 
-from interop.pending import pending_on_amqpbroker
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 from pika.exceptions import ChannelClosedByBroker, ConnectionClosedByBroker, NackError, UnroutableError
 
@@ -1179,7 +1178,6 @@ def test_confirm_unroutable_mandatory_pika_raises(ch: BlockingChannel, unique: s
     assert ready_count(ch, queue, 1) == 1
 
 
-@pending_on_amqpbroker("#4", "x-overflow reject-publish")
 def test_confirm_nack_when_queue_rejects_publish(
     aconnect: Callable[[], amqp.Connection], declare: Callable[..., str], unique: str
 ) -> None:
@@ -1199,7 +1197,6 @@ def test_confirm_nack_when_queue_rejects_publish(
     assert chan.basic_get(queue, no_ack=True).body == b"fits"
 
 
-@pending_on_amqpbroker("#4", "x-overflow reject-publish")
 def test_confirm_nack_pika_raises(ch: BlockingChannel, declare: Callable[..., str], unique: str) -> None:
     queue = declare(f"{unique}-full", arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
     ch.confirm_delivery()

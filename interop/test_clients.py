@@ -22,7 +22,6 @@ import kombu
 import pika
 import pytest
 
-from interop.pending import pending_on_amqpbroker
 from kombu import Consumer, Exchange, Producer, Queue
 from kombu.pidbox import Mailbox
 from pika.exceptions import ChannelClosedByBroker
@@ -424,7 +423,6 @@ def test_kombu_pidbox_style_queue_arguments(
     assert "inequivalent arg 'x-expires'" in err.value.reply_text
 
 
-@pending_on_amqpbroker("#4", "x-message-ttl and x-expires")
 def test_kombu_queue_arguments_take_effect(amqp_url: str, unique: str, cleanup: Cleanup) -> None:
     ttl_queue = Queue(cleanup.queue(f"{unique}-ttl"), durable=False, message_ttl=0.2)
     expiring = Queue(cleanup.queue(f"{unique}-expiring"), durable=False, expires=0.4)

@@ -9,7 +9,6 @@ import pika
 import pika.exceptions
 import pytest
 
-from interop.pending import pending_on_amqpbroker
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -573,7 +572,6 @@ def test_exchange_unbind_of_missing_binding_is_ok(ch, cleanup, unique):
     assert ch.is_open
 
 
-@pending_on_amqpbroker("#4", "alternate-exchange")
 def test_alternate_exchange_gets_unroutable_messages(ch, cleanup, unique):
     main = cleanup.exchange(f"{unique}-main")
     ae = cleanup.exchange(f"{unique}-ae")

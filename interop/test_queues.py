@@ -13,7 +13,6 @@ import pika
 import pika.exceptions
 import pytest
 
-from interop.pending import pending_on_amqpbroker
 from kombu import Exchange, Queue
 from kombu.pidbox import Mailbox
 
@@ -541,7 +540,6 @@ def test_valid_x_arguments_are_accepted(ch, cleanup, unique, args):
     ch.queue_declare(q, arguments=args)  # and redeclare identically
 
 
-@pending_on_amqpbroker("#4", "x-message-ttl")
 def test_message_ttl_expires_messages(ch, cleanup, unique):
     q = cleanup.queue(f"{unique}-q")
     ch.queue_declare(q, arguments={"x-message-ttl": 50})
@@ -551,7 +549,6 @@ def test_message_ttl_expires_messages(ch, cleanup, unique):
     assert _drain(ch, q) == []
 
 
-@pending_on_amqpbroker("#4", "x-max-length")
 def test_max_length_drops_head(ch, cleanup, unique):
     q = cleanup.queue(f"{unique}-q")
     ch.queue_declare(q, arguments={"x-max-length": 2})
@@ -559,7 +556,6 @@ def test_max_length_drops_head(ch, cleanup, unique):
     assert _drain(ch, q) == [b"2", b"3"]
 
 
-@pending_on_amqpbroker("#4", "x-overflow reject-publish")
 def test_max_length_reject_publish_nacks(ch, cleanup, unique):
     q = cleanup.queue(f"{unique}-q")
     ch.queue_declare(q, arguments={"x-max-length": 2, "x-overflow": "reject-publish"})
@@ -569,7 +565,6 @@ def test_max_length_reject_publish_nacks(ch, cleanup, unique):
     assert _drain(ch, q) == [b"0", b"1"]
 
 
-@pending_on_amqpbroker("#4", "x-expires")
 def test_unused_queue_with_x_expires_is_deleted(amqp_url, ch, cleanup, unique):
     q = cleanup.queue(f"{unique}-q")
     ch.queue_declare(q, arguments={"x-expires": 300})

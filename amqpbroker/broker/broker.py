@@ -51,6 +51,13 @@ class Broker:
         self.vhosts[name] = vhost
         return vhost
 
+    def tick(self, now: float) -> None:
+        """Timed work (TTLs, queue expiry), then what it changed goes out."""
+        for vhost in self.vhosts.values():
+            if vhost.timed:
+                vhost.tick(now)
+        self.run_pending()
+
     def run_pending(self) -> None:
         """Dispatch every queue that changed, hand the journal (durable writes, pages) to the
         store writer, then send each session's confirms and wake it."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from amqpbroker.broker.dead_letter import REJECTED
 from amqpbroker.codec.methods import Ack, encode_method, method_frame
 from amqpbroker.codec.writer import append_content, append_deliver, get_ok_payload
 from amqpbroker.errors import precondition_failed
@@ -130,8 +131,9 @@ class Channel:
         if delivery_tag not in self.unacked:
             raise precondition_failed(f"unknown delivery tag {delivery_tag}")
 
-    def settle(self, deliveries: Iterable[Unacked], requeue: bool) -> None:
-        """Finish deliveries: drop them (ack, or reject without requeue) or put them back."""
+    def settle(self, deliveries: Iterable[Unacked], requeue: bool, rejected: bool = False) -> None:
+        """Finish deliveries: drop them (ack; reject without requeue, which dead-letters) or put
+        them back."""
         freed: dict[Queue, list] = {}
         for queue, entry, consumer in deliveries:
             queue.unacked_count -= 1
@@ -142,6 +144,8 @@ class Channel:
                 returned = freed[queue] = []
             if requeue:
                 returned.append(entry)
+            elif rejected:
+                queue.discard(entry, reason=REJECTED)
             elif entry[1].message_id is not None:
                 queue.discard(entry)
         for queue, entries in freed.items():
@@ -166,10 +170,13 @@ class Channel:
 
     # ---------------------------------------------------------------- confirms
 
-    def confirm_published(self, message: Message) -> None:
-        """Count a publish in confirm mode; one that was written to the store (``durable``) is
-        confirmed once the store synced it."""
+    def confirm_published(self, message: Message, refused: bool = False) -> None:
+        """Count a publish in confirm mode: nacked if a queue refused it (full), confirmed once
+        the store synced it if it was written (``durable``), else at once."""
         seq = self.publish_seq = self.publish_seq + 1
+        if refused:
+            self._settle_confirm(seq, ok=False)
+            return
         if message.durable:
             journal = self.session.broker.journal
             if journal.failed:

@@ -18,7 +18,7 @@ class Message:
     """
 
     __slots__ = ("exchange", "routing_key", "routing_raw", "header", "body", "_properties",
-                 "message_id", "refs", "durable", "paged_out")
+                 "message_id", "refs", "durable", "paged_out", "arrived", "ttl")
 
     def __init__(self, exchange: str, routing_key: str, routing_raw: bytes, header: bytes,
                  body: bytes) -> None:
@@ -34,13 +34,21 @@ class Message:
         self.refs = 0  # durable queue entries that hold it in the store
         self.durable = False  # written to the store durably: its confirm waits for the sync
         self.paged_out = False  # a durable queue holds its own (inline) copy of it in the store
+        self.arrived: float | None = None  # wall-clock seconds, set where a TTL needs it
+        self.ttl: float | None = None  # its own TTL (the expiration property), seconds
 
     @classmethod
-    def from_store(cls, routing_raw: bytes, header: bytes, body: bytes) -> Message:
+    def from_store(cls, routing_raw: bytes, header: bytes, body: bytes, arrived: float | None) -> Message:
         """A message read back from the store (``routing_raw``: exchange and key as shortstrs)."""
         exchange_end = 1 + routing_raw[0]
-        return cls(routing_raw[1:exchange_end].decode(), routing_raw[exchange_end + 1:].decode(),
-                   routing_raw, header, body)
+        message = cls(routing_raw[1:exchange_end].decode(), routing_raw[exchange_end + 1:].decode(),
+                      routing_raw, header, body)
+        message.arrived = arrived
+        if header[12] & 0x01:  # the expiration property (validated when it was published)
+            expiration = message.properties.expiration
+            if expiration and expiration.isdigit():
+                message.ttl = int(expiration) / 1000
+        return message
 
     @property
     def persistent(self) -> bool:

@@ -12,17 +12,27 @@ there until the paged part is empty again, so the paged entries are always the n
 order, from ``page_next`` on. When ``ready`` falls below half the window the queue asks for the
 next page (``journal.request_page``); the store writer reads it in a worker thread and hands it
 back through :meth:`Queue.paged_in`.
+
+Options (``x-`` arguments, :class:`~amqpbroker.broker.queue_options.QueueOptions`) and messages
+with a per-message TTL take a separate, slower path (``_enqueue_with_options``,
+``_dispatch_expiring``): length limits with their overflow behaviour, expiry (expired messages
+are never delivered; they are dropped, or dead-lettered, when they reach the head, and a queue
+TTL drops them from the head as time passes, through :meth:`Queue.tick`), queue expiry, and
+dead-lettering through the host (the vhost).
 """
 
 from __future__ import annotations
 
 import bisect
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from amqpbroker.broker.dead_letter import EXPIRED, MAXLEN, REJECTED
 from amqpbroker.broker.journal import INLINE, Journal
 from amqpbroker.broker.message import Message
+from amqpbroker.broker.queue_options import DROP_HEAD, REJECT_PUBLISH_DLX, QueueOptions
 
 if TYPE_CHECKING:
     from amqpbroker.broker.consumer import Consumer
@@ -37,13 +47,14 @@ class Queue:
         "name", "vhost", "durable", "exclusive_owner", "auto_delete", "arguments",
         "ready", "unacked_count", "consumers", "_next_seq", "_turn", "_mark_dirty",
         "had_consumers", "deleted", "exclusive_consumer", "queue_id", "journal",
-        "ready_bytes", "paged", "page_next", "page_id", "paging_in", "page_epoch",
+        "ready_bytes", "paged", "page_next", "page_id", "paging_in", "page_epoch", "paged_bytes",
+        "options", "host", "expiring", "last_used",
     )
 
     def __init__(self, name: str, vhost: str, *, durable: bool = False, exclusive_owner: Any = None,
                  auto_delete: bool = False, arguments: dict[str, Any] | None = None,
                  mark_dirty: Callable[[Queue], None] = lambda queue: None,
-                 journal: Journal | None = None, queue_id: int | None = None) -> None:
+                 journal: Journal | None = None, queue_id: int | None = None, host: Any = None) -> None:
         self.name = name
         self.vhost = vhost
         self.durable = durable
@@ -67,6 +78,17 @@ class Queue:
         self.page_id: int | None = None  # a non-durable queue's page space, once it paged
         self.paging_in = False  # a page read is under way
         self.page_epoch = 0  # bumped by purge and delete: a page read begun before is stale
+        self.paged_bytes = 0  # body bytes of the paged entries
+        # the vhost: clock(), dead_letter(queue, messages, reason), timed (queues to tick)
+        self.host = host if host is not None else _NoHost()
+        self.options = QueueOptions.from_arguments(self.arguments)
+        self.expiring = False  # may hold messages with a TTL: check the head before handing out
+        self.last_used = self.host.clock()
+        if self.options is not None:
+            if self.options.message_ttl is not None:
+                self.expiring = True
+            if self.options.message_ttl is not None or self.options.expires is not None:
+                self.host.timed.add(self)
 
     @property
     def exclusive(self) -> bool:
@@ -82,13 +104,21 @@ class Queue:
 
     # ---------------------------------------------------------------- messages in
 
-    def enqueue(self, message: Message) -> None:
+    def enqueue(self, message: Message) -> bool:
+        """Take a published message; False if the queue refused it (full, ``reject-publish``)."""
+        if self.options is not None or message.ttl is not None:
+            return self._enqueue_with_options(message)
+        self._append(message)
+        return True
+
+    def _append(self, message: Message) -> None:
         seq = self._next_seq = self._next_seq + 1
         journal = self.journal
         if self.paged or len(self.ready) >= journal.window_messages or self.ready_bytes >= journal.window_bytes:
             if not self.paged:
                 self.page_next = seq
             self.paged += 1
+            self.paged_bytes += len(message.body)
             journal.page_out(self, seq, message)
             return
         self.ready.append((seq, message, False))
@@ -97,6 +127,80 @@ class Queue:
             journal.store_entry(self, seq, message)
         if self.consumers:
             self._mark_dirty(self)
+
+    def _enqueue_with_options(self, message: Message) -> bool:
+        options = self.options
+        if message.arrived is None:
+            message.arrived = self.host.clock()
+        if message.ttl is not None and not self.expiring:
+            self.expiring = True
+            self.host.timed.add(self)
+        if options is not None and options.limited and options.overflow != DROP_HEAD and self._full(message):
+            if options.overflow == REJECT_PUBLISH_DLX:
+                self.host.dead_letter(self, [message], MAXLEN)
+            return False
+        self._append(message)
+        if options is not None and options.limited:
+            while self.message_count and self._over_limits():
+                entry = self.get()
+                self.discard(entry, reason=MAXLEN)
+        return True
+
+    def _full(self, message: Message) -> bool:
+        """Would one more message break a length limit?"""
+        options = self.options
+        if options.max_length is not None and self.message_count >= options.max_length:
+            return True
+        return (options.max_length_bytes is not None
+                and self.ready_bytes + self.paged_bytes + len(message.body) > options.max_length_bytes)
+
+    def _over_limits(self) -> bool:
+        options = self.options
+        if options.max_length is not None and self.message_count > options.max_length:
+            return True
+        return options.max_length_bytes is not None and self.ready_bytes + self.paged_bytes > options.max_length_bytes
+
+    def expires_at(self, message: Message) -> float | None:
+        """When ``message`` expires in this queue (the lower of the queue's and its own TTL)."""
+        ttl = self.options.message_ttl if self.options is not None else None
+        if message.ttl is not None:
+            ttl = message.ttl if ttl is None else min(ttl, message.ttl)
+        if ttl is None or message.arrived is None:
+            return None
+        return message.arrived + ttl
+
+    def _expired(self, message: Message, now: float) -> bool:
+        expiry = self.expires_at(message)
+        # a TTL of 0 still lets a message go to a consumer that is ready in the same batch
+        return expiry is not None and now > expiry + _TTL_GRACE
+
+    def _drop_expired_head(self, now: float) -> None:
+        """Expire messages at the head (a queue TTL expires them in order; others wait there)."""
+        ready = self.ready
+        while True:
+            if not ready:
+                if not self.paged:
+                    return
+                self.page_epoch += 1
+                self.journal.read_page_now(self)
+                if not ready:
+                    return
+            entry = ready[0]
+            if not self._expired(entry[1], now):
+                return
+            ready.popleft()
+            self.ready_bytes -= len(entry[1].body)
+            self.discard(entry, reason=EXPIRED)
+
+    def tick(self, now: float) -> bool:
+        """Timed work: expire messages from the head, and tell whether the queue itself expired
+        (``x-expires``: no consumers and no use for that long)."""
+        if self.expiring:
+            self._drop_expired_head(now)
+            if self.paged:
+                self._want_page()
+        expires = self.options.expires if self.options is not None else None
+        return expires is not None and not self.consumers and now - self.last_used >= expires
 
     def requeue(self, entries: Iterable[Entry]) -> None:
         """Put delivered-but-unacked entries back at their original positions, redelivered."""
@@ -118,6 +222,8 @@ class Queue:
     # ---------------------------------------------------------------- messages out
 
     def get(self) -> Entry | None:
+        if self.expiring:
+            self._drop_expired_head(self.host.clock())
         if not self.ready:
             if not self.paged:
                 return None
@@ -133,6 +239,10 @@ class Queue:
             self._want_page()
         return entry
 
+    def touch(self) -> None:
+        """The queue was used (declared, consumed from, polled): its ``x-expires`` starts again."""
+        self.last_used = self.host.clock()
+
     def purge(self) -> int:
         """Drop every ready message (in memory and paged out); unacked ones stay."""
         count = self.message_count
@@ -141,16 +251,19 @@ class Queue:
         if self.paged:
             if self.queue_id is None or not self.deleted:  # a durable queue's delete dropped them
                 self.journal.drop_paged(self, self.page_next)
-            self.paged = 0
+            self.paged = self.paged_bytes = 0
             self.paging_in = False
             self.page_epoch += 1
         self.ready.clear()
         self.ready_bytes = 0
         return count
 
-    def discard(self, entry: Entry) -> None:
-        """An entry left the queue for good (acked, rejected without requeue, auto-acked, purged)."""
+    def discard(self, entry: Entry, reason: str | None = None) -> None:
+        """An entry left the queue for good: acked, auto-acked or purged (``reason`` None), or
+        rejected, expired or pushed out by a length limit (dead-lettered for that ``reason``)."""
         message = entry[1]
+        if reason is not None and self.options is not None and self.options.dead_letter_exchange is not None:
+            self.host.dead_letter(self, [message], reason)
         if self.queue_id is None or message.message_id is None:
             return
         if not self.deleted:
@@ -205,6 +318,7 @@ class Queue:
             entries.append((seq, message, False))
         self.ready.extend(entries)
         self.paged = max(self.paged - len(entries), 0)
+        self.paged_bytes = max(self.paged_bytes - sum(len(entry[1].body) for entry in entries), 0) if self.paged else 0
         last = entries[-1][0]
         self.journal.paged_in(self, self.page_next, last + 1)
         self.page_next = last + 1
@@ -215,6 +329,9 @@ class Queue:
 
     def dispatch(self) -> None:
         """Deliver ready messages to consumers with credit, round-robin, until either runs out."""
+        if self.expiring:
+            self._dispatch_expiring()
+            return
         ready = self.ready
         consumers = self.consumers
         if not ready or not consumers:
@@ -241,6 +358,33 @@ class Queue:
         if self.paged:
             self._want_page()
 
+    def _dispatch_expiring(self) -> None:
+        """``dispatch`` for a queue that may hold messages with a TTL: the head is checked before
+        every delivery, so an expired message is never handed out."""
+        consumers = self.consumers
+        if not consumers:
+            return
+        now = self.host.clock()
+        count = len(consumers)
+        turn = self._turn % count
+        idle = 0
+        while idle < count:
+            self._drop_expired_head(now)
+            if not self.ready:
+                break
+            consumer = consumers[turn]
+            turn = turn + 1 if turn + 1 < count else 0
+            if consumer.has_credit():
+                entry = self.ready.popleft()
+                self.ready_bytes -= len(entry[1].body)
+                consumer.channel.deliver(consumer, self, entry)
+                idle = 0
+            else:
+                idle += 1
+        self._turn = turn
+        if self.paged:
+            self._want_page()
+
     # ---------------------------------------------------------------- consumers
 
     def add_consumer(self, consumer: Consumer, exclusive: bool) -> None:
@@ -253,6 +397,8 @@ class Queue:
     def remove_consumer(self, consumer: Consumer) -> None:
         if consumer in self.consumers:
             self.consumers.remove(consumer)
+            if not self.consumers:
+                self.touch()
         if self.exclusive_consumer is consumer:
             self.exclusive_consumer = None
 
@@ -260,3 +406,21 @@ class Queue:
         """A consumer of this queue got credit back: serve it in the next dispatch round."""
         if self.ready:
             self._mark_dirty(self)
+
+
+_TTL_GRACE = 0.001  # seconds: RabbitMQ's TTLs are in milliseconds
+
+
+class _NoHost:
+    """For a queue outside a vhost (unit tests): a real clock, no dead-lettering, no timer."""
+
+    def __init__(self) -> None:
+        self.timed: set[Queue] = set()
+
+    @staticmethod
+    def clock() -> float:
+        return time.time()
+
+    @staticmethod
+    def dead_letter(queue: Queue, messages: list[Message], reason: str) -> None:
+        pass

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from pamqp import commands
 
+from amqpbroker.broker.arguments import MAX_EXPIRY
 from amqpbroker.broker.channel import Channel
 from amqpbroker.broker.consumer import Consumer
 from amqpbroker.broker.message import Message
@@ -37,6 +38,17 @@ __all__ = ["Session"]
 log = logging.getLogger("amqpbroker.session")
 
 _USER_ID_FLAG = 0x10  # user_id's bit in the low byte of the first property-flags word
+_EXPIRATION_FLAG = 0x01  # expiration's bit in the high byte
+
+
+def message_ttl(expiration: str | None) -> float | None:
+    """A message's own TTL in seconds, from its ``expiration`` property (milliseconds as a
+    decimal string); anything else is refused as RabbitMQ does."""
+    if expiration is None:
+        return None
+    if not expiration.isdigit() or int(expiration) > MAX_EXPIRY:
+        raise precondition_failed(f"invalid expiration '{expiration}': {{error,invalid_expiration}}")
+    return int(expiration) / 1000
 
 
 def _consumer_tag() -> str:
@@ -122,6 +134,9 @@ class Session:
             raise access_refused(f"cannot publish to internal exchange '{publish.exchange}' "
                                  f"in vhost '{vhost.name}'")
         message = Message(publish.exchange, publish.routing_key, publish.routing_raw, header, body)
+        if header[12] & _EXPIRATION_FLAG:
+            message.ttl = message_ttl(message.properties.expiration)
+            message.arrived = vhost.clock()
         if header[13] & _USER_ID_FLAG:
             user_id = message.properties.user_id
             if user_id is not None and user_id != self.user:
@@ -134,15 +149,18 @@ class Session:
 
     def _route(self, channel: Channel, exchange: Any, message: Message, mandatory: bool) -> None:
         queues = self.vhost.route(exchange, message.routing_key, message)
+        refused = False
         for queue in queues:
-            queue.enqueue(message)  # a durable queue journals a persistent message (durable set)
+            # a durable queue journals a persistent message (durable set); a full one may refuse
+            if not queue.enqueue(message):
+                refused = True
         if not queues and mandatory:
             out = self.out
             out.append(method_frame(channel.number,
                                     return_payload(ReplyCode.NO_ROUTE, "NO_ROUTE", message.routing_raw)))
             append_content(out, channel.number, message.header, message.body, channel.frame_max)
         if channel.confirm:
-            channel.confirm_published(message)
+            channel.confirm_published(message, refused)
 
     # ------------------------------------------------------------ batches and output
 
@@ -293,7 +311,7 @@ class Session:
         channel.send(commands.Basic.QosOk())
 
     def _basic_consume(self, channel: Channel, m: commands.Basic.Consume) -> None:
-        queue = self.vhost.queue(self._queue_name(channel, m.queue), owner=self)
+        queue = self.vhost.use_queue(self._queue_name(channel, m.queue), owner=self)
         tag = m.consumer_tag or _consumer_tag()
         if tag in channel.consumers:
             raise ConnectionError(ReplyCode.NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'")
@@ -314,7 +332,7 @@ class Session:
             channel.send(commands.Basic.CancelOk(consumer_tag=m.consumer_tag))
 
     def _basic_get(self, channel: Channel, m: commands.Basic.Get) -> None:
-        queue = self.vhost.queue(self._queue_name(channel, m.queue), owner=self)
+        queue = self.vhost.use_queue(self._queue_name(channel, m.queue), owner=self)
         entry = queue.get()
         if entry is None:
             channel.send(commands.Basic.GetEmpty())
@@ -340,7 +358,7 @@ class Session:
             channel.check_tags(tag, multiple)
             channel.tx.append((tag, multiple, requeue))
             return
-        channel.settle(channel.take_unacked(tag, multiple), requeue=requeue)
+        channel.settle(channel.take_unacked(tag, multiple), requeue=requeue, rejected=True)
 
     def _basic_recover(self, channel: Channel, m: commands.Basic.Recover) -> None:
         if not m.requeue:
@@ -381,7 +399,7 @@ class Session:
                 if requeue is None:
                     channel.ack(Ack(tag, multiple))
                 else:
-                    channel.settle(channel.take_unacked(tag, multiple), requeue=requeue)
+                    channel.settle(channel.take_unacked(tag, multiple), requeue=requeue, rejected=True)
         channel.send(commands.Tx.CommitOk())
 
     def _tx_rollback(self, channel: Channel, m: commands.Tx.Rollback) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,7 @@ from amqpbroker.broker import ops
 from amqpbroker.broker.arguments import (
     check_exchange_equivalence, check_flag, check_queue_equivalence, validate_queue_arguments,
 )
+from amqpbroker.broker.dead_letter import dead_lettered, is_cycle
 from amqpbroker.broker.exchanges import Binding, Exchange, exchange_class
 from amqpbroker.broker.journal import Journal
 from amqpbroker.broker.message import Message
@@ -71,8 +73,11 @@ def server_named_queue() -> str:
 class VirtualHost:
     def __init__(self, name: str, *, journal: Journal | None = None,
                  mark_dirty: Callable[[Queue], None] = lambda queue: None,
-                 on_queue_deleted: Callable[[Queue], None] = lambda queue: None) -> None:
+                 on_queue_deleted: Callable[[Queue], None] = lambda queue: None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.name = name
+        self.clock = clock  # wall-clock seconds, for TTLs and x-death times
+        self.timed: set[Queue] = set()  # queues with TTLs or x-expires: ticked by the broker
         self.journal = journal if journal is not None else Journal()
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue] = {}
@@ -102,7 +107,7 @@ class VirtualHost:
                 queue_id = journal.new_queue_id()
             queue = Queue(op.name, self.name, durable=op.durable, exclusive_owner=op.exclusive_owner,
                           auto_delete=op.auto_delete, arguments=op.arguments, mark_dirty=self._mark_dirty,
-                          journal=journal, queue_id=queue_id if stored else None)
+                          journal=journal, queue_id=queue_id if stored else None, host=self)
             self.queues[op.name] = queue
             if queue.queue_id is not None:
                 journal.definition(("queue", self.name, op.name, queue.queue_id, queue_definition(op)))
@@ -161,6 +166,7 @@ class VirtualHost:
             for binding in exchange.bindings_to(queue):
                 self._unbind_binding(exchange, binding)
         del self.queues[queue.name]
+        self.timed.discard(queue)
         if queue.queue_id is not None:  # drops its stored entries too
             self.journal.definition(("queue-", self.name, queue.name, queue.queue_id))
         queue.deleted = True
@@ -181,6 +187,12 @@ class VirtualHost:
         if queue is None:
             raise not_found(f"no queue '{name}' in vhost '{self.name}'")
         self._check_exclusive(queue, owner)
+        return queue
+
+    def use_queue(self, name: str, owner: Any) -> Queue:
+        """``queue`` for a use that keeps it alive under ``x-expires`` (consume, get, declare)."""
+        queue = self.queue(name, owner)
+        queue.touch()
         return queue
 
     def _check_exclusive(self, queue: Queue, owner: Any) -> None:
@@ -236,7 +248,7 @@ class VirtualHost:
         if passive:
             if not name:
                 raise not_found(f"no queue '' in vhost '{self.name}'")
-            return self.queue(name, owner)
+            return self.use_queue(name, owner)
         if name.startswith("amq.") and name not in self.queues:
             raise access_refused(f"queue name '{name}' contains reserved prefix 'amq.*'")
         if not name:
@@ -254,6 +266,7 @@ class VirtualHost:
         check_flag("queue", *where, "auto_delete", auto_delete, existing.auto_delete)
         check_queue_equivalence(name, self.name, arguments, existing.arguments)
         validate_queue_arguments(name, self.name, arguments)
+        existing.touch()
         return existing
 
     def delete_queue(self, name: str, *, if_unused: bool, if_empty: bool, owner: Any) -> int:
@@ -334,9 +347,50 @@ class VirtualHost:
             queue = self.queues.get(routing_key)
             return (queue,) if queue is not None else ()
         destinations = exchange.route(routing_key, message)
-        if not self.exchange_bindings:
-            return destinations
-        return self._route_through_exchanges(exchange, destinations, routing_key, message)
+        if self.exchange_bindings:
+            destinations = self._route_through_exchanges(exchange, destinations, routing_key, message)
+        if not destinations and exchange.alternate is not None:
+            return self._route_to_alternate(exchange, routing_key, message)
+        return destinations
+
+    def _route_to_alternate(self, exchange: Exchange, routing_key: str, message: Message) -> tuple:
+        """Unroutable through ``exchange``: try its alternate exchange, and so on; each exchange
+        once, so a loop of alternates ends."""
+        visited = {exchange.name}
+        while exchange.alternate is not None and exchange.alternate not in visited:
+            exchange = self.exchanges.get(exchange.alternate)
+            if exchange is None:
+                return ()
+            visited.add(exchange.name)
+            destinations = exchange.route(routing_key, message)
+            if self.exchange_bindings:
+                destinations = self._route_through_exchanges(exchange, destinations, routing_key, message)
+            if destinations:
+                return destinations
+        return ()
+
+    # ------------------------------------------------------------ dead-lettering and time
+
+    def dead_letter(self, queue: Queue, messages: list[Message], reason: str) -> None:
+        """Republish messages that died in ``queue`` to its dead-letter exchange (dropped if that
+        exchange does not exist, and for target queues that would make a cycle)."""
+        options = queue.options
+        exchange = self.exchanges.get(options.dead_letter_exchange) if options is not None else None
+        if exchange is None:
+            return
+        now = self.clock()
+        for message in messages:
+            copy = dead_lettered(message, queue.name, reason, options.dead_letter_routing_key,
+                                 exchange.name, now)
+            for target in self.route(exchange, copy.routing_key, copy):
+                if not is_cycle(copy, target.name):
+                    target.enqueue(copy)
+
+    def tick(self, now: float) -> None:
+        """Expire messages in queues with TTLs, and delete queues unused past ``x-expires``."""
+        for queue in list(self.timed):
+            if queue.tick(now) and not queue.deleted:
+                self.apply(ops.DeleteQueue(queue.name))
 
     @staticmethod
     def _route_through_exchanges(exchange: Exchange, destinations: tuple, routing_key: str,

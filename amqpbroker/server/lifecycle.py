@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from typing import Any
 
 import anyio
@@ -68,6 +69,7 @@ async def _serve(config: Config, broker: Broker, writer: StoreWriter, task_statu
     async with anyio.create_task_group() as group:
         group.start_soon(writer.run)
         group.start_soon(writer.run_pages)
+        group.start_soon(_tick, broker)
         connections = await group.start(listen, config, broker)
         task_status.started(connections.ports)
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -82,6 +84,15 @@ async def _serve(config: Config, broker: Broker, writer: StoreWriter, task_statu
             await connections.wait_all_closed()
         group.cancel_scope.cancel()
     log.info("stopped")
+
+
+TICK_SECONDS = 0.05  # how often TTLs and queue expiry are looked at
+
+
+async def _tick(broker: Broker) -> None:
+    while True:
+        await anyio.sleep(TICK_SECONDS)
+        broker.tick(time.time())
 
 
 def run(config: Config) -> int:

@@ -17,6 +17,7 @@ class StoredMessage(NamedTuple):
     routing_raw: bytes  # exchange and routing key as two shortstrs
     header: bytes  # content header payload as published
     body: bytes
+    arrived: float | None  # wall-clock seconds it arrived, where a TTL needed it
 
 
 class StoredEntry(NamedTuple):

@@ -6,7 +6,8 @@ key                                            value
 ``x`` vhost ``\\0`` name                          exchange definition (field table)
 ``q`` vhost ``\\0`` name                          queue definition, including its queue id
 ``b`` vhost ``\\0`` binding identity             binding definition
-``m`` message id (8 bytes, big-endian)          a message: routing bytes, header length, header, body
+``m`` message id (8 bytes, big-endian)          a message: arrival time (double, 0: unknown), routing
+                                                bytes, header length, header, body
 ``e`` queue id (8) seq (8)                      message id (8), delivered flag (1); or, for an entry
                                                 written while its queue paged, 0 (8), flags (1:
                                                 persistent) and its own copy of the message
@@ -40,6 +41,7 @@ _U64 = struct.Struct(">Q")
 _SEQ_KEY = struct.Struct(">cQQ")
 _ENTRY_VALUE = struct.Struct(">QB")
 _U32 = struct.Struct(">I")
+_ARRIVED = struct.Struct(">d")
 _PERSISTENT = 2  # inline entry flag
 _MEMTABLE_BYTES = 32 << 20  # two of these at most: bounds RocksDB's share of resident memory
 
@@ -66,16 +68,19 @@ def _untable(data: bytes) -> dict[str, Any]:
 
 
 def _message_value(message: Any) -> bytes:
-    return b"".join((message.routing_raw, _U32.pack(len(message.header)), message.header, message.body))
+    return b"".join((_ARRIVED.pack(message.arrived or 0.0), message.routing_raw,
+                     _U32.pack(len(message.header)), message.header, message.body))
 
 
 def _stored_message(value: bytes, start: int = 0) -> StoredMessage:
+    arrived = _ARRIVED.unpack_from(value, start)[0] or None
+    start += _ARRIVED.size
     exchange_end = start + 1 + value[start]
     routing_end = exchange_end + 1 + value[exchange_end]
     header_length = _U32.unpack_from(value, routing_end)[0]
     header_start = routing_end + 4
     body_start = header_start + header_length
-    return StoredMessage(value[start:routing_end], value[header_start:body_start], value[body_start:])
+    return StoredMessage(value[start:routing_end], value[header_start:body_start], value[body_start:], arrived)
 
 
 class RocksStore:

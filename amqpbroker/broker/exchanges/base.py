@@ -50,7 +50,8 @@ class Exchange:
     type_name: ClassVar[str] = ""
     cacheable: ClassVar[bool] = True  # routing depends on the routing key only
 
-    __slots__ = ("name", "durable", "auto_delete", "internal", "arguments", "bindings", "_cache")
+    __slots__ = ("name", "durable", "auto_delete", "internal", "arguments", "bindings", "_cache",
+                 "alternate")
 
     def __init__(self, name: str, durable: bool = False, auto_delete: bool = False,
                  internal: bool = False, arguments: dict[str, Any] | None = None) -> None:
@@ -59,6 +60,9 @@ class Exchange:
         self.auto_delete = auto_delete
         self.internal = internal
         self.arguments = dict(arguments or {})
+        alternate = self.arguments.get("alternate-exchange")
+        # where messages that match no binding go instead (RabbitMQ's alternate exchange)
+        self.alternate: str | None = (alternate.decode() if isinstance(alternate, bytes) else alternate) or None
         self.bindings: dict[tuple, Binding] = {}
         self._cache: dict[str, tuple] = {}
 
