@@ -7,6 +7,8 @@ import uuid
 
 import pytest
 
+from interop.support import Cleanup, connect
+
 
 @pytest.fixture(scope="session")
 def amqp_url(request: pytest.FixtureRequest) -> str:
@@ -21,3 +23,24 @@ def unique() -> str:
     """A name prefix no other test uses, so suites can share one broker."""
     return f"t-{uuid.uuid4().hex[:12]}"
 
+
+
+@pytest.fixture
+def cleanup(amqp_url: str):
+    """Register queue and exchange names; they are deleted after the test."""
+    registry = Cleanup()
+    yield registry
+    registry.run(amqp_url)
+
+
+@pytest.fixture
+def conn(amqp_url: str):
+    connection = connect(amqp_url)
+    yield connection
+    if connection.is_open:
+        connection.close()
+
+
+@pytest.fixture
+def ch(conn):
+    return conn.channel()

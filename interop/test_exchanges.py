@@ -9,72 +9,14 @@ import pika
 import pika.exceptions
 import pytest
 
+from interop.support import drain as _drain
 
 pytestmark = pytest.mark.timeout(30)
-
-
-def _params(url: str) -> pika.URLParameters:
-    params = pika.URLParameters(url)
-    params.connection_attempts = 1
-    params.socket_timeout = 5
-    params.stack_timeout = 10
-    params.blocked_connection_timeout = 10
-    return params
-
-
-class Cleanup:
-    def __init__(self) -> None:
-        self.exchanges: list[str] = []
-        self.queues: list[str] = []
-
-    def exchange(self, name: str) -> str:
-        self.exchanges.append(name)
-        return name
-
-    def queue(self, name: str) -> str:
-        self.queues.append(name)
-        return name
-
-
-@pytest.fixture
-def cleanup(amqp_url):
-    registry = Cleanup()
-    yield registry
-    if not (registry.exchanges or registry.queues):
-        return
-    with pika.BlockingConnection(_params(amqp_url)) as c:
-        ch = c.channel()
-        for name in registry.queues:
-            ch.queue_delete(name)
-        for name in registry.exchanges:
-            ch.exchange_delete(name)
-
-
-@pytest.fixture
-def conn(amqp_url):
-    c = pika.BlockingConnection(_params(amqp_url))
-    yield c
-    if c.is_open:
-        c.close()
-
-
-@pytest.fixture
-def ch(conn):
-    return conn.channel()
 
 
 def _queue(ch, cleanup, name: str) -> str:
     ch.queue_declare(cleanup.queue(name))
     return name
-
-
-def _drain(ch, queue: str) -> list[bytes]:
-    out = []
-    while True:
-        method, _, body = ch.basic_get(queue, auto_ack=True)
-        if method is None:
-            return out
-        out.append(body)
 
 
 def _publish_all(ch, exchange: str, keys, headers_list=None) -> None:

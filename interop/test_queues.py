@@ -16,72 +16,12 @@ import pytest
 from kombu import Exchange, Queue
 from kombu.pidbox import Mailbox
 
+from interop.support import channel_error as _channel_error
+from interop.support import connect as _connect
+from interop.support import drain as _drain
+from interop.support import exists as _exists
+
 pytestmark = pytest.mark.timeout(30)
-
-
-def _params(url: str) -> pika.URLParameters:
-    params = pika.URLParameters(url)
-    params.connection_attempts = 1
-    params.socket_timeout = 5
-    params.stack_timeout = 10
-    params.blocked_connection_timeout = 10
-    return params
-
-
-def _connect(url: str) -> pika.BlockingConnection:
-    return pika.BlockingConnection(_params(url))
-
-
-class Cleanup:
-    def __init__(self) -> None:
-        self.exchanges: list[str] = []
-        self.queues: list[str] = []
-
-    def exchange(self, name: str) -> str:
-        self.exchanges.append(name)
-        return name
-
-    def queue(self, name: str) -> str:
-        self.queues.append(name)
-        return name
-
-
-@pytest.fixture
-def cleanup(amqp_url):
-    registry = Cleanup()
-    yield registry
-    if not (registry.exchanges or registry.queues):
-        return
-    with _connect(amqp_url) as c:
-        for name in registry.queues:
-            ch = c.channel()
-            try:
-                ch.queue_delete(name)
-            except pika.exceptions.ChannelClosedByBroker:
-                pass  # exclusive queue of a connection that is already gone
-        ch = c.channel()
-        for name in registry.exchanges:
-            ch.exchange_delete(name)
-
-
-@pytest.fixture
-def conn(amqp_url):
-    c = _connect(amqp_url)
-    yield c
-    if c.is_open:
-        c.close()
-
-
-@pytest.fixture
-def ch(conn):
-    return conn.channel()
-
-
-def _channel_error(ch, fn):
-    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as info:
-        fn()
-        ch.basic_qos(prefetch_count=0)  # round trip for async methods
-    return info.value
 
 
 def _publish(ch, queue: str, bodies) -> None:
@@ -89,25 +29,6 @@ def _publish(ch, queue: str, bodies) -> None:
         ch.confirm_delivery()
     for b in bodies:
         ch.basic_publish("", queue, b)
-
-
-def _drain(ch, queue: str) -> list[bytes]:
-    out = []
-    while True:
-        method, _, body = ch.basic_get(queue, auto_ack=True)
-        if method is None:
-            return out
-        out.append(body)
-
-
-def _exists(url: str, queue: str) -> bool:
-    with _connect(url) as c:
-        try:
-            c.channel().queue_declare(queue, passive=True)
-            return True
-        except pika.exceptions.ChannelClosedByBroker as exc:
-            assert exc.reply_code == 404
-            return False
 
 
 def _wait_gone(url: str, queue: str, timeout: float = 3.0) -> bool:

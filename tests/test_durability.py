@@ -245,3 +245,25 @@ def test_messages_consumed_at_once_are_not_written_and_do_not_come_back(broker) 
     broker.restart(crash=True)
     with channel_of(broker) as ch:
         assert drain(ch, "fast-lane") == [(f"kept{index}".encode(), False) for index in range(5)]
+
+
+def test_ttls_count_from_the_original_arrival_across_a_restart(broker) -> None:
+    ttl = 3.0
+    with channel_of(broker) as ch:
+        ch.queue_declare("ttl-q", durable=True, arguments={"x-message-ttl": int(ttl * 1000)})
+        ch.queue_declare("own-ttl-q", durable=True)
+        ch.confirm_delivery()
+        ch.basic_publish("", "ttl-q", b"queue ttl", PERSISTENT)
+        ch.basic_publish("", "own-ttl-q", b"own ttl",
+                         pika.BasicProperties(delivery_mode=2, expiration=str(int(ttl * 1000))))
+        ch.basic_publish("", "own-ttl-q", b"no ttl", PERSISTENT)
+        published = time.monotonic()
+    time.sleep(ttl / 2)  # half the TTL passes before the crash
+    broker.restart(crash=True)
+    restarted = time.monotonic()
+    time.sleep(max(0.0, published + ttl + 0.3 - time.monotonic()))
+    # past both TTLs counted from the publish, not yet counted from the restart
+    assert time.monotonic() - restarted < ttl
+    with channel_of(broker) as ch:
+        assert drain(ch, "ttl-q") == []
+        assert drain(ch, "own-ttl-q") == [(b"no ttl", False)]

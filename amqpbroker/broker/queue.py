@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from amqpbroker.broker.dead_letter import EXPIRED, MAXLEN, REJECTED
+from amqpbroker.broker.dead_letter import EXPIRED, MAXLEN
 from amqpbroker.broker.journal import INLINE, Journal
 from amqpbroker.broker.message import Message
 from amqpbroker.broker.queue_options import DROP_HEAD, REJECT_PUBLISH_DLX, QueueOptions
@@ -132,9 +132,8 @@ class Queue:
         options = self.options
         if message.arrived is None:
             message.arrived = self.host.clock()
-        if message.ttl is not None and not self.expiring:
-            self.expiring = True
-            self.host.timed.add(self)
+        if message.ttl is not None:
+            self._holds_ttl()
         if options is not None and options.limited and options.overflow != DROP_HEAD and self._full(message):
             if options.overflow == REJECT_PUBLISH_DLX:
                 self.host.dead_letter(self, [message], MAXLEN)
@@ -145,6 +144,12 @@ class Queue:
                 entry = self.get()
                 self.discard(entry, reason=MAXLEN)
         return True
+
+    def _holds_ttl(self) -> None:
+        """A message with its own TTL is here: check heads for expiry from now on."""
+        if not self.expiring:
+            self.expiring = True
+            self.host.timed.add(self)
 
     def _full(self, message: Message) -> bool:
         """Would one more message break a length limit?"""
@@ -276,6 +281,8 @@ class Queue:
         ``page_next`` on (``last_seq`` the newest)."""
         self.ready.extend(entries)
         self.ready_bytes += sum(len(entry[1].body) for entry in entries)
+        if any(entry[1].ttl is not None for entry in entries):
+            self._holds_ttl()
         self.paged, self.page_next = paged, page_next
         self._next_seq = max(self._next_seq, last_seq, entries[-1][0] if entries else 0)
 
@@ -315,6 +322,8 @@ class Queue:
             if stored_inline:
                 message.message_id = INLINE
             self.ready_bytes += len(message.body)
+            if message.ttl is not None:
+                self._holds_ttl()
             entries.append((seq, message, False))
         self.ready.extend(entries)
         self.paged = max(self.paged - len(entries), 0)

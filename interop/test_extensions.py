@@ -1,0 +1,208 @@
+"""RabbitMQ's extensions: dead-lettering (x-death), TTLs, length limits, queue expiry, alternate
+exchanges. Each test runs against amqpbroker and, with ``AMQP_URL``, against RabbitMQ.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pika
+import pika.exceptions
+import pytest
+
+from interop.support import channel_error, drain, exists
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def _get(ch, queue: str, timeout: float = 3.0):
+    """The next message of ``queue`` (autoack), waiting for it to arrive."""
+    deadline = time.monotonic() + timeout
+    while True:
+        method, properties, body = ch.basic_get(queue, auto_ack=True)
+        if method is not None:
+            return properties, body
+        assert time.monotonic() < deadline, f"nothing arrived in {queue}"
+        time.sleep(0.02)
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _dead_letter_setup(ch, cleanup, unique, **arguments):
+    """A queue whose dead letters go through a fanout exchange to a second queue."""
+    dlx = cleanup.exchange(f"{unique}-dlx")
+    dlq = cleanup.queue(f"{unique}-dlq")
+    source = cleanup.queue(f"{unique}-q")
+    ch.exchange_declare(dlx, "fanout")
+    ch.queue_declare(dlq)
+    ch.queue_bind(dlq, dlx)
+    ch.queue_declare(source, arguments={"x-dead-letter-exchange": dlx, **arguments})
+    ch.confirm_delivery()
+    return source, dlx, dlq
+
+
+def test_a_rejected_message_is_dead_lettered_with_its_death_recorded(ch, cleanup, unique):
+    source, dlx, dlq = _dead_letter_setup(ch, cleanup, unique)
+    ch.basic_publish("", source, b"refused", pika.BasicProperties(headers={"app": "kept"}))
+    method, _, _ = ch.basic_get(source)
+    ch.basic_reject(method.delivery_tag, requeue=False)
+    properties, body = _get(ch, dlq)
+    assert body == b"refused"
+    headers = properties.headers
+    assert headers["app"] == "kept"
+    (death,) = headers["x-death"]
+    assert _text(death["reason"]) == "rejected"
+    assert _text(death["queue"]) == source
+    assert _text(death["exchange"]) == ""
+    assert [_text(key) for key in death["routing-keys"]] == [source]
+    assert death["count"] == 1
+    assert "time" in death
+    assert _text(headers["x-first-death-reason"]) == "rejected"
+    assert _text(headers["x-first-death-queue"]) == source
+    assert _text(headers["x-first-death-exchange"]) == ""
+
+
+def test_nack_without_requeue_dead_letters_every_message_it_names(ch, cleanup, unique):
+    source, _, dlq = _dead_letter_setup(ch, cleanup, unique)
+    for body in (b"a", b"b", b"c"):
+        ch.basic_publish("", source, body)
+    tags = [ch.basic_get(source)[0].delivery_tag for _ in range(3)]
+    ch.basic_nack(tags[1], multiple=True, requeue=False)  # a and b
+    ch.basic_ack(tags[2])
+    assert [_get(ch, dlq)[1] for _ in range(2)] == [b"a", b"b"]
+    assert drain(ch, dlq) == []
+
+
+def test_the_dead_letter_routing_key_replaces_the_messages_own(ch, cleanup, unique):
+    dlx = cleanup.exchange(f"{unique}-dlx")
+    dlq = cleanup.queue(f"{unique}-dlq")
+    source = cleanup.queue(f"{unique}-q")
+    ch.exchange_declare(dlx, "direct")
+    ch.queue_declare(dlq)
+    ch.queue_bind(dlq, dlx, "dead")
+    ch.queue_declare(source, arguments={"x-dead-letter-exchange": dlx, "x-dead-letter-routing-key": "dead"})
+    ch.confirm_delivery()
+    ch.basic_publish("", source, b"x")
+    ch.basic_reject(ch.basic_get(source)[0].delivery_tag, requeue=False)
+    properties, body = _get(ch, dlq)
+    assert body == b"x"
+    assert [_text(key) for key in properties.headers["x-death"][0]["routing-keys"]] == [source]
+
+
+def test_messages_past_the_queue_ttl_are_dead_lettered_as_expired_in_order(ch, cleanup, unique):
+    source, _, dlq = _dead_letter_setup(ch, cleanup, unique, **{"x-message-ttl": 50})
+    ch.basic_publish("", source, b"first")
+    ch.basic_publish("", source, b"second")
+    got = [_get(ch, dlq) for _ in range(2)]
+    assert [body for _, body in got] == [b"first", b"second"]
+    assert _text(got[0][0].headers["x-death"][0]["reason"]) == "expired"
+    assert ch.queue_declare(source, passive=True).method.message_count == 0
+
+
+def test_a_message_past_its_own_expiration_is_never_delivered(ch, cleanup, unique):
+    source, _, dlq = _dead_letter_setup(ch, cleanup, unique)
+    ch.basic_publish("", source, b"stale", pika.BasicProperties(expiration="50"))
+    ch.basic_publish("", source, b"fresh")
+    time.sleep(0.3)
+    assert drain(ch, source) == [b"fresh"]
+    properties, body = _get(ch, dlq)
+    assert body == b"stale"
+    assert properties.expiration is None  # removed, so the dead letter does not expire again
+    death = properties.headers["x-death"][0]
+    assert _text(death["reason"]) == "expired"
+    assert _text(death["original-expiration"]) == "50"
+
+
+def test_an_invalid_expiration_is_refused(ch, unique):
+    error = channel_error(ch, lambda: ch.basic_publish("", "whatever", b"x",
+                                                       pika.BasicProperties(expiration="soon")))
+    assert error.reply_code == 406
+
+
+def test_drop_head_dead_letters_the_oldest_as_maxlen(ch, cleanup, unique):
+    source, _, dlq = _dead_letter_setup(ch, cleanup, unique, **{"x-max-length": 2})
+    for body in (b"0", b"1", b"2"):
+        ch.basic_publish("", source, body)
+    assert drain(ch, source) == [b"1", b"2"]
+    properties, body = _get(ch, dlq)
+    assert body == b"0"
+    assert _text(properties.headers["x-death"][0]["reason"]) == "maxlen"
+
+
+def test_max_length_bytes_counts_body_bytes(ch, cleanup, unique):
+    queue = cleanup.queue(f"{unique}-q")
+    ch.queue_declare(queue, arguments={"x-max-length-bytes": 10})
+    ch.confirm_delivery()
+    for body in (b"aaaa", b"bbbb", b"cccc"):
+        ch.basic_publish("", queue, body)
+    assert drain(ch, queue) == [b"bbbb", b"cccc"]
+
+
+def test_reject_publish_dlx_nacks_and_dead_letters_the_refused_message(ch, cleanup, unique):
+    source, _, dlq = _dead_letter_setup(ch, cleanup, unique,
+                                        **{"x-max-length": 1, "x-overflow": "reject-publish-dlx"})
+    ch.basic_publish("", source, b"in")
+    with pytest.raises(pika.exceptions.NackError):
+        ch.basic_publish("", source, b"refused")
+    assert drain(ch, source) == [b"in"]
+    properties, body = _get(ch, dlq)
+    assert body == b"refused"
+    assert _text(properties.headers["x-death"][0]["reason"]) == "maxlen"
+
+
+def test_an_expiry_cycle_back_into_the_same_queue_drops_the_message(ch, cleanup, unique):
+    queue = cleanup.queue(f"{unique}-q")
+    ch.queue_declare(queue, arguments={"x-message-ttl": 20, "x-dead-letter-exchange": "",
+                                       "x-dead-letter-routing-key": queue})
+    ch.confirm_delivery()
+    ch.basic_publish("", queue, b"loop")
+    time.sleep(0.5)
+    assert ch.queue_declare(queue, passive=True).method.message_count == 0
+
+
+def test_rejected_messages_may_come_back_to_the_same_queue_counting_deaths(ch, cleanup, unique):
+    queue = cleanup.queue(f"{unique}-q")
+    ch.queue_declare(queue, arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": queue})
+    ch.confirm_delivery()
+    ch.basic_publish("", queue, b"again")
+    for count in (1, 2):
+        method = None
+        deadline = time.monotonic() + 3
+        while method is None and time.monotonic() < deadline:
+            method, properties, _ = ch.basic_get(queue)
+        ch.basic_reject(method.delivery_tag, requeue=False)
+    properties, body = _get(ch, queue)
+    (death,) = properties.headers["x-death"]
+    assert (death["count"], _text(death["reason"])) == (2, "rejected")
+
+
+def test_a_queue_in_use_does_not_expire_and_an_unused_one_does(amqp_url, ch, cleanup, unique):
+    queue = cleanup.queue(f"{unique}-q")
+    ch.queue_declare(queue, arguments={"x-expires": 300})
+    tag = ch.basic_consume(queue, lambda *args: None)
+    time.sleep(0.6)
+    assert exists(amqp_url, queue)  # this counts as use too: the clock starts again
+    ch.basic_cancel(tag)
+    time.sleep(0.8)
+    assert not exists(amqp_url, queue)
+
+
+def test_an_alternate_exchange_chain_and_mandatory(ch, cleanup, unique):
+    main = cleanup.exchange(f"{unique}-main")
+    middle = cleanup.exchange(f"{unique}-middle")
+    last = cleanup.exchange(f"{unique}-last")
+    caught = cleanup.queue(f"{unique}-caught")
+    ch.exchange_declare(last, "fanout")
+    ch.exchange_declare(middle, "direct", arguments={"alternate-exchange": last})
+    ch.exchange_declare(main, "direct", arguments={"alternate-exchange": middle})
+    ch.queue_declare(caught)
+    ch.queue_bind(caught, last)
+    ch.confirm_delivery()  # pika raises UnroutableError for a returned mandatory publish
+    ch.basic_publish(main, "nowhere", b"through two alternates", mandatory=True)
+    ch.queue_unbind(caught, last)
+    with pytest.raises(pika.exceptions.UnroutableError) as returned:
+        ch.basic_publish(main, "nowhere", b"unroutable", mandatory=True)
+    assert [message.body for message in returned.value.messages] == [b"unroutable"]
+    assert drain(ch, caught) == [b"through two alternates"]
