@@ -14,7 +14,7 @@ next page (``journal.request_page``); the store writer reads it in a worker thre
 back through :meth:`Queue.paged_in`.
 
 Options (``x-`` arguments, :class:`~amqpbroker.broker.queue_options.QueueOptions`) and messages
-with a per-message TTL take a separate, slower path (``_enqueue_with_options``,
+with a per-message TTL take a separate, slower path (``_admit``,
 ``_dispatch_expiring``): length limits with their overflow behaviour, expiry (expired messages
 are never delivered; they are dropped, or dead-lettered, when they reach the head, and a queue
 TTL drops them from the head as time passes, through :meth:`Queue.tick`), queue expiry, and
@@ -106,29 +106,33 @@ class Queue:
 
     def enqueue(self, message: Message) -> bool:
         """Take a published message; False if the queue refused it (full, ``reject-publish``)."""
-        if self.options is not None or message.ttl is not None:
-            return self._enqueue_with_options(message)
-        self._append(message)
-        return True
-
-    def _append(self, message: Message) -> None:
+        options = self.options
+        if (options is not None or message.ttl is not None) and not self._admit(message):
+            return False
         seq = self._next_seq = self._next_seq + 1
         journal = self.journal
+        size = len(message.body)
         if self.paged or len(self.ready) >= journal.window_messages or self.ready_bytes >= journal.window_bytes:
             if not self.paged:
                 self.page_next = seq
             self.paged += 1
-            self.paged_bytes += len(message.body)
+            self.paged_bytes += size
             journal.page_out(self, seq, message)
-            return
-        self.ready.append((seq, message, False))
-        self.ready_bytes += len(message.body)
-        if self.queue_id is not None and message.persistent:
-            journal.store_entry(self, seq, message)
-        if self.consumers:
-            self._mark_dirty(self)
+        else:
+            self.ready.append((seq, message, False))
+            self.ready_bytes += size
+            if self.queue_id is not None and message.persistent:
+                journal.store_entry(self, seq, message)
+            if self.consumers:
+                self._mark_dirty(self)
+        if options is not None and options.limited:
+            while self.message_count and self._over_limits():
+                self.discard(self.get(), reason=MAXLEN)
+        return True
 
-    def _enqueue_with_options(self, message: Message) -> bool:
+    def _admit(self, message: Message) -> bool:
+        """Before a queue with options (or a message with a TTL) takes a message: note its
+        arrival for TTLs; False when a length limit refuses it (``reject-publish``)."""
         options = self.options
         if message.arrived is None:
             message.arrived = self.host.clock()
@@ -138,11 +142,6 @@ class Queue:
             if options.overflow == REJECT_PUBLISH_DLX:
                 self.host.dead_letter(self, [message], MAXLEN)
             return False
-        self._append(message)
-        if options is not None and options.limited:
-            while self.message_count and self._over_limits():
-                entry = self.get()
-                self.discard(entry, reason=MAXLEN)
         return True
 
     def _holds_ttl(self) -> None:
