@@ -206,3 +206,28 @@ def test_an_alternate_exchange_chain_and_mandatory(ch, cleanup, unique):
         ch.basic_publish(main, "nowhere", b"unroutable", mandatory=True)
     assert [message.body for message in returned.value.messages] == [b"unroutable"]
     assert drain(ch, caught) == [b"through two alternates"]
+
+
+def test_a_priority_queue_hands_out_higher_priorities_first_in_arrival_order(ch, cleanup, unique):
+    queue = cleanup.queue(f"{unique}-q")
+    ch.queue_declare(queue, arguments={"x-max-priority": 5})
+    ch.confirm_delivery()
+    for body, level in ((b"low", 1), (b"mid-1", 3), (b"none", None), (b"capped", 9), (b"mid-2", 3), (b"top", 5)):
+        ch.basic_publish("", queue, body, pika.BasicProperties(priority=level))
+    # a priority above the maximum counts as the maximum, behind earlier ones at that level
+    assert drain(ch, queue) == [b"capped", b"top", b"mid-1", b"mid-2", b"low", b"none"]
+    for body, level in ((b"a", 2), (b"b", 4)):
+        ch.basic_publish("", queue, body, pika.BasicProperties(priority=level))
+    assert drain(ch, queue) == [b"b", b"a"]
+
+
+def test_a_requeued_message_keeps_its_place_among_its_priority(ch, cleanup, unique):
+    queue = cleanup.queue(f"{unique}-q")
+    ch.queue_declare(queue, arguments={"x-max-priority": 2})
+    ch.confirm_delivery()
+    for body, level in ((b"p0", 0), (b"p2-first", 2), (b"p2-second", 2)):
+        ch.basic_publish("", queue, body, pika.BasicProperties(priority=level))
+    method, _, body = ch.basic_get(queue)
+    assert body == b"p2-first"
+    ch.basic_nack(method.delivery_tag, requeue=True)
+    assert drain(ch, queue) == [b"p2-first", b"p2-second", b"p0"]

@@ -152,12 +152,13 @@ def test_other_methods_decode_through_pamqp(method: object) -> None:
        headers=st.one_of(st.none(), st.dictionaries(st.text(max_size=10), st.integers(-5, 5), max_size=4)),
        mode=st.one_of(st.none(), st.sampled_from([1, 2])), priority=st.one_of(st.none(), st.integers(0, 9)),
        reply_to=st.one_of(st.none(), st.text(min_size=1, max_size=10)))
-def test_delivery_mode_from_raw_header_matches_pamqp(content_type, content_encoding, headers, mode,
-                                                     priority, reply_to) -> None:
-    from amqpbroker.codec.content import decode_properties, delivery_mode
+def test_delivery_mode_and_priority_from_raw_header_match_pamqp(content_type, content_encoding, headers, mode,
+                                                                 priority, reply_to) -> None:
+    from amqpbroker.codec import content
 
     properties = commands.Basic.Properties(content_type=content_type, content_encoding=content_encoding,
                                            headers=headers or None, delivery_mode=mode,
                                            priority=priority, reply_to=reply_to)
     raw = pamqp_header.ContentHeader(0, 10, properties).marshal()
-    assert delivery_mode(raw) == decode_properties(raw).delivery_mode == mode
+    assert content.delivery_mode(raw) == content.decode_properties(raw).delivery_mode == mode
+    assert content.priority(raw) == content.decode_properties(raw).priority == priority

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from amqpbroker.broker.dead_letter import EXPIRED, MAXLEN
 from amqpbroker.broker.journal import INLINE, Journal
 from amqpbroker.broker.message import Message
+from amqpbroker.broker.priority import PriorityReady
 from amqpbroker.broker.queue_options import DROP_HEAD, REJECT_PUBLISH_DLX, QueueOptions
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ class Queue:
         self.exclusive_owner = exclusive_owner
         self.auto_delete = auto_delete
         self.arguments = dict(arguments or {})
-        self.ready: deque[Entry] = deque()
+        self.ready: deque[Entry] | PriorityReady = deque()
         self.unacked_count = 0
         self.consumers: list[Consumer] = []
         self.exclusive_consumer: Consumer | None = None
@@ -82,6 +83,9 @@ class Queue:
         # the vhost: clock(), dead_letter(queue, messages, reason), timed (queues to tick)
         self.host = host if host is not None else _NoHost()
         self.options = QueueOptions.from_arguments(self.arguments)
+        max_priority = self.arguments.get("x-max-priority")
+        if max_priority:
+            self.ready = PriorityReady(max_priority)
         self.expiring = False  # may hold messages with a TTL: check the head before handing out
         self.last_used = self.host.clock()
         if self.options is not None:
@@ -89,6 +93,12 @@ class Queue:
                 self.expiring = True
             if self.options.message_ttl is not None or self.options.expires is not None:
                 self.host.timed.add(self)
+
+    @property
+    def prioritised(self) -> bool:
+        """A priority queue (``x-max-priority``): it keeps every ready message in memory, since a
+        paged-out one could not overtake older ones of lower priority."""
+        return type(self.ready) is PriorityReady
 
     @property
     def exclusive(self) -> bool:
@@ -112,7 +122,8 @@ class Queue:
         seq = self._next_seq = self._next_seq + 1
         journal = self.journal
         size = len(message.body)
-        if self.paged or len(self.ready) >= journal.window_messages or self.ready_bytes >= journal.window_bytes:
+        if self.paged or ((len(self.ready) >= journal.window_messages or self.ready_bytes >= journal.window_bytes)
+                          and not self.prioritised):
             if not self.paged:
                 self.page_next = seq
             self.paged += 1
@@ -213,7 +224,9 @@ class Queue:
             return
         self.ready_bytes += sum(len(entry[1].body) for entry in returned)
         ready = self.ready
-        if not ready or returned[-1][0] < ready[0][0]:
+        if self.prioritised:
+            ready.put_back(returned)
+        elif not ready or returned[-1][0] < ready[0][0]:
             ready.extendleft(reversed(returned))
         else:
             merged = list(ready)

@@ -14,7 +14,7 @@ from pamqp import commands, header as pamqp_header
 from amqpbroker.errors import ConnectionError, ReplyCode
 
 __all__ = ["parse_content_header", "decode_properties", "encode_content_header", "delivery_mode",
-           "BASIC_CLASS_ID"]
+           "priority", "BASIC_CLASS_ID"]
 
 BASIC_CLASS_ID = 60
 _HEADER_HEAD = struct.Struct(">HHQ")
@@ -40,15 +40,26 @@ def encode_content_header(body_size: int, properties: commands.Basic.Properties 
     return pamqp_header.ContentHeader(0, body_size, properties).marshal()
 
 
-_CONTENT_TYPE, _CONTENT_ENCODING, _HEADERS, _DELIVERY_MODE = 0x8000, 0x4000, 0x2000, 0x1000
+_CONTENT_TYPE, _CONTENT_ENCODING, _HEADERS, _DELIVERY_MODE, _PRIORITY = 0x8000, 0x4000, 0x2000, 0x1000, 0x0800
 _LONG = struct.Struct(">I")
 
 
 def delivery_mode(header_payload: bytes) -> int | None:
     """The delivery-mode property, read from the raw header without decoding the others."""
+    return _octet_property(header_payload, _DELIVERY_MODE)
+
+
+def priority(header_payload: bytes) -> int | None:
+    """The priority property, read from the raw header without decoding the others."""
+    return _octet_property(header_payload, _PRIORITY)
+
+
+def _octet_property(header_payload: bytes, flag: int) -> int | None:
+    """delivery-mode or priority: the octet properties right after content-type, -encoding,
+    headers (and delivery-mode, for priority)."""
     offset = 12
     flags = (header_payload[offset] << 8) | header_payload[offset + 1]
-    if not flags & _DELIVERY_MODE:
+    if not flags & flag:
         return None
     offset += 2
     while header_payload[offset - 1] & 1:  # further flag words (none are defined for Basic)
@@ -59,4 +70,6 @@ def delivery_mode(header_payload: bytes) -> int | None:
         offset += 1 + header_payload[offset]
     if flags & _HEADERS:
         offset += 4 + _LONG.unpack_from(header_payload, offset)[0]
+    if flag == _PRIORITY and flags & _DELIVERY_MODE:
+        offset += 1
     return header_payload[offset]
