@@ -231,3 +231,45 @@ def test_a_requeued_message_keeps_its_place_among_its_priority(ch, cleanup, uniq
     assert body == b"p2-first"
     ch.basic_nack(method.delivery_tag, requeue=True)
     assert drain(ch, queue) == [b"p2-first", b"p2-second", b"p0"]
+
+
+def _collect(conn, count: int, *boxes: list, timeout: float = 3.0) -> None:
+    """Process deliveries until the boxes together hold ``count`` messages."""
+    deadline = time.monotonic() + timeout
+    while sum(len(box) for box in boxes) < count and time.monotonic() < deadline:
+        conn.process_data_events(time_limit=0.05)
+
+
+def test_higher_priority_consumers_get_messages_while_they_have_credit(conn, ch, cleanup, unique):
+    queue = cleanup.queue(f"{unique}-q")
+    ch.queue_declare(queue)
+    high_channel, low_channel = conn.channel(), conn.channel()
+    high_channel.basic_qos(prefetch_count=2)
+    high, low = [], []
+    high_channel.basic_consume(queue, lambda c, m, p, body: high.append(body), arguments={"x-priority": 10})
+    low_channel.basic_consume(queue, lambda c, m, p, body: low.append(body))
+    ch.confirm_delivery()
+    for index in range(5):
+        ch.basic_publish("", queue, f"m{index}".encode())
+    _collect(conn, 5, high, low)
+    assert high == [b"m0", b"m1"]  # then it has no credit left (unacked), so the rest go lower
+    assert low == [b"m2", b"m3", b"m4"]
+
+
+def test_a_single_active_consumer_gets_everything_until_it_goes(conn, ch, cleanup, unique):
+    queue = cleanup.queue(f"{unique}-q")
+    ch.queue_declare(queue, arguments={"x-single-active-consumer": True})
+    first_channel, second_channel = conn.channel(), conn.channel()
+    first, second = [], []
+    first_tag = first_channel.basic_consume(queue, lambda c, m, p, body: first.append(body), auto_ack=True)
+    second_channel.basic_consume(queue, lambda c, m, p, body: second.append(body), auto_ack=True)
+    ch.confirm_delivery()
+    for index in range(4):
+        ch.basic_publish("", queue, f"a{index}".encode())
+    _collect(conn, 4, first, second)
+    first_channel.basic_cancel(first_tag)
+    for index in range(2):
+        ch.basic_publish("", queue, f"b{index}".encode())
+    _collect(conn, 6, first, second)
+    assert first == [b"a0", b"a1", b"a2", b"a3"]
+    assert second == [b"b0", b"b1"]

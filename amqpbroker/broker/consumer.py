@@ -15,7 +15,7 @@ __all__ = ["Consumer"]
 
 class Consumer:
     __slots__ = ("tag", "queue", "channel", "no_ack", "exclusive", "prefetch", "unacked", "prefix",
-                 "arguments")
+                 "arguments", "priority")
 
     def __init__(self, tag: str, queue: Queue, channel: Channel, *, no_ack: bool, exclusive: bool,
                  prefetch: int, arguments: dict[str, Any]) -> None:
@@ -28,6 +28,8 @@ class Consumer:
         self.unacked = 0
         self.prefix = deliver_prefix(tag)
         self.arguments = arguments
+        priority = arguments.get("x-priority", 0)
+        self.priority = priority if isinstance(priority, int) and not isinstance(priority, bool) else 0
 
     def has_credit(self) -> bool:
         """May this consumer take one more message now?"""

@@ -49,7 +49,7 @@ class Queue:
         "ready", "unacked_count", "consumers", "_next_seq", "_turn", "_mark_dirty",
         "had_consumers", "deleted", "exclusive_consumer", "queue_id", "journal",
         "ready_bytes", "paged", "page_next", "page_id", "paging_in", "page_epoch", "paged_bytes",
-        "options", "host", "expiring", "last_used",
+        "options", "host", "expiring", "last_used", "single_active", "_consumer_groups",
     )
 
     def __init__(self, name: str, vhost: str, *, durable: bool = False, exclusive_owner: Any = None,
@@ -83,6 +83,8 @@ class Queue:
         # the vhost: clock(), dead_letter(queue, messages, reason), timed (queues to tick)
         self.host = host if host is not None else _NoHost()
         self.options = QueueOptions.from_arguments(self.arguments)
+        self.single_active = self.arguments.get("x-single-active-consumer") is True
+        self._consumer_groups: list[list[Consumer]] = []  # see _group_consumers
         max_priority = self.arguments.get("x-max-priority")
         if max_priority:
             self.ready = PriorityReady(max_priority)
@@ -350,8 +352,8 @@ class Queue:
 
     def dispatch(self) -> None:
         """Deliver ready messages to consumers with credit, round-robin, until either runs out."""
-        if self.expiring:
-            self._dispatch_expiring()
+        if self.expiring or self._consumer_groups:
+            self._dispatch_general()
             return
         ready = self.ready
         consumers = self.consumers
@@ -379,32 +381,43 @@ class Queue:
         if self.paged:
             self._want_page()
 
-    def _dispatch_expiring(self) -> None:
-        """``dispatch`` for a queue that may hold messages with a TTL: the head is checked before
-        every delivery, so an expired message is never handed out."""
+    def _dispatch_general(self) -> None:
+        """``dispatch`` for a queue that may hold messages with a TTL (the head is checked before
+        every delivery, so an expired message is never handed out), or whose consumers have
+        priorities (the highest with credit first, round-robin among equals) or take turns as
+        the single active consumer (only the first one gets messages)."""
         consumers = self.consumers
         if not consumers:
             return
-        now = self.host.clock()
-        count = len(consumers)
-        turn = self._turn % count
-        idle = 0
-        while idle < count:
-            self._drop_expired_head(now)
-            if not self.ready:
+        groups = [consumers[:1]] if self.single_active else self._consumer_groups
+        now = self.host.clock() if self.expiring else 0.0
+        ready = self.ready
+        while True:
+            if self.expiring:
+                self._drop_expired_head(now)
+            if not ready:
                 break
-            consumer = consumers[turn]
-            turn = turn + 1 if turn + 1 < count else 0
-            if consumer.has_credit():
-                entry = self.ready.popleft()
-                self.ready_bytes -= len(entry[1].body)
-                consumer.channel.deliver(consumer, self, entry)
-                idle = 0
-            else:
-                idle += 1
-        self._turn = turn
+            consumer = self._next_consumer(groups)
+            if consumer is None:
+                break
+            entry = ready.popleft()
+            self.ready_bytes -= len(entry[1].body)
+            consumer.channel.deliver(consumer, self, entry)
         if self.paged:
             self._want_page()
+
+    def _next_consumer(self, groups: list[list[Consumer]]) -> Consumer | None:
+        """The next consumer with credit: from the highest priority group that has one, taking
+        turns within the group."""
+        for group in groups:
+            count = len(group)
+            start = self._turn % count
+            for step in range(count):
+                consumer = group[(start + step) % count]
+                if consumer.has_credit():
+                    self._turn = start + step + 1
+                    return consumer
+        return None
 
     # ---------------------------------------------------------------- consumers
 
@@ -413,15 +426,29 @@ class Queue:
         self.had_consumers = True
         if exclusive:
             self.exclusive_consumer = consumer
+        self._group_consumers()
         self._mark_dirty(self)
 
     def remove_consumer(self, consumer: Consumer) -> None:
         if consumer in self.consumers:
             self.consumers.remove(consumer)
+            self._group_consumers()
             if not self.consumers:
                 self.touch()
+            elif self.single_active:
+                self._mark_dirty(self)  # the next one in line takes over
         if self.exclusive_consumer is consumer:
             self.exclusive_consumer = None
+
+    def _group_consumers(self) -> None:
+        """Consumers by priority (``x-priority``), highest first; empty (the plain round-robin)
+        when they all have the same one and the queue has no single active consumer."""
+        priorities = sorted({consumer.priority for consumer in self.consumers}, reverse=True)
+        if len(priorities) <= 1 and not self.single_active:
+            self._consumer_groups = []
+            return
+        self._consumer_groups = [[consumer for consumer in self.consumers if consumer.priority == level]
+                                 for level in priorities]
 
     def consumer_ready(self) -> None:
         """A consumer of this queue got credit back: serve it in the next dispatch round."""
