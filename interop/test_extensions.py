@@ -273,3 +273,18 @@ def test_a_single_active_consumer_gets_everything_until_it_goes(conn, ch, cleanu
     _collect(conn, 6, first, second)
     assert first == [b"a0", b"a1", b"a2", b"a3"]
     assert second == [b"b0", b"b1"]
+
+
+def test_consumers_of_a_queue_with_a_ttl_get_its_live_messages(conn, ch, cleanup, unique):
+    queue = cleanup.queue(f"{unique}-q")
+    ch.queue_declare(queue, arguments={"x-message-ttl": 60_000})
+    first_channel, second_channel = conn.channel(), conn.channel()
+    first, second = [], []
+    first_channel.basic_consume(queue, lambda c, m, p, body: first.append(body), auto_ack=True)
+    second_channel.basic_consume(queue, lambda c, m, p, body: second.append(body), auto_ack=True)
+    ch.confirm_delivery()
+    for index in range(4):
+        ch.basic_publish("", queue, f"m{index}".encode(), pika.BasicProperties(expiration="60000"))
+    _collect(conn, 4, first, second)
+    assert sorted(first + second) == [b"m0", b"m1", b"m2", b"m3"]
+    assert first and second  # round-robin between them

@@ -389,7 +389,7 @@ class Queue:
         consumers = self.consumers
         if not consumers:
             return
-        groups = [consumers[:1]] if self.single_active else self._consumer_groups
+        groups = [consumers[:1]] if self.single_active else (self._consumer_groups or [consumers])
         now = self.host.clock() if self.expiring else 0.0
         ready = self.ready
         while True:
