@@ -10,7 +10,7 @@ import pika
 import pika.exceptions
 import pytest
 
-from interop.support import channel_error, drain, exists
+from interop.support import channel_error, connect, drain, exists
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -288,3 +288,37 @@ def test_consumers_of_a_queue_with_a_ttl_get_its_live_messages(conn, ch, cleanup
     _collect(conn, 4, first, second)
     assert sorted(first + second) == [b"m0", b"m1", b"m2", b"m3"]
     assert first and second  # round-robin between them
+
+
+def test_direct_reply_to_rpc_round_trip(amqp_url, conn, ch, cleanup, unique):
+    requests = cleanup.queue(f"{unique}-rpc")
+    ch.queue_declare(requests)
+    replies = []
+    ch.basic_consume("amq.rabbitmq.reply-to", lambda c, m, p, body: replies.append((m, p, body)),
+                     auto_ack=True)
+    ch.basic_publish("", requests, b"2+2", pika.BasicProperties(reply_to="amq.rabbitmq.reply-to",
+                                                                 correlation_id="c1"))
+    with connect(amqp_url) as server_connection:
+        server = server_connection.channel()
+        deadline = time.monotonic() + 3
+        method = None
+        while method is None and time.monotonic() < deadline:
+            method, properties, body = server.basic_get(requests, auto_ack=True)
+        assert body == b"2+2"
+        assert properties.reply_to.startswith("amq.rabbitmq.reply-to.")  # rewritten by the broker
+        server.basic_publish("", properties.reply_to, b"4",
+                             pika.BasicProperties(correlation_id=properties.correlation_id))
+    _collect(conn, 1, replies)
+    ((method, properties, body),) = replies
+    assert (body, properties.correlation_id) == (b"4", "c1")
+
+
+def test_direct_reply_to_needs_a_no_ack_consumer_on_the_publishing_channel(conn, unique):
+    ch = conn.channel()
+    error = channel_error(ch, lambda: ch.basic_publish(
+        "", "anything", b"x", pika.BasicProperties(reply_to="amq.rabbitmq.reply-to")))
+    assert error.reply_code == 406
+    ch = conn.channel()
+    error = channel_error(ch, lambda: ch.basic_consume("amq.rabbitmq.reply-to", lambda *args: None,
+                                                       auto_ack=False))
+    assert error.reply_code == 406

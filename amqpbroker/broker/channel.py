@@ -38,6 +38,7 @@ class Channel:
         "number", "session", "out", "frame_max", "next_tag", "unacked", "consumers",
         "consumer_prefetch", "global_prefetch", "confirm", "publish_seq",
         "confirms_pending", "nacks_pending", "confirmed_through", "settled_ahead", "tx", "last_queue",
+        "reply_queue",
     )
 
     def __init__(self, session: Session, number: int) -> None:
@@ -58,6 +59,7 @@ class Channel:
         self.settled_ahead: set[int] = set()
         self.tx: list[tuple] | None = None
         self.last_queue = ""
+        self.reply_queue: Queue | None = None  # its direct reply-to consumer's hidden queue
 
     # ---------------------------------------------------------------- sending
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from amqpbroker.codec.content import decode_properties, delivery_mode
+from amqpbroker.codec.content import decode_properties, delivery_mode, encode_content_header
 
 __all__ = ["Message"]
 
@@ -49,6 +49,12 @@ class Message:
             if expiration and expiration.isdigit():
                 message.ttl = int(expiration) / 1000
         return message
+
+    def set_reply_to(self, reply_to: str) -> None:
+        """Rewrite the ``reply_to`` property (direct reply-to): a new content header."""
+        properties = self.properties
+        properties.reply_to = reply_to
+        self.header = encode_content_header(len(self.body), properties)
 
     @property
     def persistent(self) -> bool:

@@ -29,6 +29,8 @@ from amqpbroker.errors import (
 )
 from amqpbroker.protocol.connection import Connection
 
+from amqpbroker.broker.vhost import REPLY_TO
+
 if TYPE_CHECKING:
     from amqpbroker.broker.broker import Broker
     from amqpbroker.broker.vhost import VirtualHost
@@ -39,6 +41,7 @@ log = logging.getLogger("amqpbroker.session")
 
 _USER_ID_FLAG = 0x10  # user_id's bit in the low byte of the first property-flags word
 _EXPIRATION_FLAG = 0x01  # expiration's bit in the high byte
+_REPLY_TO_FLAG = 0x02  # reply_to's bit in the high byte
 
 
 def message_ttl(expiration: str | None) -> float | None:
@@ -137,6 +140,10 @@ class Session:
         if header[12] & _EXPIRATION_FLAG:
             message.ttl = message_ttl(message.properties.expiration)
             message.arrived = vhost.clock()
+        if header[12] & _REPLY_TO_FLAG and message.properties.reply_to == REPLY_TO:
+            if channel.reply_queue is None:
+                raise precondition_failed("fast reply consumer does not exist")
+            message.set_reply_to(channel.reply_queue.name)
         if header[13] & _USER_ID_FLAG:
             user_id = message.properties.user_id
             if user_id is not None and user_id != self.user:
@@ -217,7 +224,10 @@ class Session:
         channel.consumers.pop(consumer.tag, None)
         queue = consumer.queue
         queue.remove_consumer(consumer)
-        if queue.auto_delete and not queue.consumers and not queue.deleted:
+        if queue is channel.reply_queue:
+            self.vhost.drop_reply_queue(queue)
+            channel.reply_queue = None
+        elif queue.auto_delete and not queue.consumers and not queue.deleted:
             self.vhost.delete_queue(queue.name, if_unused=False, if_empty=False,
                                     owner=queue.exclusive_owner)
 
@@ -311,10 +321,13 @@ class Session:
         channel.send(commands.Basic.QosOk())
 
     def _basic_consume(self, channel: Channel, m: commands.Basic.Consume) -> None:
-        queue = self.vhost.use_queue(self._queue_name(channel, m.queue), owner=self)
         tag = m.consumer_tag or _consumer_tag()
         if tag in channel.consumers:
             raise ConnectionError(ReplyCode.NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'")
+        if m.queue == REPLY_TO:
+            queue = self._reply_queue(channel, m)
+        else:
+            queue = self.vhost.use_queue(self._queue_name(channel, m.queue), owner=self)
         if queue.exclusive_consumer is not None or (m.exclusive and queue.consumers):
             raise access_refused(f"queue '{queue.name}' in vhost '{self.vhost.name}' in exclusive use")
         consumer = Consumer(tag, queue, channel, no_ack=m.no_ack, exclusive=m.exclusive,
@@ -323,6 +336,15 @@ class Session:
         if not m.nowait:
             channel.send(commands.Basic.ConsumeOk(consumer_tag=tag))
         queue.add_consumer(consumer, m.exclusive)
+
+    def _reply_queue(self, channel: Channel, m: commands.Basic.Consume) -> Queue:
+        """A direct reply-to consumer: no acks, one per channel."""
+        if not m.no_ack:
+            raise precondition_failed("reply consumer cannot acknowledge")
+        if channel.reply_queue is not None:
+            raise precondition_failed("reply consumer already set")
+        channel.reply_queue = self.vhost.add_reply_queue(self)
+        return channel.reply_queue
 
     def _basic_cancel(self, channel: Channel, m: commands.Basic.Cancel) -> None:
         consumer = channel.consumers.get(m.consumer_tag)

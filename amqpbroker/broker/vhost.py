@@ -29,7 +29,9 @@ from amqpbroker.errors import (
     ConnectionError, ReplyCode, access_refused, not_found, precondition_failed, resource_locked,
 )
 
-__all__ = ["VirtualHost", "PREDECLARED_EXCHANGES"]
+__all__ = ["VirtualHost", "PREDECLARED_EXCHANGES", "REPLY_TO"]
+
+REPLY_TO = "amq.rabbitmq.reply-to"  # the pseudo-queue of direct reply-to
 
 DEFAULT_EXCHANGE = ""
 PREDECLARED_EXCHANGES = (
@@ -78,6 +80,7 @@ class VirtualHost:
         self.name = name
         self.clock = clock  # wall-clock seconds, for TTLs and x-death times
         self.timed: set[Queue] = set()  # queues with TTLs or x-expires: ticked by the broker
+        self.reply_queues: dict[str, Queue] = {}  # direct reply-to: one hidden queue per consumer
         self.journal = journal if journal is not None else Journal()
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue] = {}
@@ -344,7 +347,7 @@ class VirtualHost:
     def route(self, exchange: Exchange, routing_key: str, message: Message) -> tuple:
         """The queues a message published to ``exchange`` with ``routing_key`` goes to."""
         if not exchange.name:
-            queue = self.queues.get(routing_key)
+            queue = self.queues.get(routing_key) or self.reply_queues.get(routing_key)
             return (queue,) if queue is not None else ()
         destinations = exchange.route(routing_key, message)
         if self.exchange_bindings:
@@ -368,6 +371,24 @@ class VirtualHost:
             if destinations:
                 return destinations
         return ()
+
+    # ------------------------------------------------------------ direct reply-to
+
+    def add_reply_queue(self, owner: Any) -> Queue:
+        """A consumer of ``amq.rabbitmq.reply-to``: replies published to the default exchange
+        with the returned queue's name reach it, without a real queue (RabbitMQ's direct
+        reply-to). The name is what the broker writes into requests' ``reply_to``."""
+        name = f"{REPLY_TO}.{base64.urlsafe_b64encode(os.urandom(18)).decode()}"
+        queue = Queue(name, self.name, exclusive_owner=owner, auto_delete=True, mark_dirty=self._mark_dirty,
+                      journal=self.journal, host=self)
+        self.reply_queues[name] = queue
+        return queue
+
+    def drop_reply_queue(self, queue: Queue) -> None:
+        """Its consumer went away: later replies to it are dropped."""
+        self.reply_queues.pop(queue.name, None)
+        queue.deleted = True
+        queue.purge()
 
     # ------------------------------------------------------------ dead-lettering and time
 
