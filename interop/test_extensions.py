@@ -322,3 +322,50 @@ def test_direct_reply_to_needs_a_no_ack_consumer_on_the_publishing_channel(conn,
     error = channel_error(ch, lambda: ch.basic_consume("amq.rabbitmq.reply-to", lambda *args: None,
                                                        auto_ack=False))
     assert error.reply_code == 406
+
+
+@pytest.mark.parametrize(("flags", "text"), [
+    ({"durable": False}, "non-durable"),
+    ({"durable": True, "exclusive": True}, "exclusive-owner"),
+    ({"durable": True, "auto_delete": True}, "auto-delete"),
+])
+def test_a_quorum_queue_must_be_durable_and_shared(ch, unique, flags, text):
+    error = channel_error(ch, lambda: ch.queue_declare(f"{unique}-qq", arguments={"x-queue-type": "quorum"},
+                                                       **flags))
+    assert error.reply_code == 406
+    assert text in error.reply_text
+
+
+def test_a_quorum_queue_counts_returns_and_drops_past_its_delivery_limit(ch, cleanup, unique):
+    queue = cleanup.queue(f"{unique}-qq")
+    dlq = cleanup.queue(f"{unique}-dlq")
+    ch.queue_declare(dlq)
+    ch.queue_declare(queue, durable=True, arguments={"x-queue-type": "quorum", "x-delivery-limit": 2,
+                                                     "x-dead-letter-exchange": "",
+                                                     "x-dead-letter-routing-key": dlq})
+    ch.confirm_delivery()
+    ch.basic_publish("", queue, b"poison")
+    counts = []
+    for _ in range(3):
+        method = None
+        deadline = time.monotonic() + 3
+        while method is None and time.monotonic() < deadline:
+            method, properties, _ = ch.basic_get(queue)
+        assert method is not None
+        counts.append((method.redelivered, properties.headers["x-delivery-count"]))
+        ch.basic_nack(method.delivery_tag, requeue=True)
+    assert counts == [(False, 0), (True, 1), (True, 2)]
+    properties, body = _get(ch, dlq)  # the third return was one too many
+    assert body == b"poison"
+    assert _text(properties.headers["x-death"][0]["reason"]) == "delivery_limit"
+    assert ch.queue_declare(queue, passive=True).method.message_count == 0
+
+
+def test_a_quorum_queue_refuses_consumers_on_a_channel_with_global_qos(conn, cleanup, unique):
+    queue = cleanup.queue(f"{unique}-qq")
+    ch = conn.channel()
+    ch.queue_declare(queue, durable=True, arguments={"x-queue-type": "quorum"})
+    ch.basic_qos(prefetch_count=5, global_qos=True)
+    with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as closed:
+        ch.basic_consume(queue, lambda *args: None)
+    assert closed.value.reply_code == 540

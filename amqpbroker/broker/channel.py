@@ -38,7 +38,7 @@ class Channel:
         "number", "session", "out", "frame_max", "next_tag", "unacked", "consumers",
         "consumer_prefetch", "global_prefetch", "confirm", "publish_seq",
         "confirms_pending", "nacks_pending", "confirmed_through", "settled_ahead", "tx", "last_queue",
-        "reply_queue",
+        "reply_queue", "global_qos_requested",
     )
 
     def __init__(self, session: Session, number: int) -> None:
@@ -60,6 +60,7 @@ class Channel:
         self.tx: list[tuple] | None = None
         self.last_queue = ""
         self.reply_queue: Queue | None = None  # its direct reply-to consumer's hidden queue
+        self.global_qos_requested = False  # basic.qos global=true (quorum queues refuse it)
 
     # ---------------------------------------------------------------- sending
 
@@ -69,11 +70,13 @@ class Channel:
         self.session.output_saturated = True
         return False
 
-    def deliver(self, consumer: Consumer, queue: Queue, entry: Entry) -> None:
+    def deliver(self, consumer: Consumer, queue: Queue, entry: Entry, header: bytes | None = None) -> None:
+        """Hand ``entry`` to ``consumer``; ``header`` replaces the message's content header for
+        this delivery (a quorum queue's ``x-delivery-count``)."""
         tag = self.next_tag = self.next_tag + 1
         message = entry[1]
         append_deliver(self.out, self.number, consumer.prefix, tag, entry[2], message.routing_raw,
-                       message.header, message.body, self.frame_max)
+                       header or message.header, message.body, self.frame_max)
         if consumer.no_ack:
             if message.message_id is not None:
                 queue.discard(entry)
@@ -90,7 +93,8 @@ class Channel:
         message = entry[1]
         self.out.append(method_frame(self.number, get_ok_payload(tag, entry[2], message.routing_raw,
                                                                  queue.message_count)))
-        append_content(self.out, self.number, message.header, message.body, self.frame_max)
+        append_content(self.out, self.number, queue.delivery_header(entry) or message.header, message.body,
+                       self.frame_max)
         if no_ack:
             queue.discard(entry)
         else:

@@ -29,11 +29,12 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from amqpbroker.broker.dead_letter import EXPIRED, MAXLEN
+from amqpbroker.broker.dead_letter import DELIVERY_LIMIT, EXPIRED, MAXLEN
 from amqpbroker.broker.journal import INLINE, Journal
 from amqpbroker.broker.message import Message
 from amqpbroker.broker.priority import PriorityReady
 from amqpbroker.broker.queue_options import DROP_HEAD, REJECT_PUBLISH_DLX, QueueOptions
+from amqpbroker.codec.content import decode_properties, encode_content_header
 
 if TYPE_CHECKING:
     from amqpbroker.broker.consumer import Consumer
@@ -50,6 +51,7 @@ class Queue:
         "had_consumers", "deleted", "exclusive_consumer", "queue_id", "journal",
         "ready_bytes", "paged", "page_next", "page_id", "paging_in", "page_epoch", "paged_bytes",
         "options", "host", "expiring", "last_used", "single_active", "_consumer_groups",
+        "general_dispatch", "quorum", "delivery_limit", "delivery_counts",
     )
 
     def __init__(self, name: str, vhost: str, *, durable: bool = False, exclusive_owner: Any = None,
@@ -85,6 +87,11 @@ class Queue:
         self.options = QueueOptions.from_arguments(self.arguments)
         self.single_active = self.arguments.get("x-single-active-consumer") is True
         self._consumer_groups: list[list[Consumer]] = []  # see _group_consumers
+        # a quorum queue: same semantics to clients, plus x-delivery-count and x-delivery-limit
+        self.quorum = self.arguments.get("x-queue-type") in ("quorum", b"quorum")
+        self.delivery_limit: int | None = self.arguments.get("x-delivery-limit") if self.quorum else None
+        self.delivery_counts: dict[int, int] = {}  # seq -> times returned (quorum queues)
+        self.general_dispatch = False
         max_priority = self.arguments.get("x-max-priority")
         if max_priority:
             self.ready = PriorityReady(max_priority)
@@ -95,6 +102,7 @@ class Queue:
                 self.expiring = True
             if self.options.message_ttl is not None or self.options.expires is not None:
                 self.host.timed.add(self)
+        self._update_dispatch()
 
     @property
     def prioritised(self) -> bool:
@@ -162,6 +170,22 @@ class Queue:
         if not self.expiring:
             self.expiring = True
             self.host.timed.add(self)
+            self._update_dispatch()
+
+    def _update_dispatch(self) -> None:
+        """Does ``dispatch`` need the general path (TTLs, consumer priorities, single active
+        consumer, quorum headers)?"""
+        self.general_dispatch = self.expiring or bool(self._consumer_groups) or self.quorum
+
+    def delivery_header(self, entry: Entry) -> bytes | None:
+        """The content header to deliver ``entry`` with, if not the message's own: a quorum
+        queue tells how often the message was returned before (``x-delivery-count``)."""
+        if not self.quorum:
+            return None
+        message = entry[1]
+        properties = decode_properties(message.header)
+        properties.headers = {**(properties.headers or {}), "x-delivery-count": self.delivery_counts.get(entry[0], 0)}
+        return encode_content_header(len(message.body), properties)
 
     def _full(self, message: Message) -> bool:
         """Would one more message break a length limit?"""
@@ -222,6 +246,8 @@ class Queue:
     def requeue(self, entries: Iterable[Entry]) -> None:
         """Put delivered-but-unacked entries back at their original positions, redelivered."""
         returned = sorted((seq, message, True) for seq, message, _ in entries)
+        if self.quorum:
+            returned = self._count_returns(returned)
         if not returned:
             return
         self.ready_bytes += sum(len(entry[1].body) for entry in returned)
@@ -239,6 +265,20 @@ class Queue:
             self._mark_dirty(self)
 
     # ---------------------------------------------------------------- messages out
+
+    def _count_returns(self, returned: list[Entry]) -> list[Entry]:
+        """A quorum queue counts each message's returns; past ``x-delivery-limit`` it is dropped
+        (dead-lettered) instead of requeued."""
+        counts, limit = self.delivery_counts, self.delivery_limit
+        kept = []
+        for entry in returned:
+            count = counts[entry[0]] = counts.get(entry[0], 0) + 1
+            if limit is not None and count > limit:
+                del counts[entry[0]]
+                self.discard(entry, reason=DELIVERY_LIMIT)
+            else:
+                kept.append(entry)
+        return kept
 
     def get(self) -> Entry | None:
         if self.expiring:
@@ -281,6 +321,8 @@ class Queue:
         """An entry left the queue for good: acked, auto-acked or purged (``reason`` None), or
         rejected, expired or pushed out by a length limit (dead-lettered for that ``reason``)."""
         message = entry[1]
+        if self.delivery_counts:
+            self.delivery_counts.pop(entry[0], None)
         if reason is not None and self.options is not None and self.options.dead_letter_exchange is not None:
             self.host.dead_letter(self, [message], reason)
         if self.queue_id is None or message.message_id is None:
@@ -352,7 +394,7 @@ class Queue:
 
     def dispatch(self) -> None:
         """Deliver ready messages to consumers with credit, round-robin, until either runs out."""
-        if self.expiring or self._consumer_groups:
+        if self.general_dispatch:
             self._dispatch_general()
             return
         ready = self.ready
@@ -402,7 +444,7 @@ class Queue:
                 break
             entry = ready.popleft()
             self.ready_bytes -= len(entry[1].body)
-            consumer.channel.deliver(consumer, self, entry)
+            consumer.channel.deliver(consumer, self, entry, self.delivery_header(entry))
         if self.paged:
             self._want_page()
 
@@ -446,9 +488,10 @@ class Queue:
         priorities = sorted({consumer.priority for consumer in self.consumers}, reverse=True)
         if len(priorities) <= 1 and not self.single_active:
             self._consumer_groups = []
-            return
-        self._consumer_groups = [[consumer for consumer in self.consumers if consumer.priority == level]
-                                 for level in priorities]
+        else:
+            self._consumer_groups = [[consumer for consumer in self.consumers if consumer.priority == level]
+                                     for level in priorities]
+        self._update_dispatch()
 
     def consumer_ready(self) -> None:
         """A consumer of this queue got credit back: serve it in the next dispatch round."""

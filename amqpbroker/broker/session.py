@@ -312,6 +312,7 @@ class Session:
     def _basic_qos(self, channel: Channel, m: commands.Basic.Qos) -> None:
         if m.prefetch_size:
             raise ConnectionError(ReplyCode.NOT_IMPLEMENTED, f"prefetch_size!=0 ({m.prefetch_size})")
+        channel.global_qos_requested = bool(m.global_ and m.prefetch_count)
         if m.global_ or self._spec_qos_semantics():
             channel.global_prefetch = m.prefetch_count
         else:
@@ -328,6 +329,9 @@ class Session:
             queue = self._reply_queue(channel, m)
         else:
             queue = self.vhost.use_queue(self._queue_name(channel, m.queue), owner=self)
+        if queue.quorum and channel.global_qos_requested:
+            raise ConnectionError(ReplyCode.NOT_IMPLEMENTED, f"queue '{queue.name}' in vhost "
+                                  f"'{self.vhost.name}' does not support global qos", 60, 20)
         if queue.exclusive_consumer is not None or (m.exclusive and queue.consumers):
             raise access_refused(f"queue '{queue.name}' in vhost '{self.vhost.name}' in exclusive use")
         consumer = Consumer(tag, queue, channel, no_ack=m.no_ack, exclusive=m.exclusive,

@@ -259,6 +259,7 @@ class VirtualHost:
         existing = self.queues.get(name)
         if existing is None:
             validate_queue_arguments(name, self.name, arguments)
+            self._check_queue_type(name, arguments, durable=durable, exclusive=exclusive, auto_delete=auto_delete)
             return self.apply(ops.DeclareQueue(name, durable, auto_delete, arguments,
                                                owner if exclusive else None))
         self._check_exclusive(existing, owner)
@@ -271,6 +272,25 @@ class VirtualHost:
         validate_queue_arguments(name, self.name, arguments)
         existing.touch()
         return existing
+
+    def _check_queue_type(self, name: str, arguments: dict[str, Any], *, durable: bool, exclusive: bool,
+                          auto_delete: bool) -> None:
+        """A quorum queue is durable, not exclusive, not auto-delete, has no priorities (406s as
+        RabbitMQ); streams are not offered here."""
+        queue_type = arguments.get("x-queue-type", "classic")
+        if isinstance(queue_type, bytes):
+            queue_type = queue_type.decode(errors="replace")
+        where = f"for queue '{name}' in vhost '{self.name}'"
+        if queue_type == "stream":
+            raise precondition_failed(f"invalid arg 'x-queue-type' {where}: unsupported queue type 'stream'")
+        if queue_type != "quorum":
+            return
+        for invalid, flag in (("non-durable", not durable), ("exclusive-owner", exclusive),
+                              ("auto-delete", auto_delete)):
+            if flag:
+                raise precondition_failed(f"invalid property '{invalid}' {where}")
+        if "x-max-priority" in arguments:
+            raise precondition_failed(f"invalid arg 'x-max-priority' {where} of queue type rabbit_quorum_queue")
 
     def delete_queue(self, name: str, *, if_unused: bool, if_empty: bool, owner: Any) -> int:
         queue = self.queues.get(name)
