@@ -369,3 +369,42 @@ def test_a_quorum_queue_refuses_consumers_on_a_channel_with_global_qos(conn, cle
     with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as closed:
         ch.basic_consume(queue, lambda *args: None)
     assert closed.value.reply_code == 540
+
+
+def _delayed_exchange(ch, name: str, delayed_type: str = "direct"):
+    """Declare an x-delayed-message exchange, or skip where the broker lacks the plugin."""
+    try:
+        ch.exchange_declare(name, "x-delayed-message", arguments={"x-delayed-type": delayed_type})
+    except pika.exceptions.ConnectionClosedByBroker as exc:
+        if exc.reply_code == 503:
+            pytest.skip("this broker has no rabbitmq-delayed-message-exchange plugin")
+        raise
+    return ch
+
+
+def test_a_delayed_exchange_routes_a_message_once_its_delay_passed(amqp_url, cleanup, unique):
+    exchange = cleanup.exchange(f"{unique}-delayed")
+    queue = cleanup.queue(f"{unique}-q")
+    with connect(amqp_url) as conn:
+        ch = _delayed_exchange(conn.channel(), exchange)
+        ch.queue_declare(queue)
+        ch.queue_bind(queue, exchange, "k")
+        ch.confirm_delivery()
+        ch.basic_publish(exchange, "k", b"later", pika.BasicProperties(headers={"x-delay": 400}))
+        ch.basic_publish(exchange, "k", b"now")
+        ch.basic_publish(exchange, "other", b"nowhere", pika.BasicProperties(headers={"x-delay": 100}))
+        assert drain(ch, queue) == [b"now"]
+        time.sleep(0.6)
+        assert drain(ch, queue) == [b"later"]
+
+
+def test_a_delayed_exchange_needs_an_existing_delayed_type(amqp_url, unique):
+    with connect(amqp_url) as conn:
+        ch = conn.channel()
+        try:
+            error = channel_error(ch, lambda: ch.exchange_declare(f"{unique}-bad", "x-delayed-message",
+                                                                  arguments={"x-delayed-type": "nonsense"}))
+        except pika.exceptions.ConnectionClosedByBroker as exc:
+            assert exc.reply_code == 503
+            pytest.skip("this broker has no rabbitmq-delayed-message-exchange plugin")
+        assert error.reply_code == 406

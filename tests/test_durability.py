@@ -267,3 +267,19 @@ def test_ttls_count_from_the_original_arrival_across_a_restart(broker) -> None:
     with channel_of(broker) as ch:
         assert drain(ch, "ttl-q") == []
         assert drain(ch, "own-ttl-q") == [(b"no ttl", False)]
+
+
+def test_delayed_persistent_messages_survive_a_crash_and_arrive_when_due(broker) -> None:
+    with channel_of(broker) as ch:
+        ch.exchange_declare("later", "x-delayed-message", durable=True, arguments={"x-delayed-type": "direct"})
+        ch.queue_declare("due", durable=True)
+        ch.queue_bind("due", "later", "k")
+        ch.confirm_delivery()
+        ch.basic_publish("later", "k", b"delayed", pika.BasicProperties(delivery_mode=2, headers={"x-delay": 1500}))
+        published = time.monotonic()
+    broker.restart(crash=True)
+    with channel_of(broker) as ch:
+        if time.monotonic() - published < 1.2:
+            assert drain(ch, "due") == []  # not yet
+        time.sleep(max(0.0, published + 1.8 - time.monotonic()))
+        assert drain(ch, "due") == [(b"delayed", False)]

@@ -54,7 +54,7 @@ class Broker:
     def tick(self, now: float) -> None:
         """Timed work (TTLs, queue expiry), then what it changed goes out."""
         for vhost in self.vhosts.values():
-            if vhost.timed:
+            if vhost.timed or vhost.delayed:
                 vhost.tick(now)
         self.run_pending()
 

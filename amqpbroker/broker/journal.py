@@ -30,6 +30,8 @@ for the next sync, which keeps confirms in order.
 ``("delivered", queue_id, seq)``                        an inline entry was handed out once
 ``("inline-", queue_id, seq)``                          inline entry (and its mark) acked or dropped
 ``("entries-", queue_id, from_seq)``                    a durable queue's paged-out entries dropped
+``("delayed", id, vhost, exchange, due, message)``      a message held by a delayed exchange
+``("delayed-", id)``                                    it was routed (or dropped)
 =====================================================  ========================================
 
 Transient page operations (``pages``, written without the WAL: they never need to survive):
@@ -61,7 +63,7 @@ class Journal:
     """Outbox of durable operations, of the confirms that wait for them, and of page requests."""
 
     __slots__ = ("_enabled", "ops", "pages", "waiters", "page_requests", "next_message_id",
-                 "next_queue_id", "next_page_id", "on_pending", "failed", "window_messages",
+                 "next_queue_id", "next_page_id", "next_delay_id", "on_pending", "failed", "window_messages",
                  "window_bytes", "paging_window", "read_page_now", "_unwritten_messages",
                  "_unwritten_entries")
 
@@ -77,6 +79,7 @@ class Journal:
         self.next_message_id = 1
         self.next_queue_id = 1
         self.next_page_id = 1
+        self.next_delay_id = 1
         self.failed = False  # the store refused a write: persistent publishes are nacked
         self.on_pending: Callable[[], None] = lambda: None
         # a short page read on the spot, for basic.get on a queue whose in-memory part ran out
@@ -111,7 +114,7 @@ class Journal:
         self._unwritten_entries.clear()
         waiting = []
         for channel, seq, message in waiters:
-            if message.refs or message.paged_out:
+            if message.refs or message.has_stored_copy:
                 waiting.append((channel, seq))
             else:
                 channel.confirm_synced(seq, ok=True)
@@ -192,7 +195,7 @@ class Journal:
             persistent = message.persistent
             self.ops.append(("inline", queue.queue_id, seq, message, persistent))
             if persistent:
-                message.durable = message.paged_out = True
+                message.durable = message.has_stored_copy = True
         else:
             if queue.page_id is None:
                 queue.page_id = self.next_page_id

@@ -18,7 +18,7 @@ class Message:
     """
 
     __slots__ = ("exchange", "routing_key", "routing_raw", "header", "body", "_properties",
-                 "message_id", "refs", "durable", "paged_out", "arrived", "ttl")
+                 "message_id", "refs", "durable", "has_stored_copy", "arrived", "ttl")
 
     def __init__(self, exchange: str, routing_key: str, routing_raw: bytes, header: bytes,
                  body: bytes) -> None:
@@ -33,7 +33,9 @@ class Message:
         self.message_id: int | None = None
         self.refs = 0  # durable queue entries that hold it in the store
         self.durable = False  # written to the store durably: its confirm waits for the sync
-        self.paged_out = False  # a durable queue holds its own (inline) copy of it in the store
+        # the store holds a copy of its own (a paged queue entry, a delayed message), which only
+        # a sync makes safe: its confirm always waits for the sync
+        self.has_stored_copy = False
         self.arrived: float | None = None  # wall-clock seconds, set where a TTL needs it
         self.ttl: float | None = None  # its own TTL (the expiration property), seconds
 

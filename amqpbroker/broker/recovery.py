@@ -56,6 +56,12 @@ def restore(broker: Broker, store: Any) -> None:
         journal.next_message_id = max(journal.next_message_id, message_id + 1)
 
     cleanup = _Cleanup(store)
+    for delay_id, vhost_name, exchange_name, due, stored in recovered.delayed:
+        journal.next_delay_id = max(journal.next_delay_id, delay_id + 1)
+        if vhost_name in broker.vhosts and exchange_name in broker.vhosts[vhost_name].exchanges:
+            broker.vhosts[vhost_name].hold(exchange_name, Message.from_store(*stored), due, delay_id)
+        else:
+            cleanup.add(("delayed-", delay_id))
     marks_used: set[tuple[int, int]] = set()
     count = paged = 0
     for queue_id, queue in queues_by_id.items():

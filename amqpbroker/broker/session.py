@@ -155,6 +155,10 @@ class Session:
         self._route(channel, exchange, message, publish.mandatory)
 
     def _route(self, channel: Channel, exchange: Any, message: Message, mandatory: bool) -> None:
+        if exchange.delayed and self.vhost.delay(exchange, message):
+            if channel.confirm:  # held, to be routed later: confirmed now (once stored, if it is)
+                channel.confirm_published(message)
+            return
         queues = self.vhost.route(exchange, message.routing_key, message)
         refused = False
         for queue in queues:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import heapq
 import os
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from amqpbroker.broker.arguments import (
 )
 from amqpbroker.broker.dead_letter import dead_lettered, is_cycle
 from amqpbroker.broker.exchanges import Binding, Exchange, exchange_class
+from amqpbroker.broker.exchanges.delayed import DelayedExchange, delayed_type
 from amqpbroker.broker.journal import Journal
 from amqpbroker.broker.message import Message
 from amqpbroker.broker.queue import Queue
@@ -81,6 +83,8 @@ class VirtualHost:
         self.clock = clock  # wall-clock seconds, for TTLs and x-death times
         self.timed: set[Queue] = set()  # queues with TTLs or x-expires: ticked by the broker
         self.reply_queues: dict[str, Queue] = {}  # direct reply-to: one hidden queue per consumer
+        # messages held by x-delayed-message exchanges: (due, id, exchange name, message), a heap
+        self.delayed: list[tuple[float, int, str, Message]] = []
         self.journal = journal if journal is not None else Journal()
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue] = {}
@@ -222,6 +226,8 @@ class VirtualHost:
             text = (f"unknown exchange type '{type_name}'" if type_name.startswith("x-")
                     else f"invalid exchange type '{type_name}'")
             raise ConnectionError(ReplyCode.COMMAND_INVALID, text)
+        if type_name == DelayedExchange.type_name and delayed_type(arguments) not in DelayedExchange.inner_types:
+            raise precondition_failed("Invalid argument, 'x-delayed-type' must be an existing exchange type")
         if existing is not None:
             where = (name, self.name)
             check_flag("exchange", *where, "type", type_name, existing.type_name)
@@ -428,10 +434,47 @@ class VirtualHost:
                     target.enqueue(copy)
 
     def tick(self, now: float) -> None:
-        """Expire messages in queues with TTLs, and delete queues unused past ``x-expires``."""
+        """Expire messages in queues with TTLs, delete queues unused past ``x-expires``, and route
+        delayed messages that are due."""
         for queue in list(self.timed):
             if queue.tick(now) and not queue.deleted:
                 self.apply(ops.DeleteQueue(queue.name))
+        delayed = self.delayed
+        while delayed and delayed[0][0] <= now:
+            _, delay_id, exchange_name, message = heapq.heappop(delayed)
+            if message.has_stored_copy:
+                self.journal.definition(("delayed-", delay_id))
+            exchange = self.exchanges.get(exchange_name)
+            if exchange is None:
+                continue  # deleted meanwhile: the message goes with it
+            for queue in self.route(exchange, message.routing_key, message):
+                queue.enqueue(message)
+
+    # ------------------------------------------------------------ delayed messages
+
+    def delay(self, exchange: Exchange, message: Message) -> bool:
+        """Hold a message published to an ``x-delayed-message`` exchange with an ``x-delay``;
+        False when it has none (route it now). A persistent one sent to a durable exchange is
+        stored until it is routed, so it survives a restart."""
+        delay = exchange.delay_of(message)
+        if not delay:
+            return False
+        self.hold(exchange.name, message, self.clock() + delay)
+        return True
+
+    def hold(self, exchange_name: str, message: Message, due: float, delay_id: int | None = None) -> None:
+        """Keep ``message`` until ``due`` (also how recovery puts stored delayed messages back)."""
+        journal = self.journal
+        if delay_id is None:
+            delay_id = journal.next_delay_id
+            journal.next_delay_id += 1
+            exchange = self.exchanges[exchange_name]
+            if journal.enabled and exchange.durable and message.persistent:
+                journal.definition(("delayed", delay_id, self.name, exchange_name, due, message))
+                message.durable = message.has_stored_copy = True
+        else:
+            message.durable = message.has_stored_copy = True
+        heapq.heappush(self.delayed, (due, delay_id, exchange_name, message))
 
     @staticmethod
     def _route_through_exchanges(exchange: Exchange, destinations: tuple, routing_key: str,

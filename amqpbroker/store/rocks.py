@@ -13,6 +13,8 @@ key                                            value
                                                 persistent) and its own copy of the message
 ``d`` queue id (8) seq (8)                      (empty) that inline entry was delivered once
 ``t`` page id (8) seq (8)                       a paged-out message of a non-durable queue
+``w`` delay id (8)                              a message held by a delayed exchange: vhost and
+                                                exchange (shortstrs), due time (double), message
 =============================================  ==================================================
 
 Entries of a queue are contiguous and in arrival order, so recovery reads each queue in order with
@@ -57,6 +59,11 @@ def _seq_key(prefix: bytes, owner: int, seq: int) -> bytes:
 def _range(prefix: bytes, owner: int, from_seq: int = 0, to_seq: int | None = None) -> tuple[bytes, bytes]:
     end = _SEQ_KEY.pack(prefix, owner + 1, 0) if to_seq is None else _SEQ_KEY.pack(prefix, owner, to_seq)
     return _SEQ_KEY.pack(prefix, owner, from_seq), end
+
+
+def _shortstr(text: str) -> bytes:
+    data = text.encode()
+    return bytes((len(data),)) + data
 
 
 def _table(definition: dict[str, Any]) -> bytes:
@@ -111,6 +118,13 @@ class RocksStore:
                 kind.extend(_untable(value) for _, value in self._scan(prefix))
             for key, value in self._scan(b"m"):
                 recovered.messages[_U64.unpack_from(key, 1)[0]] = _stored_message(value)
+            for key, value in self._scan(b"w"):
+                vhost_end = 1 + value[0]
+                exchange_end = vhost_end + 1 + value[vhost_end]
+                recovered.delayed.append((_U64.unpack_from(key, 1)[0], value[1:vhost_end].decode(),
+                                          value[vhost_end + 1:exchange_end].decode(),
+                                          _ARRIVED.unpack_from(value, exchange_end)[0],
+                                          _stored_message(value, exchange_end + _ARRIVED.size)))
             self._delivered = {_SEQ_KEY.unpack(key)[1:] for key, _ in self._scan(b"d")}
             recovered.delivered_marks = self._delivered
             self._check_prefixes()
@@ -141,7 +155,7 @@ class RocksStore:
             iterator.seek_to_first()
             while iterator.valid():
                 key = iterator.key()
-                if key[:1] not in (b"x", b"q", b"b", b"m", b"e", b"d"):
+                if key[:1] not in (b"x", b"q", b"b", b"m", b"e", b"d", b"w"):
                     raise StoreError(f"unknown key {key[:16]!r} in the data directory {self.path}")
                 iterator.seek(bytes([key[0] + 1]))
         finally:
@@ -221,6 +235,12 @@ class RocksStore:
                 delete(_seq_key(b"d", op[1], op[2]))
             elif tag == "entries-":
                 batch.delete_range(*_range(b"e", op[1], op[2]))
+            elif tag == "delayed":
+                _, delay_id, vhost, exchange, due, message = op
+                put(b"w" + _U64.pack(delay_id),
+                    b"".join((_shortstr(vhost), _shortstr(exchange), _ARRIVED.pack(due), _message_value(message))))
+            elif tag == "delayed-":
+                delete(b"w" + _U64.pack(op[1]))
             elif tag == "queue":
                 _, vhost, name, queue_id, definition = op
                 put(_text_key(b"q", vhost, name), _table({**definition, "id": queue_id}))

@@ -49,6 +49,7 @@ class Exchange:
 
     type_name: ClassVar[str] = ""
     cacheable: ClassVar[bool] = True  # routing depends on the routing key only
+    delayed: ClassVar[bool] = False  # holds messages with an x-delay header (x-delayed-message)
 
     __slots__ = ("name", "durable", "auto_delete", "internal", "arguments", "bindings", "_cache",
                  "alternate")
