@@ -4,6 +4,8 @@ Environment:
 
 ``AMQP_URL``
     the broker, default ``amqp://guest:guest@localhost:5672/``
+``CELERY_INTEROP_BACKEND``
+    the result backend, default ``rpc://`` (chords need another one: the tests use SQLite)
 ``CELERY_INTEROP_NAME``
     a name prefix so that runs sharing a broker do not collide; default
     ``celery-interop``.  The task queue is named after it (and, as Celery does
@@ -29,11 +31,12 @@ from celery import Celery
 DEFAULT_URL = "amqp://guest:guest@localhost:5672/"
 
 
-def make_app(broker_url: str | None = None, name: str | None = None) -> Celery:
+def make_app(broker_url: str | None = None, name: str | None = None, backend: str | None = None) -> Celery:
     broker_url = broker_url or os.environ.get("AMQP_URL") or DEFAULT_URL
     name = name or os.environ.get("CELERY_INTEROP_NAME") or "celery-interop"
 
-    app = Celery("interop.celery_app", broker=broker_url, backend="rpc://", set_as_current=False)
+    backend = backend or os.environ.get("CELERY_INTEROP_BACKEND") or "rpc://"
+    app = Celery("interop.celery_app", broker=broker_url, backend=backend, set_as_current=False)
     app.conf.update(
         task_default_queue=name,
         control_exchange=name,
@@ -61,6 +64,21 @@ def make_app(broker_url: str | None = None, name: str | None = None) -> Celery:
 
     @app.task(name="interop.sleep_then_echo", shared=False)
     def sleep_then_echo(seconds, value):
+        time.sleep(seconds)
+        return value
+
+    @app.task(name="interop.sum_all", shared=False)
+    def sum_all(values):
+        return sum(values)
+
+    @app.task(name="interop.retry_once", bind=True, shared=False, max_retries=3)
+    def retry_once(self, value):
+        if self.request.retries == 0:
+            raise self.retry(countdown=0.5)
+        return f"{value} after {self.request.retries} retry"
+
+    @app.task(name="interop.late_ack_sleep", acks_late=True, shared=False)
+    def late_ack_sleep(seconds, value):
         time.sleep(seconds)
         return value
 
