@@ -33,6 +33,7 @@ class Config:
     shutdown_timeout: float = 5.0
     queue_window_messages: int = 2048  # ready messages a queue keeps in memory before paging out
     queue_window_bytes: int = 8 << 20  # ... or this many body bytes, whichever comes first
+    memory_high_watermark: float = 0.4  # <= 1: of total memory; > 1: bytes; 0: no memory alarm
 
 
 _FIELDS = {field.name: field for field in dataclasses.fields(Config)}

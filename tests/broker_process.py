@@ -28,16 +28,26 @@ class BrokerProcess:
         self.env = {**os.environ, **(env or {})}
         self.port = _free_port()
         self.process: subprocess.Popen | None = None
+        self._log = None
 
     @property
     def url(self) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.port}/"
 
-    def start(self) -> None:
+    def start(self, *, log_level: str = "warning", capture: bool = False) -> None:
+        """Start it; with ``capture`` its log goes to a file that :meth:`output` reads."""
+        self._log = open(os.path.join(os.path.dirname(self.data_dir) or ".", f"broker-{self.port}.log"), "w+") \
+            if capture else None
         self.process = subprocess.Popen(
             [sys.executable, "-m", "amqpbroker", "--host", "127.0.0.1", "--port", str(self.port),
-             "--data-dir", self.data_dir, "--log-level", "warning"], env=self.env)
+             "--data-dir", self.data_dir, "--log-level", log_level], env=self.env,
+            stderr=self._log if capture else None)
         _wait_for_port(self.port, self.process, 30)
+
+    def output(self) -> str:
+        """What the broker logged (when started with ``capture``)."""
+        self._log.seek(0)
+        return self._log.read()
 
     def kill(self) -> None:
         self.process.send_signal(signal.SIGKILL)

@@ -10,6 +10,7 @@ import pytest
 from pamqp import commands
 
 from amqpbroker.broker import session as session_module
+from amqpbroker.broker.broker import Broker
 
 from tests.helpers import ClientPair, FakeClient, deliveries
 
@@ -749,3 +750,29 @@ def test_internal_error_while_publishing_is_541(client, monkeypatch):
     client.publish(1, "", "q", b"m")
     (close,) = client.expect(commands.Connection.Close)
     assert close.reply_code == 541
+
+
+# ------------------------------------------------------------------ memory alarm
+
+
+def test_the_memory_alarm_blocks_and_unblocks_publishers_that_understand_it():
+    broker = Broker()
+    publisher = FakeClient(broker, capabilities={"connection.blocked": True})
+    publisher.open_channel(1)
+    consumer = FakeClient(broker, capabilities={"connection.blocked": True})
+    old_client = FakeClient(broker, capabilities={})  # no capability: never told
+    old_client.open_channel(1)
+    publisher.publish(1, "", "nowhere", b"x")
+    old_client.publish(1, "", "nowhere", b"x")
+    broker.set_memory_alarm(True)
+    (blocked,) = publisher.expect(commands.Connection.Blocked)
+    assert blocked.reason == "low on memory"
+    consumer.expect()  # it never published
+    old_client.expect()
+    broker.set_memory_alarm(False)
+    publisher.expect(commands.Connection.Unblocked)
+    broker.set_memory_alarm(True)
+    late = FakeClient(broker, capabilities={"connection.blocked": True})
+    late.open_channel(1)
+    late.publish(1, "", "nowhere", b"x")  # its first publish while the alarm is on
+    late.expect(commands.Connection.Blocked)

@@ -7,6 +7,7 @@ woken once, so a publisher's batch costs one flush per consumer connection, not 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
     from amqpbroker.broker.session import Session
 
 __all__ = ["Broker", "Limits"]
+
+log = logging.getLogger("amqpbroker")
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class Broker:
         self.sessions: set[Session] = set()
         self.output_pending: list[Session] = []
         self._dirty: set[Queue] = set()
+        self.memory_alarm = False  # memory use is above the watermark: publishers are blocked
         self.journal = Journal(window_messages=paging_window[0], window_bytes=paging_window[1])
         self.add_vhost("/")
 
@@ -50,6 +54,20 @@ class Broker:
                             on_queue_deleted=self._queue_deleted)
         self.vhosts[name] = vhost
         return vhost
+
+    def set_memory_alarm(self, on: bool) -> None:
+        """Memory use crossed the watermark: publishers are told (``connection.blocked`` /
+        ``unblocked``); the transport stops reading them while the alarm lasts."""
+        if on == self.memory_alarm:
+            return
+        self.memory_alarm = on
+        log.warning("memory alarm %s: publishers are %s", "set" if on else "cleared",
+                    "blocked" if on else "resumed")
+        for session in self.sessions:
+            if session.published:
+                session.block() if on else session.unblock()
+                session.mark_output()
+        self.run_pending()
 
     def tick(self, now: float) -> None:
         """Timed work (TTLs, queue expiry), then what it changed goes out."""

@@ -22,7 +22,7 @@ from amqpbroker.broker.channel import Channel
 from amqpbroker.broker.consumer import Consumer
 from amqpbroker.broker.message import Message
 from amqpbroker.broker.queue import Queue
-from amqpbroker.codec.methods import Ack, Publish, method_frame
+from amqpbroker.codec.methods import Ack, Publish, encode_method, method_frame
 from amqpbroker.codec.writer import append_content, return_payload
 from amqpbroker.errors import (
     ConnectionError, ReplyCode, access_refused, not_found, precondition_failed,
@@ -77,6 +77,8 @@ class Session:
         self.output_saturated = False
         self.wake: Callable[[], None] = lambda: None
         self.exclusive_queues: list[Queue] = []
+        self.published = False  # it publishes: the memory alarm blocks it
+        self.blocked = False  # connection.blocked was sent
 
     # ------------------------------------------------------------ ConnectionHandler
 
@@ -126,6 +128,10 @@ class Session:
         handler(self, self.channels[number], method)
 
     def on_publish(self, number: int, publish: Publish, header: bytes, body: bytes) -> None:
+        if not self.published:  # a publisher from now on: the memory alarm applies to it
+            self.published = True
+            if self.broker.memory_alarm:
+                self.block()
         channel = self.channels[number]
         vhost = self.vhost
         exchange = vhost.exchanges.get(publish.exchange)
@@ -198,6 +204,17 @@ class Session:
                 for consumer in channel.consumers.values():
                     consumer.queue.consumer_ready()
             self.broker.run_pending()
+
+    def block(self) -> None:
+        """Its reads stop for the memory alarm: ``connection.blocked`` if the client understands."""
+        if not self.blocked and self.connection.client_capability("connection.blocked"):
+            self.out.append(encode_method(0, commands.Connection.Blocked(reason="low on memory")))
+            self.blocked = True
+
+    def unblock(self) -> None:
+        if self.blocked:
+            self.out.append(encode_method(0, commands.Connection.Unblocked()))
+            self.blocked = False
 
     def close(self, reply_code: int, text: str) -> None:
         self.connection.close(reply_code, text)

@@ -381,8 +381,9 @@ class Connection:
         self._handshake_method = None
         self.state = State.OPEN
         self.out.append(encode_method(0, commands.Connection.OpenOk()))
-        log.info("connection opened: user %r, vhost %r, client %s", self.user, vhost,
-                 self.client_properties.get("product", "?"))
+        name = self.client_properties.get("connection_name")
+        log.info("connection opened: user %r, vhost %r, client %s%s", self.user, vhost,
+                 self.client_properties.get("product", "?"), f", name {name!r}" if name else "")
 
     # ----------------------------------------------------------------- errors and close
 

@@ -17,6 +17,7 @@ from amqpbroker.broker.recovery import restore
 from amqpbroker.config import Config
 from amqpbroker.errors import ReplyCode
 from amqpbroker.server.listener import listen
+from amqpbroker.server.memory import resident_bytes, watermark_bytes
 from amqpbroker.store.base import StoreError
 from amqpbroker.store.rocks import RocksStore
 from amqpbroker.store.writer import StoreWriter
@@ -69,7 +70,7 @@ async def _serve(config: Config, broker: Broker, writer: StoreWriter, task_statu
     async with anyio.create_task_group() as group:
         group.start_soon(writer.run)
         group.start_soon(writer.run_pages)
-        group.start_soon(_tick, broker)
+        group.start_soon(_tick, broker, watermark_bytes(config.memory_high_watermark))
         connections = await group.start(listen, config, broker)
         task_status.started(connections.ports)
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -89,9 +90,14 @@ async def _serve(config: Config, broker: Broker, writer: StoreWriter, task_statu
 TICK_SECONDS = 0.05  # how often TTLs and queue expiry are looked at
 
 
-async def _tick(broker: Broker) -> None:
+async def _tick(broker: Broker, watermark: int | None) -> None:
+    """Timed work, and the memory alarm (publishers blocked above the watermark)."""
     while True:
         await anyio.sleep(TICK_SECONDS)
+        if watermark is not None:
+            resident = resident_bytes()
+            if resident is not None:
+                broker.set_memory_alarm(resident > watermark)
         broker.tick(time.time())
 
 

@@ -26,6 +26,7 @@ __all__ = ["serve_connection", "HANDSHAKE_TIMEOUT", "CLOSE_TIMEOUT"]
 log = logging.getLogger("amqpbroker.transport")
 
 READ_SIZE = 256 * 1024
+BLOCKED_POLL = 0.05  # seconds between looks at the memory alarm while a publisher is blocked
 HANDSHAKE_TIMEOUT = 10.0  # seconds to complete connection.open, as RabbitMQ
 CLOSE_TIMEOUT = 3.0  # seconds to wait for close-ok after the broker sent connection.close
 
@@ -74,11 +75,14 @@ class _Transport:
         connection = self.connection
         session = self.session
         receive = self.stream.receive
+        broker = self.broker
         while not connection.closed:
             try:
                 data = await receive(READ_SIZE)
             except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                 return
+            if broker.memory_alarm and session.published:
+                await self._blocked()  # what it sent waits, unprocessed, until the alarm clears
             self.last_read = time.monotonic()
             connection.receive_data(data)
             session.end_of_batch()
@@ -87,6 +91,18 @@ class _Transport:
             if connection.closed:
                 await self._flush_and_wait()
                 return
+
+    async def _blocked(self) -> None:
+        """A publisher while the memory alarm is on: tell it (``connection.blocked``) and take
+        nothing more from it until the alarm clears, as RabbitMQ does. Its heartbeats are not
+        expected meanwhile (they wait unread)."""
+        self.session.block()
+        self.wake()
+        while self.broker.memory_alarm and self.connection.state is State.OPEN:  # not closing
+            await anyio.sleep(BLOCKED_POLL)
+            self.last_read = time.monotonic()
+        self.session.unblock()
+        self.wake()
 
     async def _flush_and_wait(self) -> None:
         """Give the writer a moment to send the last frames (close-ok) before the socket goes."""
