@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
                                            "~/.local/share/amqpbroker)")
     parser.add_argument("--heartbeat", type=int, help="heartbeat interval offered to clients, seconds "
                                                       "(env AMQPBROKER_HEARTBEAT; default 60; 0 disables)")
+    parser.add_argument("--prometheus-port", type=int, help="port of the Prometheus /metrics endpoint "
+                                                          "(env AMQPBROKER_PROMETHEUS_PORT; default 15692; 0: off)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                         help="log verbosity (env AMQPBROKER_LOG_LEVEL; default info)")
     return parser
@@ -36,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = load_config(args.config, host=args.host, port=args.port, data_dir=args.data_dir,
-                             heartbeat=args.heartbeat, log_level=args.log_level)
+                             heartbeat=args.heartbeat, log_level=args.log_level,
+                             prometheus_port=args.prometheus_port)
     except (OSError, ValueError) as exc:
         print(f"amqpbroker: {exc}", file=sys.stderr)
         return 2

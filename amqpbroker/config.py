@@ -34,6 +34,8 @@ class Config:
     queue_window_messages: int = 2048  # ready messages a queue keeps in memory before paging out
     queue_window_bytes: int = 8 << 20  # ... or this many body bytes, whichever comes first
     memory_high_watermark: float = 0.4  # <= 1: of total memory; > 1: bytes; 0: no memory alarm
+    prometheus_port: int = 15692  # /metrics, as rabbitmq_prometheus; 0: off
+    prometheus_host: str | None = None  # None: every interface
 
 
 _FIELDS = {field.name: field for field in dataclasses.fields(Config)}
@@ -43,7 +45,7 @@ def _coerce(name: str, value: Any) -> Any:
     if value is None:
         return None
     kind = type(getattr(Config(), name))
-    if name == "host":
+    if name in ("host", "prometheus_host"):
         return str(value) or None
     if kind is bool:
         return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")

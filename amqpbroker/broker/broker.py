@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from amqpbroker.broker.auth import UserDatabase
 from amqpbroker.broker.journal import Journal
@@ -19,7 +19,7 @@ from amqpbroker.broker.vhost import VirtualHost
 if TYPE_CHECKING:
     from amqpbroker.broker.session import Session
 
-__all__ = ["Broker", "Limits"]
+__all__ = ["Broker", "Limits", "MessageTotals"]
 
 log = logging.getLogger("amqpbroker")
 
@@ -31,6 +31,43 @@ class Limits:
     channel_max: int = 2047
     frame_max: int = 131072
     heartbeat: int = 60
+
+
+class MessageTotals:
+    """Broker-wide message counters, for metrics. Live channels count their own (``published``,
+    ``next_tag`` for deliveries, ``acknowledged``, ``confirmed_through``); a closing channel
+    adds them here, so the hot path only ever bumps a plain attribute."""
+
+    __slots__ = ("received", "delivered", "acknowledged", "confirmed", "unroutable_dropped",
+                 "unroutable_returned", "connections_opened", "channels_opened")
+
+    def __init__(self) -> None:
+        self.received = self.delivered = self.acknowledged = self.confirmed = 0
+        self.unroutable_dropped = self.unroutable_returned = 0
+        self.connections_opened = self.channels_opened = 0
+
+    def add_closed_channel(self, channel: Any) -> None:
+        self.received += channel.published
+        self.delivered += channel.next_tag
+        self.acknowledged += channel.acknowledged
+        self.confirmed += channel.confirmed_through
+
+    def count_unroutable(self, returned: bool) -> None:
+        if returned:
+            self.unroutable_returned += 1
+        else:
+            self.unroutable_dropped += 1
+
+    def including(self, sessions: Any) -> dict[str, int]:
+        """Every counter, the live channels of ``sessions`` included."""
+        totals = {name: getattr(self, name) for name in self.__slots__}
+        for session in sessions:
+            for channel in session.channels.values():
+                totals["received"] += channel.published
+                totals["delivered"] += channel.next_tag
+                totals["acknowledged"] += channel.acknowledged
+                totals["confirmed"] += channel.confirmed_through
+        return totals
 
 
 class Broker:
@@ -46,6 +83,7 @@ class Broker:
         self.output_pending: list[Session] = []
         self._dirty: set[Queue] = set()
         self.memory_alarm = False  # memory use is above the watermark: publishers are blocked
+        self.totals = MessageTotals()
         self.journal = Journal(window_messages=paging_window[0], window_bytes=paging_window[1])
         self.add_vhost("/")
 

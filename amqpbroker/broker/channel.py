@@ -38,7 +38,7 @@ class Channel:
         "number", "session", "out", "frame_max", "next_tag", "unacked", "consumers",
         "consumer_prefetch", "global_prefetch", "confirm", "publish_seq",
         "confirms_pending", "nacks_pending", "confirmed_through", "settled_ahead", "tx", "last_queue",
-        "reply_queue", "global_qos_requested",
+        "reply_queue", "global_qos_requested", "published", "acknowledged",
     )
 
     def __init__(self, session: Session, number: int) -> None:
@@ -61,6 +61,9 @@ class Channel:
         self.last_queue = ""
         self.reply_queue: Queue | None = None  # its direct reply-to consumer's hidden queue
         self.global_qos_requested = False  # basic.qos global=true (quorum queues refuse it)
+        # message counters for metrics (deliveries are next_tag: one tag per delivery)
+        self.published = 0
+        self.acknowledged = 0
 
     # ---------------------------------------------------------------- sending
 
@@ -167,7 +170,9 @@ class Channel:
                 consumer.queue.consumer_ready()
 
     def ack(self, ack: Ack) -> None:
-        self.settle(self.take_unacked(ack.delivery_tag, ack.multiple), requeue=False)
+        deliveries = self.take_unacked(ack.delivery_tag, ack.multiple)
+        self.acknowledged += len(deliveries)
+        self.settle(deliveries, requeue=False)
 
     def requeue_all(self) -> None:
         deliveries = list(self.unacked.values())

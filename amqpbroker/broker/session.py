@@ -97,9 +97,11 @@ class Session:
                                   f"access to vhost '{name}' refused for user '{self.user}'", 10, 40)
         self.vhost = vhost
         self.broker.sessions.add(self)
+        self.broker.totals.connections_opened += 1
 
     def channel_opened(self, number: int) -> None:
         self.channels[number] = Channel(self, number)
+        self.broker.totals.channels_opened += 1
 
     def channel_closed(self, number: int) -> None:
         channel = self.channels.pop(number, None)
@@ -108,6 +110,7 @@ class Session:
         for consumer in list(channel.consumers.values()):
             self._remove_consumer(channel, consumer)
         channel.requeue_all()
+        self.broker.totals.add_closed_channel(channel)
         if channel in self.confirming:
             self.confirming.remove(channel)
 
@@ -133,6 +136,7 @@ class Session:
             if self.broker.memory_alarm:
                 self.block()
         channel = self.channels[number]
+        channel.published += 1
         vhost = self.vhost
         exchange = vhost.exchanges.get(publish.exchange)
         if exchange is None:
@@ -171,6 +175,8 @@ class Session:
             # a durable queue journals a persistent message (durable set); a full one may refuse
             if not queue.enqueue(message):
                 refused = True
+        if not queues:
+            self.broker.totals.count_unroutable(returned=mandatory)
         if not queues and mandatory:
             out = self.out
             out.append(method_frame(channel.number,

@@ -16,6 +16,8 @@ from amqpbroker.broker.broker import Broker, Limits
 from amqpbroker.broker.recovery import restore
 from amqpbroker.config import Config
 from amqpbroker.errors import ReplyCode
+from amqpbroker.http.prometheus import prometheus_app
+from amqpbroker.server.http import serve_http
 from amqpbroker.server.listener import listen
 from amqpbroker.server.memory import resident_bytes, watermark_bytes
 from amqpbroker.store.base import StoreError
@@ -67,7 +69,13 @@ async def serve(config: Config, *, task_status: TaskStatus[Any] = anyio.TASK_STA
 
 
 async def _serve(config: Config, broker: Broker, writer: StoreWriter, task_status: TaskStatus[Any]) -> None:
+    http_stop, http_done = anyio.Event(), anyio.Event()
     async with anyio.create_task_group() as group:
+        if config.prometheus_port:
+            group.start_soon(serve_http, prometheus_app(broker, writer), config.prometheus_host,
+                             config.prometheus_port, http_stop, http_done, "Prometheus metrics")
+        else:
+            http_done.set()
         group.start_soon(writer.run)
         group.start_soon(writer.run_pages)
         group.start_soon(_tick, broker, watermark_bytes(config.memory_high_watermark))
@@ -83,11 +91,15 @@ async def _serve(config: Config, broker: Broker, writer: StoreWriter, task_statu
         broker.run_pending()
         with anyio.move_on_after(config.shutdown_timeout):
             await connections.wait_all_closed()
+        http_stop.set()
+        with anyio.move_on_after(HTTP_STOP_TIMEOUT):
+            await http_done.wait()
         group.cancel_scope.cancel()
     log.info("stopped")
 
 
 TICK_SECONDS = 0.05  # how often TTLs and queue expiry are looked at
+HTTP_STOP_TIMEOUT = 3.0  # seconds the HTTP endpoints get to stop at shutdown
 
 
 async def _tick(broker: Broker, watermark: int | None) -> None:

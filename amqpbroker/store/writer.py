@@ -19,6 +19,7 @@ publishers get ``basic.nack``, later persistent publishes too; nothing already c
 
 from __future__ import annotations
 
+import bisect
 import logging
 import time
 from collections import deque
@@ -34,6 +35,7 @@ __all__ = ["StoreWriter"]
 log = logging.getLogger("amqpbroker.store")
 
 SHORT_PAGE = 32
+SYNC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)  # seconds
 
 
 class StoreWriter:
@@ -48,7 +50,9 @@ class StoreWriter:
         self._limiter = anyio.CapacityLimiter(1)
         self._pages_wanted = anyio.Event()
         self._page_limiter = anyio.CapacityLimiter(1)
-        self.sync_seconds: list[float] = []  # recent sync durations, for metrics
+        # sync durations for metrics: counts per bucket (upper bounds in SYNC_BUCKETS), sum
+        self._sync_counts = [0] * (len(SYNC_BUCKETS) + 1)
+        self._sync_total = 0.0
         self.journal.on_pending = self.flush
         self.journal.read_page_now = self.read_page_now
 
@@ -129,11 +133,21 @@ class StoreWriter:
                 self._fail(exc, [w for _, batch in self._waiting for w in batch])
                 self._waiting.clear()
                 continue
-            self.sync_seconds.append(time.perf_counter() - started)
-            if len(self.sync_seconds) > 1000:
-                del self.sync_seconds[:500]
+            self._count_sync(time.perf_counter() - started)
             self._synced_generation = generation
             self._release(generation)
+
+    def _count_sync(self, seconds: float) -> None:
+        self._sync_counts[bisect.bisect_left(SYNC_BUCKETS, seconds)] += 1
+        self._sync_total += seconds
+
+    def sync_histogram(self) -> tuple[list[tuple[str, int]], float, int]:
+        """``(cumulative buckets as (upper bound, count), sum, count)`` of sync durations."""
+        buckets, running = [], 0
+        for bound, count in zip((*map(str, SYNC_BUCKETS), "+Inf"), self._sync_counts):
+            running += count
+            buckets.append((bound, running))
+        return buckets, self._sync_total, running
 
     async def drain(self) -> None:
         """Write and sync everything pending (at shutdown)."""

@@ -1,0 +1,93 @@
+"""Prometheus metrics, read from the broker at scrape time (nothing is counted through the
+client library on the hot path).
+
+Names follow rabbitmq_prometheus, so RabbitMQ's Grafana dashboards and alerts work: the default
+collector gives the aggregated families (``rabbitmq_queue_messages_ready`` summed over queues,
+...), ``per_object=True`` gives them per queue with ``vhost`` / ``queue`` labels, as
+rabbitmq_prometheus's ``/metrics/per-object``. What is ours is named ``amqpbroker_*``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from amqpbroker import __version__
+from amqpbroker.broker.broker import Broker
+
+__all__ = ["BrokerCollector"]
+
+_QUEUE_GAUGES = (
+    ("rabbitmq_queue_messages_ready", "Messages ready to be delivered to consumers",
+     lambda queue: queue.message_count),
+    ("rabbitmq_queue_messages_unacked", "Messages delivered to consumers but not yet acknowledged",
+     lambda queue: queue.unacked_count),
+    ("rabbitmq_queue_messages", "Sum of ready and unacknowledged messages",
+     lambda queue: queue.message_count + queue.unacked_count),
+    ("rabbitmq_queue_consumers", "Consumers on a queue", lambda queue: len(queue.consumers)),
+    ("amqpbroker_queue_messages_paged_out", "Ready messages paged out of memory to the data dir",
+     lambda queue: queue.paged),
+)
+
+_COUNTERS = (
+    ("rabbitmq_global_messages_received", "Messages received from publishers", "received"),
+    ("rabbitmq_global_messages_delivered", "Messages delivered to consumers (basic.deliver and basic.get-ok)",
+     "delivered"),
+    ("rabbitmq_global_messages_acknowledged", "Messages acknowledged by consumers", "acknowledged"),
+    ("rabbitmq_global_messages_confirmed", "Messages confirmed to publishers", "confirmed"),
+    ("rabbitmq_global_messages_unroutable_dropped", "Messages published as non-mandatory into an exchange "
+     "and dropped as unroutable", "unroutable_dropped"),
+    ("rabbitmq_global_messages_unroutable_returned", "Messages published as mandatory into an exchange "
+     "and returned to the publisher as unroutable", "unroutable_returned"),
+    ("rabbitmq_connections_opened", "Total number of connections opened", "connections_opened"),
+    ("rabbitmq_channels_opened", "Total number of channels opened", "channels_opened"),
+)
+
+
+class BrokerCollector(Collector):
+    def __init__(self, broker: Broker, *, per_object: bool = False, store_writer: Any = None) -> None:
+        self.broker = broker
+        self.per_object = per_object
+        self.store_writer = store_writer
+
+    def collect(self) -> Iterator[Metric]:
+        broker = self.broker
+        sessions = list(broker.sessions)
+        queues = [(vhost.name, queue) for vhost in broker.vhosts.values() for queue in vhost.queues.values()]
+        yield _gauge("rabbitmq_identity_info", "RabbitMQ node & cluster identity info",
+                     1, rabbitmq_node="amqpbroker", rabbitmq_cluster="amqpbroker")
+        yield _gauge("rabbitmq_build_info", "RabbitMQ & Erlang/OTP version info", 1,
+                     rabbitmq_version=__version__, product="amqpbroker")
+        yield _gauge("rabbitmq_connections", "Connections currently open", len(sessions))
+        yield _gauge("rabbitmq_channels", "Channels currently open",
+                     sum(len(session.channels) for session in sessions))
+        yield _gauge("rabbitmq_consumers", "Consumers currently connected",
+                     sum(len(channel.consumers) for session in sessions for channel in session.channels.values()))
+        yield _gauge("rabbitmq_queues", "Queues available", len(queues))
+        yield _gauge("rabbitmq_alarms_memory_used_watermark",
+                     "is 1 if VM memory watermark alarm is in effect", int(broker.memory_alarm))
+        for name, text, value in _QUEUE_GAUGES:
+            if self.per_object:
+                family = GaugeMetricFamily(name, text, labels=("vhost", "queue"))
+                for vhost, queue in queues:
+                    family.add_metric((vhost, queue.name), value(queue))
+                yield family
+            else:
+                yield _gauge(name, text, sum(value(queue) for _, queue in queues))
+        totals = broker.totals.including(sessions)
+        for name, text, key in _COUNTERS:
+            yield CounterMetricFamily(name, text, value=totals[key])
+        if self.store_writer is not None:
+            buckets, total, _ = self.store_writer.sync_histogram()
+            yield HistogramMetricFamily("amqpbroker_store_sync_seconds",
+                                        "Time a WAL sync took (publisher confirms wait for it)",
+                                        buckets=buckets, sum_value=total)
+
+
+def _gauge(name: str, text: str, value: float, **labels: str) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, text, labels=tuple(labels))
+    family.add_metric(tuple(labels.values()), value)
+    return family

@@ -1,0 +1,80 @@
+"""Prometheus metrics: rabbitmq_prometheus's names, read at scrape time, from a real broker."""
+
+from __future__ import annotations
+
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from amqpbroker.testing import _free_port
+from tests.broker_process import PERSISTENT, BrokerProcess, channel_of
+
+
+@pytest.fixture
+def metered(tmp_path) -> Iterator[BrokerProcess]:
+    process = BrokerProcess(str(tmp_path / "data"), prometheus_port=_free_port())
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def scrape(broker: BrokerProcess, path: str = "/metrics") -> dict[tuple[str, tuple], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{broker.prometheus_port}{path}", timeout=5) as response:
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = response.read().decode()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def test_queue_depths_connections_and_message_counters(metered) -> None:
+    with channel_of(metered) as ch:
+        ch.queue_declare("orders", durable=True)
+        ch.queue_declare("audit")
+        ch.confirm_delivery()
+        for index in range(5):
+            ch.basic_publish("", "orders", f"o{index}".encode(), PERSISTENT)
+        ch.basic_publish("", "audit", b"a")
+        method, _, _ = ch.basic_get("orders")  # one unacked
+        got_and_acked, _, _ = ch.basic_get("audit")
+        ch.basic_ack(got_and_acked.delivery_tag)
+        ch.basic_publish("", "nowhere", b"dropped")
+        ch.queue_declare("orders", passive=True)  # a round trip: everything above was handled
+
+        per_queue = scrape(metered, "/metrics/per-object")
+        assert per_queue[("rabbitmq_queue_messages_ready", (("queue", "orders"), ("vhost", "/")))] == 4
+        assert per_queue[("rabbitmq_queue_messages_unacked", (("queue", "orders"), ("vhost", "/")))] == 1
+        assert per_queue[("rabbitmq_queue_messages", (("queue", "orders"), ("vhost", "/")))] == 5
+        assert per_queue[("rabbitmq_queue_messages_ready", (("queue", "audit"), ("vhost", "/")))] == 0
+
+        aggregated = scrape(metered)
+        assert aggregated[("rabbitmq_queue_messages_ready", ())] == 4
+        assert aggregated[("rabbitmq_queue_messages_unacked", ())] == 1
+        assert aggregated[("rabbitmq_queues", ())] == 2
+        assert aggregated[("rabbitmq_connections", ())] == 1
+        assert aggregated[("rabbitmq_channels", ())] == 1
+        assert aggregated[("rabbitmq_global_messages_received_total", ())] == 7
+        assert aggregated[("rabbitmq_global_messages_delivered_total", ())] == 2
+        assert aggregated[("rabbitmq_global_messages_acknowledged_total", ())] == 1
+        assert aggregated[("rabbitmq_global_messages_confirmed_total", ())] == 7
+        assert aggregated[("rabbitmq_global_messages_unroutable_dropped_total", ())] == 1
+        assert aggregated[("amqpbroker_store_sync_seconds_count", ())] >= 1  # the persistent ones
+    closed = scrape(metered)  # counters of closed channels are kept
+    assert closed[("rabbitmq_connections", ())] == 0
+    assert closed[("rabbitmq_global_messages_received_total", ())] == 7
+
+
+def test_the_broker_stops_cleanly_with_the_metrics_endpoint_serving(tmp_path) -> None:
+    process = BrokerProcess(str(tmp_path / "data"), prometheus_port=_free_port())
+    process.start(log_level="info", capture=True)
+    try:
+        assert ("rabbitmq_connections", ()) in scrape(process)
+    finally:
+        process.stop()
+    assert process.process.returncode == 0
+    log = process.output()
+    assert "stopped" in log
+    assert "Traceback" not in log and "ERROR" not in log
