@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "(env AMQPBROKER_HEARTBEAT; default 60; 0 disables)")
     parser.add_argument("--prometheus-port", type=int, help="port of the Prometheus /metrics endpoint "
                                                           "(env AMQPBROKER_PROMETHEUS_PORT; default 15692; 0: off)")
+    parser.add_argument("--management-port", type=int, help="port of the management HTTP API "
+                                                          "(env AMQPBROKER_MANAGEMENT_PORT; default 15672 on "
+                                                          "127.0.0.1; 0: off)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                         help="log verbosity (env AMQPBROKER_LOG_LEVEL; default info)")
     return parser
@@ -39,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config, host=args.host, port=args.port, data_dir=args.data_dir,
                              heartbeat=args.heartbeat, log_level=args.log_level,
-                             prometheus_port=args.prometheus_port)
+                             prometheus_port=args.prometheus_port, management_port=args.management_port)
     except (OSError, ValueError) as exc:
         print(f"amqpbroker: {exc}", file=sys.stderr)
         return 2

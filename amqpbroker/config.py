@@ -36,6 +36,8 @@ class Config:
     memory_high_watermark: float = 0.4  # <= 1: of total memory; > 1: bytes; 0: no memory alarm
     prometheus_port: int = 15692  # /metrics, as rabbitmq_prometheus; 0: off
     prometheus_host: str | None = None  # None: every interface
+    management_port: int = 15672  # the management HTTP API, as rabbitmq_management; 0: off
+    management_host: str | None = "127.0.0.1"
 
 
 _FIELDS = {field.name: field for field in dataclasses.fields(Config)}
@@ -45,7 +47,7 @@ def _coerce(name: str, value: Any) -> Any:
     if value is None:
         return None
     kind = type(getattr(Config(), name))
-    if name in ("host", "prometheus_host"):
+    if name in ("host", "prometheus_host", "management_host"):
         return str(value) or None
     if kind is bool:
         return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")

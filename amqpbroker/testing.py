@@ -52,7 +52,7 @@ def run_broker(*extra_args: str, port: int | None = None, data_dir: str | None =
         if data_dir is None:
             data_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="amqpbroker-"))
         args = [sys.executable, "-m", "amqpbroker", "--host", "127.0.0.1", "--port", str(port),
-                "--data-dir", data_dir, "--prometheus-port", "0", *extra_args]
+                "--data-dir", data_dir, "--prometheus-port", "0", "--management-port", "0", *extra_args]
         process = subprocess.Popen(args, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         try:
             _wait_for_port(port, process, timeout)

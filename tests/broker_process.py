@@ -23,9 +23,11 @@ TRANSIENT = pika.BasicProperties(delivery_mode=1)
 class BrokerProcess:
     """A broker subprocess on a fixed port and data dir that tests stop, kill and restart."""
 
-    def __init__(self, data_dir: str, env: dict[str, str] | None = None, prometheus_port: int = 0) -> None:
+    def __init__(self, data_dir: str, env: dict[str, str] | None = None, prometheus_port: int = 0,
+                 management_port: int = 0) -> None:
         self.data_dir = data_dir
         self.prometheus_port = prometheus_port  # 0: no /metrics
+        self.management_port = management_port  # 0: no management API
         self.env = {**os.environ, **(env or {})}
         self.port = _free_port()
         self.process: subprocess.Popen | None = None
@@ -41,7 +43,8 @@ class BrokerProcess:
             if capture else None
         self.process = subprocess.Popen(
             [sys.executable, "-m", "amqpbroker", "--host", "127.0.0.1", "--port", str(self.port),
-             "--data-dir", self.data_dir, "--log-level", log_level, "--prometheus-port", str(self.prometheus_port)],
+             "--data-dir", self.data_dir, "--log-level", log_level, "--prometheus-port", str(self.prometheus_port),
+             "--management-port", str(self.management_port)],
             env=self.env,
             stderr=self._log if capture else None)
         _wait_for_port(self.port, self.process, 30)

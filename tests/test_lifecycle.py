@@ -19,7 +19,7 @@ from tests.broker_process import BrokerProcess
 def broker_process(tmp_path):
     port = _free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "amqpbroker", "--host", "127.0.0.1", "--port", str(port), "--prometheus-port", "0",
+        [sys.executable, "-m", "amqpbroker", "--host", "127.0.0.1", "--port", str(port), "--prometheus-port", "0", "--management-port", "0",
          "--data-dir", str(tmp_path)], stderr=subprocess.PIPE, text=True)
     try:
         _wait_for_port(port, process, 20)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import os
 from dataclasses import dataclass, field
 
@@ -16,7 +17,19 @@ from pamqp import decode
 from amqpbroker.errors import ConnectionError, ReplyCode
 from amqpbroker.protocol.connection import AuthenticationFailed
 
-__all__ = ["User", "UserDatabase", "hash_password", "parse_response"]
+__all__ = ["User", "UserDatabase", "hash_password", "parse_response", "is_loopback_address"]
+
+
+def is_loopback_address(address: str) -> bool:
+    """Is this peer address loopback (IPv4-mapped IPv6 and zone ids included)? Loopback-only
+    users (guest) may log in only from such an address, over AMQP and HTTP alike."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
 
 
 def hash_password(password: str, salt: bytes | None = None) -> bytes:
@@ -71,6 +84,10 @@ class UserDatabase:
 
     def authenticate(self, mechanism: str, response: bytes, *, from_loopback: bool) -> User:
         name, password = parse_response(mechanism, response)
+        return self.check(name, password, from_loopback=from_loopback)
+
+    def check(self, name: str, password: str, *, from_loopback: bool) -> User:
+        """The user, if the password is right and it may log in from there (AMQP and HTTP)."""
         user = self.users.get(name)
         if user is None or not password_matches(user.password_hash, password):
             raise AuthenticationFailed(f"invalid credentials for user '{name}'")

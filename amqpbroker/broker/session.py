@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -64,6 +65,8 @@ class Session:
     def __init__(self, broker: Broker, *, peer: str = "", from_loopback: bool = True) -> None:
         self.broker = broker
         self.peer = peer
+        self.name = peer  # what operators see it as ("client -> server" address pairs)
+        self.connected_at = time.time()
         self.from_loopback = from_loopback
         limits = broker.limits
         self.connection = Connection(self, channel_max=limits.channel_max, frame_max=limits.frame_max,

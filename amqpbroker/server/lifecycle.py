@@ -16,7 +16,9 @@ from amqpbroker.broker.broker import Broker, Limits
 from amqpbroker.broker.recovery import restore
 from amqpbroker.config import Config
 from amqpbroker.errors import ReplyCode
+from amqpbroker.http.management import management_app
 from amqpbroker.http.prometheus import prometheus_app
+from amqpbroker.http.views import NODE
 from amqpbroker.server.http import serve_http
 from amqpbroker.server.listener import listen
 from amqpbroker.server.memory import resident_bytes, watermark_bytes
@@ -69,13 +71,19 @@ async def serve(config: Config, *, task_status: TaskStatus[Any] = anyio.TASK_STA
 
 
 async def _serve(config: Config, broker: Broker, writer: StoreWriter, task_status: TaskStatus[Any]) -> None:
-    http_stop, http_done = anyio.Event(), anyio.Event()
+    http_stop = anyio.Event()
+    http_apps = []
+    if config.prometheus_port:
+        http_apps.append((prometheus_app(broker, writer), config.prometheus_host, config.prometheus_port,
+                          "Prometheus metrics"))
+    if config.management_port:
+        listeners = _listeners(config)
+        http_apps.append((management_app(broker, listeners, watermark_bytes(config.memory_high_watermark)),
+                          config.management_host, config.management_port, "the management API"))
+    http_done = [anyio.Event() for _ in http_apps]
     async with anyio.create_task_group() as group:
-        if config.prometheus_port:
-            group.start_soon(serve_http, prometheus_app(broker, writer), config.prometheus_host,
-                             config.prometheus_port, http_stop, http_done, "Prometheus metrics")
-        else:
-            http_done.set()
+        for (app, host, port, what), done in zip(http_apps, http_done):
+            group.start_soon(serve_http, app, host, port, http_stop, done, what)
         group.start_soon(writer.run)
         group.start_soon(writer.run_pages)
         group.start_soon(_tick, broker, watermark_bytes(config.memory_high_watermark))
@@ -93,9 +101,18 @@ async def _serve(config: Config, broker: Broker, writer: StoreWriter, task_statu
             await connections.wait_all_closed()
         http_stop.set()
         with anyio.move_on_after(HTTP_STOP_TIMEOUT):
-            await http_done.wait()
+            for done in http_done:
+                await done.wait()
         group.cancel_scope.cancel()
     log.info("stopped")
+
+
+def _listeners(config: Config) -> list[dict[str, Any]]:
+    """What ``/api/overview`` lists as listeners."""
+    entries = [("amqp", config.host, config.port), ("http", config.management_host, config.management_port),
+               ("http/prometheus", config.prometheus_host, config.prometheus_port)]
+    return [{"node": NODE, "protocol": protocol, "ip_address": host or "::", "port": port}
+            for protocol, host, port in entries if port]
 
 
 TICK_SECONDS = 0.05  # how often TTLs and queue expiry are looked at

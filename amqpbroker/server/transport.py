@@ -8,7 +8,6 @@ heartbeat intervals (or did not finish its handshake in time).
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import socket
 import time
@@ -16,6 +15,7 @@ import time
 import anyio
 from anyio.abc import SocketAttribute, SocketStream
 
+from amqpbroker.broker.auth import is_loopback_address
 from amqpbroker.broker.broker import Broker
 from amqpbroker.broker.session import Session
 from amqpbroker.codec.frames import HEARTBEAT_FRAME
@@ -31,16 +31,6 @@ HANDSHAKE_TIMEOUT = 10.0  # seconds to complete connection.open, as RabbitMQ
 CLOSE_TIMEOUT = 3.0  # seconds to wait for close-ok after the broker sent connection.close
 
 
-def _is_loopback(address: str) -> bool:
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback
-
-
 class _Transport:
     def __init__(self, stream: SocketStream, broker: Broker) -> None:
         self.stream = stream
@@ -48,7 +38,10 @@ class _Transport:
         remote = stream.extra(SocketAttribute.remote_address, ("?", 0))
         host = str(remote[0]) if isinstance(remote, tuple) else str(remote)
         self.peer = f"{host}:{remote[1]}" if isinstance(remote, tuple) else host
-        self.session = Session(broker, peer=self.peer, from_loopback=_is_loopback(host))
+        local = stream.extra(SocketAttribute.local_address, ("?", 0))
+        local_text = f"{local[0]}:{local[1]}" if isinstance(local, tuple) else str(local)
+        self.session = Session(broker, peer=self.peer, from_loopback=is_loopback_address(host))
+        self.session.name = f"{self.peer} -> {local_text}"  # as RabbitMQ names connections
         self.session.wake = self.wake
         self.connection = self.session.connection
         self._output_ready = anyio.Event()

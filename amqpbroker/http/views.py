@@ -1,0 +1,173 @@
+"""Broker objects as the JSON RabbitMQ's management API returns for them (the fields tools read).
+
+Pure functions of broker state; the app in ``management.py`` calls them on the event loop.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from amqpbroker import __version__
+from amqpbroker.broker.broker import Broker
+from amqpbroker.broker.queue import Queue
+from amqpbroker.broker.session import Session
+
+__all__ = ["NODE", "overview", "queue_view", "exchange_view", "binding_views", "connection_view",
+           "channel_views", "consumer_views", "vhost_view", "user_view", "node_view"]
+
+NODE = "amqpbroker@localhost"
+
+
+def _json_safe(value: Any) -> Any:
+    """Field-table values as JSON: bytes as text, datetimes as seconds."""
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(item) for item in value]
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    if isinstance(value, datetime.datetime):
+        return int(value.timestamp())
+    return value
+
+
+def queue_view(vhost: str, queue: Queue) -> dict[str, Any]:
+    queue_type = "quorum" if queue.quorum else "classic"
+    return {
+        "name": queue.name, "vhost": vhost, "durable": queue.durable, "auto_delete": queue.auto_delete,
+        "exclusive": queue.exclusive, "arguments": _json_safe(queue.arguments), "type": queue_type,
+        "node": NODE, "state": "running",
+        "messages": queue.message_count + queue.unacked_count, "messages_ready": queue.message_count,
+        "messages_unacknowledged": queue.unacked_count,
+        "messages_paged_out": queue.paged,
+        "message_bytes_ready": queue.ready_bytes + queue.paged_bytes,
+        "consumers": len(queue.consumers),
+        "exclusive_consumer_tag": queue.exclusive_consumer.tag if queue.exclusive_consumer else None,
+        "idle_since": None if queue.consumers else _timestamp(queue.last_used),
+        "owner_pid_details": {"name": queue.exclusive_owner.name} if queue.exclusive_owner is not None else {},
+    }
+
+
+def exchange_view(vhost: str, exchange: Any) -> dict[str, Any]:
+    return {"name": exchange.name, "vhost": vhost, "type": exchange.type_name, "durable": exchange.durable,
+            "auto_delete": exchange.auto_delete, "internal": exchange.internal,
+            "arguments": _json_safe(exchange.arguments), "user_who_performed_action": ""}
+
+
+def binding_views(broker: Broker, vhost_name: str | None = None) -> list[dict[str, Any]]:
+    views = []
+    for vhost in broker.vhosts.values():
+        if vhost_name is not None and vhost.name != vhost_name:
+            continue
+        for queue in vhost.queues.values():  # the default exchange's implicit bindings first
+            views.append(_binding(vhost.name, "", queue.name, "queue", queue.name, {}))
+        for exchange in vhost.exchanges.values():
+            for binding in exchange.bindings.values():
+                kind = "queue" if isinstance(binding.destination, Queue) else "exchange"
+                views.append(_binding(vhost.name, exchange.name, binding.destination.name, kind,
+                                      binding.routing_key, binding.arguments))
+    return views
+
+
+def _binding(vhost: str, source: str, destination: str, kind: str, key: str, arguments: dict) -> dict[str, Any]:
+    return {"source": source, "vhost": vhost, "destination": destination, "destination_type": kind,
+            "routing_key": key, "arguments": _json_safe(arguments),
+            "properties_key": key.replace("%", "%25").replace("/", "%2F") if not arguments else f"{key}~"}
+
+
+def connection_view(session: Session) -> dict[str, Any]:
+    connection = session.connection
+    properties = _json_safe(connection.client_properties or {})
+    peer_host, _, peer_port = session.peer.rpartition(":")
+    return {
+        "name": session.name, "node": NODE, "vhost": session.vhost.name if session.vhost else None,
+        "user": session.user, "state": "blocked" if session.blocked else "running",
+        "channels": len(session.channels), "protocol": "AMQP 0-9-1", "auth_mechanism": "PLAIN",
+        "peer_host": peer_host, "peer_port": int(peer_port) if peer_port.isdigit() else None,
+        "client_properties": properties, "user_provided_name": properties.get("connection_name"),
+        "connected_at": int(session.connected_at * 1000), "frame_max": connection.frame_max,
+        "channel_max": connection.channel_max, "timeout": connection.heartbeat, "type": "network",
+    }
+
+
+def channel_views(broker: Broker) -> list[dict[str, Any]]:
+    views = []
+    for session in broker.sessions:
+        for number, channel in session.channels.items():
+            views.append({
+                "name": f"{session.name} ({number})", "number": number, "node": NODE,
+                "connection_details": {"name": session.name, "peer_host": session.peer.rpartition(":")[0]},
+                "vhost": session.vhost.name if session.vhost else None, "user": session.user,
+                "consumer_count": len(channel.consumers), "messages_unacknowledged": len(channel.unacked),
+                "prefetch_count": channel.consumer_prefetch, "global_prefetch_count": channel.global_prefetch,
+                "confirm": channel.confirm, "transactional": channel.tx is not None, "state": "running",
+            })
+    return views
+
+
+def consumer_views(broker: Broker) -> list[dict[str, Any]]:
+    views = []
+    for session in broker.sessions:
+        for number, channel in session.channels.items():
+            for consumer in channel.consumers.values():
+                views.append({
+                    "consumer_tag": consumer.tag, "ack_required": not consumer.no_ack,
+                    "exclusive": consumer.exclusive, "prefetch_count": consumer.prefetch,
+                    "arguments": _json_safe(consumer.arguments), "active": True,
+                    "queue": {"name": consumer.queue.name, "vhost": consumer.queue.vhost},
+                    "channel_details": {"name": f"{session.name} ({number})", "number": number,
+                                        "connection_name": session.name, "user": session.user},
+                })
+    return views
+
+
+def vhost_view(broker: Broker, name: str) -> dict[str, Any]:
+    vhost = broker.vhosts[name]
+    queues = vhost.queues.values()
+    ready = sum(queue.message_count for queue in queues)
+    unacked = sum(queue.unacked_count for queue in queues)
+    return {"name": name, "description": "Default virtual host" if name == "/" else "", "tags": [],
+            "tracing": False, "messages": ready + unacked, "messages_ready": ready,
+            "messages_unacknowledged": unacked, "cluster_state": {NODE: "running"}}
+
+
+def user_view(user: Any) -> dict[str, Any]:
+    return {"name": user.name, "tags": list(user.tags), "password_hash": "",
+            "hashing_algorithm": "rabbit_password_hashing_sha256", "limits": {}}
+
+
+def node_view(broker: Broker, memory_used: int | None, memory_limit: int | None) -> dict[str, Any]:
+    return {"name": NODE, "type": "disc", "running": True, "mem_used": memory_used or 0,
+            "mem_limit": memory_limit or 0, "mem_alarm": broker.memory_alarm, "disk_free_alarm": False,
+            "proc_used": len(broker.sessions), "sockets_used": len(broker.sessions),
+            "uptime": 0, "rates_mode": "basic", "being_drained": False}
+
+
+def overview(broker: Broker, listeners: list[dict[str, Any]]) -> dict[str, Any]:
+    sessions = list(broker.sessions)
+    queues = [queue for vhost in broker.vhosts.values() for queue in vhost.queues.values()]
+    totals = broker.totals.including(sessions)
+    ready = sum(queue.message_count for queue in queues)
+    unacked = sum(queue.unacked_count for queue in queues)
+    return {
+        "management_version": __version__, "rabbitmq_version": __version__, "product_name": "amqpbroker",
+        "product_version": __version__, "node": NODE, "cluster_name": NODE, "rates_mode": "basic",
+        "object_totals": {
+            "connections": len(sessions), "channels": sum(len(session.channels) for session in sessions),
+            "exchanges": sum(len(vhost.exchanges) for vhost in broker.vhosts.values()),
+            "queues": len(queues), "consumers": sum(len(queue.consumers) for queue in queues),
+        },
+        "queue_totals": {"messages": ready + unacked, "messages_ready": ready,
+                         "messages_unacknowledged": unacked},
+        "message_stats": {"publish": totals["received"], "deliver_get": totals["delivered"],
+                          "ack": totals["acknowledged"], "confirm": totals["confirmed"],
+                          "return_unroutable": totals["unroutable_returned"],
+                          "drop_unroutable": totals["unroutable_dropped"]},
+        "listeners": listeners,
+    }
+
+
+def _timestamp(seconds: float) -> str:
+    """RabbitMQ's ``idle_since`` format."""
+    return datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
