@@ -77,6 +77,8 @@ class BrokerCollector(Collector):
                 yield family
             else:
                 yield _gauge(name, text, sum(value(queue) for _, queue in queues))
+        if self.per_object:
+            yield from _queueing_families(queues)
         totals = broker.totals.including(sessions)
         for name, text, key in _COUNTERS:
             yield CounterMetricFamily(name, text, value=totals[key])
@@ -85,6 +87,36 @@ class BrokerCollector(Collector):
             yield HistogramMetricFamily("amqpbroker_store_sync_seconds",
                                         "Time a WAL sync took (publisher confirms wait for it)",
                                         buckets=buckets, sum_value=total)
+
+
+_QUEUEING = (
+    ("amqpbroker_queue_arrival_rate", "Arrival rate λ over the sampling window, messages/s", "arrival_rate"),
+    ("amqpbroker_queue_service_rate", "Service rate μ while busy, messages/s", "service_rate"),
+    ("amqpbroker_queue_service_rate_per_consumer", "Service rate per consumer, messages/s",
+     "service_rate_per_consumer"),
+    ("amqpbroker_queue_utilisation", "Utilisation ρ = λ/μ", "utilisation"),
+    ("amqpbroker_queue_mean_messages", "Mean messages in the queue (ready + unacked), L", "mean_in_system"),
+)
+
+
+def _queueing_families(queues: list[tuple[str, Any]]) -> Iterator[Metric]:
+    """The queueing figures per queue; a figure that is not known yet is left out."""
+    figures = [(vhost, queue.name, queue.sampler.figures(len(queue.consumers))) for vhost, queue in queues]
+    for name, text, key in _QUEUEING:
+        family = GaugeMetricFamily(name, text, labels=("vhost", "queue"))
+        for vhost, queue, values in figures:
+            if values is not None and getattr(values, key) is not None:
+                family.add_metric((vhost, queue), getattr(values, key))
+        yield family
+    wait = GaugeMetricFamily("amqpbroker_queue_wait_seconds", "Expected time in the queue W: measured "
+                             "(Little's law, L/λ) and the M/M/1 estimate 1/(μ−λ)",
+                             labels=("vhost", "queue", "estimate"))
+    for vhost, queue, values in figures:
+        if values is not None:
+            for estimate, value in (("little", values.wait_measured), ("mm1", values.wait_mm1)):
+                if value is not None:
+                    wait.add_metric((vhost, queue, estimate), value)
+    yield wait
 
 
 def _gauge(name: str, text: str, value: float, **labels: str) -> GaugeMetricFamily:

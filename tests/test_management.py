@@ -179,3 +179,21 @@ def test_ten_thousand_queues_are_listed_without_stalling_amqp(managed) -> None:
         ch.queue_declare("many-0", passive=True, arguments={})
         assert time.monotonic() - ping_started < 1.0
     print(f"listing 10 000 queues took {listed * 1000:.0f} ms")
+
+
+def test_queues_show_their_queueing_figures(managed) -> None:
+    with channel_of(managed) as ch:
+        ch.queue_declare("measured")
+        ch.confirm_delivery()
+        deadline = time.monotonic() + 2.5
+        while time.monotonic() < deadline:  # about 200 msg/s for 2.5 s, consumed by basic.get
+            for _ in range(10):
+                ch.basic_publish("", "measured", b"x")
+            for _ in range(10):
+                method, _, _ = ch.basic_get("measured")
+                ch.basic_ack(method.delivery_tag)
+            time.sleep(0.05)
+        figures = call(managed, "GET", "/api/queues/%2F/measured")[1]["queueing"]
+    assert figures is not None and figures["window_seconds"] >= 1
+    assert figures["arrival_rate"] > 10
+    assert figures["mean_in_system"] >= 0

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from amqpbroker.broker.auth import UserDatabase
 from amqpbroker.broker.journal import Journal
 from amqpbroker.broker.queue import Queue
+from amqpbroker.broker.queueing import SAMPLE_SECONDS
 from amqpbroker.broker.vhost import VirtualHost
 
 if TYPE_CHECKING:
@@ -84,6 +85,7 @@ class Broker:
         self._dirty: set[Queue] = set()
         self.memory_alarm = False  # memory use is above the watermark: publishers are blocked
         self.totals = MessageTotals()
+        self._sampled_at = 0.0
         self.journal = Journal(window_messages=paging_window[0], window_bytes=paging_window[1])
         self.add_vhost("/")
 
@@ -108,10 +110,17 @@ class Broker:
         self.run_pending()
 
     def tick(self, now: float) -> None:
-        """Timed work (TTLs, queue expiry), then what it changed goes out."""
+        """Timed work (TTLs, queue expiry, delayed messages, queueing samples), then what it
+        changed goes out."""
         for vhost in self.vhosts.values():
             if vhost.timed or vhost.delayed:
                 vhost.tick(now)
+        if now - self._sampled_at >= SAMPLE_SECONDS:
+            self._sampled_at = now
+            for vhost in self.vhosts.values():
+                for queue in vhost.queues.values():
+                    queue.sampler.record(now, queue.arrived, queue.completed,
+                                         queue.message_count + queue.unacked_count)
         self.run_pending()
 
     def run_pending(self) -> None:

@@ -81,6 +81,7 @@ class Channel:
         append_deliver(self.out, self.number, consumer.prefix, tag, entry[2], message.routing_raw,
                        header or message.header, message.body, self.frame_max)
         if consumer.no_ack:
+            queue.completed += 1
             if message.message_id is not None:
                 queue.discard(entry)
         else:
@@ -99,6 +100,7 @@ class Channel:
         append_content(self.out, self.number, queue.delivery_header(entry) or message.header, message.body,
                        self.frame_max)
         if no_ack:
+            queue.completed += 1
             queue.discard(entry)
         else:
             self.unacked[tag] = (queue, entry, None)
@@ -172,6 +174,8 @@ class Channel:
     def ack(self, ack: Ack) -> None:
         deliveries = self.take_unacked(ack.delivery_tag, ack.multiple)
         self.acknowledged += len(deliveries)
+        for queue, _, _ in deliveries:
+            queue.completed += 1
         self.settle(deliveries, requeue=False)
 
     def requeue_all(self) -> None:

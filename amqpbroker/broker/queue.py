@@ -33,6 +33,7 @@ from amqpbroker.broker.dead_letter import DELIVERY_LIMIT, EXPIRED, MAXLEN
 from amqpbroker.broker.journal import INLINE, Journal
 from amqpbroker.broker.message import Message
 from amqpbroker.broker.priority import PriorityReady
+from amqpbroker.broker.queueing import Sampler
 from amqpbroker.broker.queue_options import DROP_HEAD, REJECT_PUBLISH_DLX, QueueOptions
 from amqpbroker.codec.content import decode_properties, encode_content_header
 
@@ -52,6 +53,7 @@ class Queue:
         "ready_bytes", "paged", "page_next", "page_id", "paging_in", "page_epoch", "paged_bytes",
         "options", "host", "expiring", "last_used", "single_active", "_consumer_groups",
         "general_dispatch", "quorum", "delivery_limit", "delivery_counts",
+        "arrived", "completed", "sampler",
     )
 
     def __init__(self, name: str, vhost: str, *, durable: bool = False, exclusive_owner: Any = None,
@@ -92,6 +94,10 @@ class Queue:
         self.delivery_limit: int | None = self.arguments.get("x-delivery-limit") if self.quorum else None
         self.delivery_counts: dict[int, int] = {}  # seq -> times returned (quorum queues)
         self.general_dispatch = False
+        # counters for the queueing figures (queueing.py): enqueued, and gone through a consumer
+        self.arrived = 0
+        self.completed = 0
+        self.sampler = Sampler()
         max_priority = self.arguments.get("x-max-priority")
         if max_priority:
             self.ready = PriorityReady(max_priority)
@@ -130,6 +136,7 @@ class Queue:
         if (options is not None or message.ttl is not None) and not self._admit(message):
             return False
         seq = self._next_seq = self._next_seq + 1
+        self.arrived += 1
         journal = self.journal
         size = len(message.body)
         if self.paged or ((len(self.ready) >= journal.window_messages or self.ready_bytes >= journal.window_bytes)

@@ -46,7 +46,14 @@ def queue_view(vhost: str, queue: Queue) -> dict[str, Any]:
         "exclusive_consumer_tag": queue.exclusive_consumer.tag if queue.exclusive_consumer else None,
         "idle_since": None if queue.consumers else _timestamp(queue.last_used),
         "owner_pid_details": {"name": queue.exclusive_owner.name} if queue.exclusive_owner is not None else {},
+        "queueing": _figures(queue),
     }
+
+
+def _figures(queue: Queue) -> dict[str, float | None] | None:
+    """λ, μ, ρ and W over the last samples (see ``amqpbroker.broker.queueing``)."""
+    figures = queue.sampler.figures(len(queue.consumers))
+    return figures.as_dict() if figures is not None else None
 
 
 def exchange_view(vhost: str, exchange: Any) -> dict[str, Any]:
