@@ -119,7 +119,7 @@ class Broker:
             self._sampled_at = now
             for vhost in self.vhosts.values():
                 for queue in vhost.queues.values():
-                    queue.sampler.record(now, queue.arrived, queue.completed,
+                    queue.sampler.record(now, queue.arrivals, queue.completed,
                                          queue.message_count + queue.unacked_count)
         self.run_pending()
 

@@ -90,7 +90,9 @@ class Channel:
             queue.unacked_count += 1
             if message.message_id is not None and not entry[2] and queue.queue_id is not None:
                 queue.journal.mark_delivered(queue, entry)
-        self.session.mark_output()
+        session = self.session
+        if not session.output_marked:  # (mark_output, inlined: this runs once per delivery)
+            session.mark_output()
 
     def send_get_ok(self, queue: Queue, entry: Entry, no_ack: bool) -> None:
         tag = self.next_tag = self.next_tag + 1

@@ -53,7 +53,7 @@ class Queue:
         "ready_bytes", "paged", "page_next", "page_id", "paging_in", "page_epoch", "paged_bytes",
         "options", "host", "expiring", "last_used", "single_active", "_consumer_groups",
         "general_dispatch", "quorum", "delivery_limit", "delivery_counts",
-        "arrived", "completed", "sampler",
+        "completed", "sampler",
     )
 
     def __init__(self, name: str, vhost: str, *, durable: bool = False, exclusive_owner: Any = None,
@@ -94,8 +94,8 @@ class Queue:
         self.delivery_limit: int | None = self.arguments.get("x-delivery-limit") if self.quorum else None
         self.delivery_counts: dict[int, int] = {}  # seq -> times returned (quorum queues)
         self.general_dispatch = False
-        # counters for the queueing figures (queueing.py): enqueued, and gone through a consumer
-        self.arrived = 0
+        # for the queueing figures (queueing.py): messages gone through a consumer; arrivals are
+        # counted by the sequence numbers (``arrivals``)
         self.completed = 0
         self.sampler = Sampler()
         max_priority = self.arguments.get("x-max-priority")
@@ -109,6 +109,12 @@ class Queue:
             if self.options.message_ttl is not None or self.options.expires is not None:
                 self.host.timed.add(self)
         self._update_dispatch()
+
+    @property
+    def arrivals(self) -> int:
+        """Messages enqueued so far (since recovery, plus the sequence numbers the store had):
+        a counter whose differences are arrivals."""
+        return self._next_seq
 
     @property
     def prioritised(self) -> bool:
@@ -136,7 +142,6 @@ class Queue:
         if (options is not None or message.ttl is not None) and not self._admit(message):
             return False
         seq = self._next_seq = self._next_seq + 1
-        self.arrived += 1
         journal = self.journal
         size = len(message.body)
         if self.paged or ((len(self.ready) >= journal.window_messages or self.ready_bytes >= journal.window_bytes)

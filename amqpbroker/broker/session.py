@@ -150,13 +150,8 @@ class Session:
             raise access_refused(f"cannot publish to internal exchange '{publish.exchange}' "
                                  f"in vhost '{vhost.name}'")
         message = Message(publish.exchange, publish.routing_key, publish.routing_raw, header, body)
-        if header[12] & _EXPIRATION_FLAG:
-            message.ttl = message_ttl(message.properties.expiration)
-            message.arrived = vhost.clock()
-        if header[12] & _REPLY_TO_FLAG and message.properties.reply_to == REPLY_TO:
-            if channel.reply_queue is None:
-                raise precondition_failed("fast reply consumer does not exist")
-            message.set_reply_to(channel.reply_queue.name)
+        if header[12] & (_EXPIRATION_FLAG | _REPLY_TO_FLAG):  # one test on the usual path
+            self._special_properties(channel, message)
         if header[13] & _USER_ID_FLAG:
             user_id = message.properties.user_id
             if user_id is not None and user_id != self.user:
@@ -166,6 +161,17 @@ class Session:
             channel.tx.append((exchange, message, publish.mandatory))
             return
         self._route(channel, exchange, message, publish.mandatory)
+
+    def _special_properties(self, channel: Channel, message: Message) -> None:
+        """A per-message TTL (``expiration``), or direct reply-to in ``reply_to``."""
+        header = message.header
+        if header[12] & _EXPIRATION_FLAG:
+            message.ttl = message_ttl(message.properties.expiration)
+            message.arrived = self.vhost.clock()
+        if header[12] & _REPLY_TO_FLAG and message.properties.reply_to == REPLY_TO:
+            if channel.reply_queue is None:
+                raise precondition_failed("fast reply consumer does not exist")
+            message.set_reply_to(channel.reply_queue.name)
 
     def _route(self, channel: Channel, exchange: Any, message: Message, mandatory: bool) -> None:
         if exchange.delayed and self.vhost.delay(exchange, message):
