@@ -26,6 +26,8 @@ from kombu import Consumer, Exchange, Producer, Queue
 from kombu.pidbox import Mailbox
 from pika.exceptions import ChannelClosedByBroker
 
+from interop.support import Cleanup  # the cleanup fixture is in conftest.py
+
 pytestmark = pytest.mark.timeout(30)
 
 
@@ -57,37 +59,6 @@ def kombu_drain(conn: kombu.Connection, pred: Callable[[], bool], timeout: float
         with contextlib.suppress(socket.timeout, TimeoutError):
             conn.drain_events(timeout=min(0.2, remaining))
     return pred()
-
-
-class Cleanup:
-    """Names of queues and exchanges to delete (over a fresh connection) at teardown."""
-
-    def __init__(self) -> None:
-        self.queues: list[str] = []
-        self.exchanges: list[str] = []
-
-    def queue(self, name: str) -> str:
-        self.queues.append(name)
-        return name
-
-    def exchange(self, name: str) -> str:
-        self.exchanges.append(name)
-        return name
-
-
-@pytest.fixture
-def cleanup(amqp_url: str) -> Iterator[Cleanup]:
-    names = Cleanup()
-    yield names
-    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    try:
-        ch = conn.channel()
-        for q in names.queues:
-            ch.queue_delete(q)
-        for x in names.exchanges:
-            ch.exchange_delete(x)
-    finally:
-        conn.close()
 
 
 @pytest.fixture
