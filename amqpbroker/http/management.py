@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -21,7 +22,7 @@ import anyio.lowlevel
 from pamqp import commands
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from amqpbroker import __version__
@@ -39,6 +40,7 @@ __all__ = ["management_app"]
 
 ADMIN = "administrator"
 _SLICE = 500  # queues turned into JSON between two looks at other work
+_PAGE = os.path.join(os.path.dirname(__file__), "static", "index.html")  # the web UI
 _MONITORING_TAGS = {"administrator", "monitoring", "management", "policymaker"}
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -55,7 +57,11 @@ def _not_found() -> HTTPError:
 
 def management_app(broker: Broker, listeners: list[dict[str, Any]], memory_limit: int | None = None) -> Any:
     api = _Api(broker, listeners, memory_limit)
+    async def page(request: Request) -> Response:
+        return FileResponse(_PAGE, media_type="text/html")
+
     routes = [
+        Route("/", page),
         Route("/api/overview", api.overview),
         Route("/api/whoami", api.whoami),
         Route("/api/nodes", api.nodes),
@@ -115,7 +121,9 @@ def _handler(*, admin: bool = False) -> Callable[[Callable[..., Any]], Handler]:
                     raise HTTPError(401, "not_authorised", "Not administrator user")
                 result = await method(self, request, user)
             except HTTPError as exc:
-                headers = {"WWW-Authenticate": 'Basic realm="RabbitMQ Management"'} if exc.status == 401 else None
+                # a script (the web UI) handles a 401 itself: no browser login prompt for it
+                challenge = exc.status == 401 and "x-requested-with" not in request.headers
+                headers = {"WWW-Authenticate": 'Basic realm="RabbitMQ Management"'} if challenge else None
                 return JSONResponse({"error": exc.error, "reason": exc.reason}, exc.status, headers)
             except AMQPError as exc:  # what an AMQP client would have got as a channel or connection close
                 status = 404 if exc.reply_code == ReplyCode.NOT_FOUND else 400
@@ -166,6 +174,11 @@ class _Api:
     @staticmethod
     def _name(request: Request, key: str = "name") -> str:
         return unquote(request.path_params[key])
+
+    def _exchange_name(self, request: Request, key: str = "name") -> str:
+        """``amq.default`` stands for the default exchange (whose name is empty) in paths."""
+        name = self._name(request, key)
+        return "" if name == "amq.default" else name
 
     @staticmethod
     async def _body(request: Request) -> dict[str, Any]:
@@ -323,7 +336,7 @@ class _Api:
 
     @_handler()
     async def exchange(self, request: Request, user: Any) -> Any:
-        vhost, name = self._vhost(request), self._name(request)
+        vhost, name = self._vhost(request), self._exchange_name(request)
         if request.method == "PUT":
             _require_admin(user)
             body = await self._body(request)
@@ -345,7 +358,7 @@ class _Api:
 
     @_handler(admin=True)
     async def publish(self, request: Request, user: Any) -> Any:
-        vhost, name = self._vhost(request), self._name(request)
+        vhost, name = self._vhost(request), self._exchange_name(request)
         exchange = vhost.exchanges.get(name)
         if exchange is None:
             raise _not_found()

@@ -1,0 +1,86 @@
+"""The web UI end to end in headless Chromium (Debian's ``chromium`` driven by Playwright, never a
+downloaded browser): log in, watch a queue fill without reloading, get, purge, publish, close a
+connection. ``.ci/run`` installs Chromium; without it this test is skipped, saying so."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pika
+import pytest
+
+from amqpbroker.testing import _free_port
+from tests.broker_process import BrokerProcess
+
+CHROMIUM = "/usr/bin/chromium"
+
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
+                                reason="no /usr/bin/chromium (Debian package 'chromium'; .ci/run installs it)")
+
+
+@pytest.fixture
+def page_and_broker(tmp_path) -> Iterator[tuple]:
+    from playwright.sync_api import sync_playwright
+
+    broker = BrokerProcess(str(tmp_path / "data"), management_port=_free_port())
+    broker.start()
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=CHROMIUM, headless=True,
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                      "--disable-component-update", "--disable-sync", "--no-first-run"])
+            try:
+                page = browser.new_page()
+                page.set_default_timeout(10_000)
+                yield page, broker
+            finally:
+                browser.close()
+    finally:
+        broker.stop()
+
+
+def test_the_web_ui_shows_live_figures_and_acts_on_queues_and_connections(page_and_broker) -> None:
+    page, broker = page_and_broker
+    connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+    channel = connection.channel()
+    channel.queue_declare("ui-queue")
+
+    page.goto(f"http://127.0.0.1:{broker.management_port}/")
+    page.fill("#password", "wrong")
+    page.click("#login-button")
+    page.wait_for_selector("#error:has-text('login failed')")
+    page.fill("#password", "guest")
+    page.click("#login-button")
+    page.wait_for_selector("#total-connections:has-text('1')")  # the overview, live
+
+    page.click("nav button[data-tab=queues]")
+    ready = page.locator("tr[data-queue='ui-queue'] td.ready")
+    ready.wait_for()
+    assert ready.inner_text() == "0"
+    for index in range(3):
+        channel.basic_publish("", "ui-queue", f"message {index}".encode())
+    channel.queue_declare("ui-queue", passive=True)
+    page.wait_for_selector("tr[data-queue='ui-queue'] td.ready:has-text('3')")  # no reload
+
+    page.click("tr[data-queue='ui-queue'] button:has-text('Get')")
+    page.wait_for_selector("#got-messages:has-text('message 0')")
+    page.click("tr[data-queue='ui-queue'] button:has-text('Purge')")
+    page.wait_for_selector("tr[data-queue='ui-queue'] td.ready:has-text('0')")
+
+    page.click("nav button[data-tab=exchanges]")
+    page.wait_for_selector("#publish-exchange option", state="attached")
+    page.select_option("#publish-exchange", "/\u0000amq.default")
+    page.fill("#publish-key", "ui-queue")
+    page.fill("#publish-payload", "from the browser")
+    page.click("#publish-button")
+    page.wait_for_selector("#publish-result:has-text('Message published.')")
+    assert channel.basic_get("ui-queue", auto_ack=True)[2] == b"from the browser"
+
+    page.click("nav button[data-tab=connections]")
+    page.click("tr[data-connection] button:has-text('Close')")
+    with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as closed:
+        for _ in range(20):
+            connection.process_data_events(time_limit=0.25)
+    assert closed.value.reply_code == 320
