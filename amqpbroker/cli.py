@@ -16,7 +16,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="amqpbroker",
         description="A RabbitMQ-compatible AMQP 0-9-1 message broker. Settings come from defaults, "
-                    "then --config FILE (TOML), then AMQPBROKER_* environment variables, then flags.")
+                    "then --config FILE (TOML), then AMQPBROKER_* environment variables, then flags. "
+                    "'amqpbroker diagnostics ping' checks a running broker.")
     parser.add_argument("--version", action="version", version=f"amqpbroker {__version__}")
     parser.add_argument("--config", metavar="FILE", help="a TOML file with any of the settings below")
     parser.add_argument("--host", help="address to listen on (env AMQPBROKER_HOST; default: every "
@@ -37,7 +38,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def diagnostics(argv: list[str]) -> int:
+    """``amqpbroker diagnostics ping [--host H] [--port N]``: exit 0 if a broker answers there."""
+    parser = argparse.ArgumentParser(prog="amqpbroker diagnostics",
+                                     description="Check a running broker (as rabbitmq-diagnostics).")
+    parser.add_argument("command", choices=["ping"], help="ping: does a broker answer AMQP there?")
+    parser.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1")
+    parser.add_argument("--port", type=int, help="default: AMQPBROKER_PORT or 5672")
+    parser.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
+    args = parser.parse_args(argv)
+    from amqpbroker.diagnostics import ping
+    port = args.port if args.port is not None else load_config().port
+    problem = ping(args.host, port, args.timeout)
+    if problem is not None:
+        print(f"Error: {problem}", file=sys.stderr)
+        return 1
+    print(f"Ping succeeded: an AMQP broker answers on {args.host}:{port}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["diagnostics"]:
+        return diagnostics(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         config = load_config(args.config, host=args.host, port=args.port, data_dir=args.data_dir,

@@ -89,3 +89,18 @@ def test_memory_alarm_blocks_publishers_but_not_consumers(tmp_path) -> None:
         assert reader_channel.basic_get("alarmed", auto_ack=True)[2] == b"first"
     finally:
         broker.stop()
+
+
+def test_diagnostics_ping_tells_whether_a_broker_answers(tmp_path) -> None:
+    broker = BrokerProcess(str(tmp_path / "data"))
+    broker.start()
+    try:
+        done = subprocess.run([sys.executable, "-m", "amqpbroker", "diagnostics", "ping", "--port", str(broker.port)],
+                              capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        assert "Ping succeeded" in done.stdout
+    finally:
+        broker.stop()
+    done = subprocess.run([sys.executable, "-m", "amqpbroker", "diagnostics", "ping", "--port", str(broker.port),
+                           "--timeout", "1"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1 and "Error: cannot reach" in done.stderr
