@@ -197,3 +197,8 @@ def test_queues_show_their_queueing_figures(managed) -> None:
     assert figures is not None and figures["window_seconds"] >= 1
     assert figures["arrival_rate"] > 10
     assert figures["mean_in_system"] >= 0
+    stats = call(managed, "GET", "/api/queues/%2F/measured")[1]["message_stats"]
+    assert stats["publish"] > 100 and stats["publish_details"]["rate"] > 10
+    assert stats["ack"] > 100 and stats["ack_details"]["rate"] > 10
+    overview = call(managed, "GET", "/api/overview")[1]["message_stats"]
+    assert overview["publish_details"]["rate"] > 10 and overview["ack_details"]["rate"] > 10

@@ -8,13 +8,14 @@ woken once, so a publisher's batch costs one flush per consumer connection, not 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from amqpbroker.broker.auth import UserDatabase
 from amqpbroker.broker.journal import Journal
 from amqpbroker.broker.queue import Queue
-from amqpbroker.broker.queueing import SAMPLE_SECONDS
+from amqpbroker.broker.queueing import RATE_SAMPLES, SAMPLE_SECONDS
 from amqpbroker.broker.vhost import VirtualHost
 
 if TYPE_CHECKING:
@@ -86,6 +87,8 @@ class Broker:
         self.memory_alarm = False  # memory use is above the watermark: publishers are blocked
         self.totals = MessageTotals()
         self._sampled_at = 0.0
+        # (time, MessageTotals.including()) once a second: the overview's message rates
+        self.total_samples: deque[tuple[float, dict[str, int]]] = deque(maxlen=RATE_SAMPLES + 1)
         self.journal = Journal(window_messages=paging_window[0], window_bytes=paging_window[1])
         self.add_vhost("/")
 
@@ -117,6 +120,7 @@ class Broker:
                 vhost.tick(now)
         if now - self._sampled_at >= SAMPLE_SECONDS:
             self._sampled_at = now
+            self.total_samples.append((now, self.totals.including(self.sessions)))
             for vhost in self.vhosts.values():
                 for queue in vhost.queues.values():
                     queue.sampler.record(now, queue.arrivals, queue.completed,

@@ -22,10 +22,11 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-__all__ = ["QueueFigures", "Sampler", "SAMPLE_SECONDS", "WINDOW_SAMPLES"]
+__all__ = ["QueueFigures", "Sampler", "SAMPLE_SECONDS", "WINDOW_SAMPLES", "RATE_SAMPLES"]
 
 SAMPLE_SECONDS = 1.0
 WINDOW_SAMPLES = 31  # thirty intervals: a 30 s window
+RATE_SAMPLES = 5  # the management API's rates: over the last 5 s, as RabbitMQ's default
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +54,18 @@ class Sampler:
 
     def record(self, now: float, arrived: int, completed: int, in_system: int) -> None:
         self.samples.append((now, arrived, completed, in_system))
+
+    def rates(self, span: int = RATE_SAMPLES) -> tuple[float, float] | None:
+        """``(arrivals/s, completions/s)`` over the last ``span`` intervals, for the management
+        API's ``*_details.rate`` (None before two samples)."""
+        samples = self.samples
+        if len(samples) < 2:
+            return None
+        first, last = samples[max(len(samples) - 1 - span, 0)], samples[-1]
+        elapsed = last[0] - first[0]
+        if elapsed <= 0:
+            return None
+        return (last[1] - first[1]) / elapsed, (last[2] - first[2]) / elapsed
 
     def figures(self, consumers: int) -> QueueFigures | None:
         samples = self.samples

@@ -47,7 +47,16 @@ def queue_view(vhost: str, queue: Queue) -> dict[str, Any]:
         "idle_since": None if queue.consumers else _timestamp(queue.last_used),
         "owner_pid_details": {"name": queue.exclusive_owner.name} if queue.exclusive_owner is not None else {},
         "queueing": _figures(queue),
+        "message_stats": _queue_stats(queue),
     }
+
+
+def _queue_stats(queue: Queue) -> dict[str, Any]:
+    """Counts since the queue was declared (arrivals, completions through consumers) with their
+    rates over the last seconds, in RabbitMQ's ``message_stats`` shape."""
+    rates = queue.sampler.rates() or (0.0, 0.0)
+    return {"publish": queue.arrivals, "publish_details": {"rate": round(rates[0], 1)},
+            "ack": queue.completed, "ack_details": {"rate": round(rates[1], 1)}}
 
 
 def _figures(queue: Queue) -> dict[str, float | None] | None:
@@ -167,12 +176,26 @@ def overview(broker: Broker, listeners: list[dict[str, Any]]) -> dict[str, Any]:
         },
         "queue_totals": {"messages": ready + unacked, "messages_ready": ready,
                          "messages_unacknowledged": unacked},
-        "message_stats": {"publish": totals["received"], "deliver_get": totals["delivered"],
-                          "ack": totals["acknowledged"], "confirm": totals["confirmed"],
-                          "return_unroutable": totals["unroutable_returned"],
-                          "drop_unroutable": totals["unroutable_dropped"]},
+        "message_stats": _overview_stats(broker, totals),
         "listeners": listeners,
     }
+
+
+_STATS = (("publish", "received"), ("deliver_get", "delivered"), ("ack", "acknowledged"),
+          ("confirm", "confirmed"), ("return_unroutable", "unroutable_returned"),
+          ("drop_unroutable", "unroutable_dropped"))
+
+
+def _overview_stats(broker: Broker, totals: dict[str, int]) -> dict[str, Any]:
+    """The message counters and their rates over the last seconds of samples."""
+    samples = broker.total_samples
+    elapsed = samples[-1][0] - samples[0][0] if len(samples) >= 2 else 0.0
+    stats: dict[str, Any] = {}
+    for name, key in _STATS:
+        stats[name] = totals[key]
+        rate = (samples[-1][1][key] - samples[0][1][key]) / elapsed if elapsed > 0 else 0.0
+        stats[f"{name}_details"] = {"rate": round(rate, 1)}
+    return stats
 
 
 def _timestamp(seconds: float) -> str:
