@@ -43,16 +43,37 @@ build_mounts=()
 for path in /etc/pip.conf /etc/xdg/pip /etc/ssl/certs/ca-certificates.crt; do
   [ -e "$path" ] && build_mounts+=(--volume "$path:$path:ro")
 done
-podman build --network host "${build_mounts[@]}" -q -f docker/Dockerfile -t "$image" . >/dev/null
+podman build --format docker --network host "${build_mounts[@]}" -q -f docker/Dockerfile -t "$image" . >/dev/null
 
 ports=$("$python" -c 'import socket
 ss=[socket.socket() for _ in range(3)]
 [s.bind(("127.0.0.1",0)) for s in ss]
 print(" ".join(str(s.getsockname()[1]) for s in ss))')
 read -r amqp metrics management <<<"$ports"
-podman run -d --rm --network host --name "$name" "$image" \
-  --port "$amqp" --prometheus-port "$metrics" --management-port "$management" >/dev/null
-trap 'podman rm -f "$name" >/dev/null 2>&1 || true; rm -rf "${rootfs:-/nonexistent}"' EXIT
+# Run it on the host network. Where the container runtime cannot start containers (this
+# workplace's sandbox refuses setrlimit(RLIMIT_NPROC), which runc and crun both make), run the
+# image's own root filesystem under chroot as its user instead: the same files, the same command.
+health=(podman exec "$name" /opt/amqpbroker/bin/amqpbroker diagnostics ping --port "$amqp")
+cleanup() { podman rm -f "$name" >/dev/null 2>&1 || true; rm -rf "${rootfs:-/nonexistent}"; }
+trap cleanup EXIT
+if ! podman run -d --rm --network host --name "$name" "$image" \
+    --port "$amqp" --prometheus-port "$metrics" --management-port "$management" >/dev/null 2>"$0.err.$$"; then
+  grep -qi rlimit "$0.err.$$" || { cat "$0.err.$$" >&2; rm -f "$0.err.$$"; exit 1; }
+  echo "docker/test.sh: podman cannot start containers here ($(grep -oi 'setrlimit[^:]*' "$0.err.$$" | head -1 || echo rlimit));" \
+       "running the image's filesystem under chroot instead" >&2
+  container=$(buildah from "$image")
+  root=$(buildah mount "$container")
+  env=$(podman image inspect --format '{{range .Config.Env}}{{.}} {{end}}' "$image")
+  user=$(podman image inspect --format '{{.Config.User}}' "$image")
+  # shellcheck disable=SC2086  # env is a list of NAME=value words
+  chroot --userspec="$user" "$root" /usr/bin/env -i $env HOME=/var/lib/amqpbroker /opt/amqpbroker/bin/amqpbroker \
+    --port "$amqp" --prometheus-port "$metrics" --management-port "$management" &
+  runner=$!
+  health=(chroot --userspec="$user" "$root" /opt/amqpbroker/bin/amqpbroker diagnostics ping --port "$amqp")
+  cleanup() { kill "$runner" 2>/dev/null; wait "$runner" 2>/dev/null; buildah umount "$container" >/dev/null;
+              buildah rm "$container" >/dev/null; rm -rf "${rootfs:-/nonexistent}"; }
+fi
+rm -f "$0.err.$$"
 
 "$python" - "$amqp" "$metrics" <<'PY'
 import sys, time, urllib.request
@@ -77,5 +98,5 @@ with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5) as
     assert b"rabbitmq_connections" in response.read()
 print("container: AMQP and /metrics answer")
 PY
-podman exec "$name" /opt/amqpbroker/bin/amqpbroker diagnostics ping --port "$amqp"
+"${health[@]}"
 echo "docker/test.sh: ok"
