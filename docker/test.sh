@@ -37,13 +37,17 @@ fi
 if command -v "${python%/python}/hadolint" >/dev/null 2>&1; then
   "${python%/python}/hadolint" docker/Dockerfile
 fi
-# this machine's pip settings and CA bundle (a TLS-inspecting proxy may stand between it and the
-# package index), lent to the build's RUN steps only: the image keeps none of them
+# this machine's CA bundle (a TLS-inspecting proxy may stand between it and the package index),
+# lent to pip in the build's RUN steps through a pip.conf of their own: the image keeps neither
 build_mounts=()
-for path in /etc/pip.conf /etc/xdg/pip /etc/ssl/certs/ca-certificates.crt; do
-  [ -e "$path" ] && build_mounts+=(--volume "$path:$path:ro")
-done
+host_ca=/etc/ssl/certs/ca-certificates.crt
+if [ -f "$host_ca" ]; then
+  pip_conf=$(mktemp)
+  printf '[global]\ncert = /tmp/build-ca.crt\n' >"$pip_conf"
+  build_mounts+=(--volume "$host_ca:/tmp/build-ca.crt:ro" --volume "$pip_conf:/etc/pip.conf:ro")
+fi
 podman build --format docker --network host "${build_mounts[@]}" -q -f docker/Dockerfile -t "$image" . >/dev/null
+rm -f "${pip_conf:-}"
 
 ports=$("$python" -c 'import socket
 ss=[socket.socket() for _ in range(3)]
