@@ -122,3 +122,30 @@ async def test_a_persistent_message_consumed_before_it_was_written_is_confirmed_
     await writer.drain()  # the sync the first one waited for
     (ack,) = client.expect(Basic.Ack)
     assert (ack.delivery_tag, ack.multiple) == (1, False)
+
+
+async def test_only_basic_get_reads_a_page_on_the_spot_never_the_timer(tmp_path):
+    """A TTL queue's timer looks at the in-memory head only; the paged-out part comes back
+    through the page reader, not through a RocksDB read on the loop every tick."""
+    broker = Broker(paging_window=(10, 0))
+    store = RocksStore(str(tmp_path / "db"))
+    try:
+        broker.journal.enabled = True
+        writer = StoreWriter(store, broker)
+        client = FakeClient(broker)
+        client.open_channel()
+        client.declare_queue("timed", arguments={"x-message-ttl": 60_000})
+        for index in range(30):
+            client.publish(1, "", "timed", f"m{index}".encode())
+        queue = broker.vhosts["/"].queues["timed"]
+        reads = []
+        broker.journal.read_page_now = lambda q: (reads.append(q.name), writer.read_page_now(q))
+        while queue.ready:
+            queue.get()
+        assert (queue.paged, reads) == (20, [])
+        broker.tick(queue.host.clock())
+        assert reads == []  # the timer did not read
+        entry = queue.get()
+        assert reads == ["timed"] and entry[1].body == b"m10"
+    finally:
+        store.close()

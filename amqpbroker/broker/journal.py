@@ -97,10 +97,6 @@ class Journal:
         self._enabled = value
         self.window_messages, self.window_bytes = self.paging_window if value else (UNBOUNDED, UNBOUNDED)
 
-    @property
-    def pending(self) -> bool:
-        return bool(self.ops or self.pages or self.waiters or self.page_requests)
-
     def take(self) -> tuple[list[tuple | None], list[tuple], list[tuple[Channel, int]]]:
         """Hand over the operations (None where one was cancelled), pages, and the confirms that
         must wait for them to be synced.

@@ -228,20 +228,11 @@ class Queue:
         return expiry is not None and now > expiry + _TTL_GRACE
 
     def _drop_expired_head(self, now: float) -> None:
-        """Expire messages at the head (a queue TTL expires them in order; others wait there)."""
+        """Expire messages at the head of the in-memory part (a queue TTL expires them in order;
+        others wait there). Paged-out ones are looked at when their page comes in."""
         ready = self.ready
-        while True:
-            if not ready:
-                if not self.paged:
-                    return
-                self.page_epoch += 1
-                self.journal.read_page_now(self)
-                if not ready:
-                    return
-            entry = ready[0]
-            if not self._expired(entry[1], now):
-                return
-            ready.popleft()
+        while ready and self._expired(ready[0][1], now):
+            entry = ready.popleft()
             self.ready_bytes -= len(entry[1].body)
             self.discard(entry, reason=EXPIRED)
 
@@ -293,17 +284,21 @@ class Queue:
         return kept
 
     def get(self) -> Entry | None:
-        if self.expiring:
-            self._drop_expired_head(self.host.clock())
-        if not self.ready:
-            if not self.paged:
-                return None
+        now = self.host.clock() if self.expiring else 0.0
+        while True:
+            if self.expiring:
+                self._drop_expired_head(now)
+            if self.ready or not self.paged:
+                break
             # basic.get outran the page reads: a short read now, or a client polling a backlog
             # would be told "empty" while it holds messages
+            paged = self.paged
             self.page_epoch += 1  # a read under way is stale: it would start at the same seq
             self.journal.read_page_now(self)
-            if not self.ready:
-                return None
+            if self.paged == paged:  # nothing came (no store): stop rather than ask again
+                break
+        if not self.ready:
+            return None
         entry = self.ready.popleft()
         self.ready_bytes -= len(entry[1].body)
         if self.paged:
@@ -374,9 +369,10 @@ class Queue:
         return (self.page_epoch, durable, self.queue_id if durable else self.page_id, self.page_next,
                 min(room, self.paged), max(journal.window_bytes - self.ready_bytes, 1))
 
-    def paged_in(self, epoch: int, page: list[tuple[int, tuple[bytes, bytes, bytes]]]) -> None:
-        """A page read begun at ``epoch`` came back as ``(seq, (routing_raw, header, body))``
-        pairs: its messages join the in-memory part."""
+    def paged_in(self, epoch: int, page: list[tuple[int, Any]]) -> None:
+        """A page read begun at ``epoch`` came back as ``(seq, stored message)`` pairs (a
+        ``StoredMessage``: routing bytes, header, body, arrival): its messages join the
+        in-memory part."""
         if epoch != self.page_epoch or self.deleted:
             return  # purged or deleted meanwhile; the purge dropped those pages
         self.paging_in = False
