@@ -63,32 +63,28 @@ def test_one_clients_garbage_does_not_disturb_another(broker_process) -> None:
     good.close()
 
 
-def test_memory_alarm_blocks_publishers_but_not_consumers(tmp_path) -> None:
+def test_memory_alarm_blocks_publishers_but_not_consumers(start_broker) -> None:
     """Above the watermark (here 1 000 bytes: always), a connection that published gets
     connection.blocked and is read no more; a connection that only consumes keeps going."""
-    broker = BrokerProcess(str(tmp_path / "data"), env={"AMQPBROKER_MEMORY_HIGH_WATERMARK": "1000"})
-    broker.start()
-    try:
-        reader = broker.connect()
-        reader_channel = reader.channel()
-        reader_channel.queue_declare("alarmed")
-        publisher = broker.connect()
-        blocked = []
-        publisher.add_on_connection_blocked_callback(lambda connection, frame: blocked.append(frame.method))
-        channel = publisher.channel()
-        channel.basic_publish("", "alarmed", b"first")  # read with the batch that made it a publisher
-        deadline = time.monotonic() + 5
-        while not blocked and time.monotonic() < deadline:
-            publisher.process_data_events(time_limit=0.05)
-        assert [type(method).__name__ for method in blocked] == ["Blocked"]
-        assert blocked[0].reason == "low on memory"
-        channel.basic_publish("", "alarmed", b"second")  # sent, never read
-        publisher.process_data_events(time_limit=0.3)
-        # the consuming connection is served throughout
-        assert reader_channel.queue_declare("alarmed", passive=True).method.message_count == 1
-        assert reader_channel.basic_get("alarmed", auto_ack=True)[2] == b"first"
-    finally:
-        broker.stop()
+    broker = start_broker(env={"AMQPBROKER_MEMORY_HIGH_WATERMARK": "1000"})
+    reader = broker.connect()
+    reader_channel = reader.channel()
+    reader_channel.queue_declare("alarmed")
+    publisher = broker.connect()
+    blocked = []
+    publisher.add_on_connection_blocked_callback(lambda connection, frame: blocked.append(frame.method))
+    channel = publisher.channel()
+    channel.basic_publish("", "alarmed", b"first")  # read with the batch that made it a publisher
+    deadline = time.monotonic() + 5
+    while not blocked and time.monotonic() < deadline:
+        publisher.process_data_events(time_limit=0.05)
+    assert [type(method).__name__ for method in blocked] == ["Blocked"]
+    assert blocked[0].reason == "low on memory"
+    channel.basic_publish("", "alarmed", b"second")  # sent, never read
+    publisher.process_data_events(time_limit=0.3)
+    # the consuming connection is served throughout
+    assert reader_channel.queue_declare("alarmed", passive=True).method.message_count == 1
+    assert reader_channel.basic_get("alarmed", auto_ack=True)[2] == b"first"
 
 
 def test_diagnostics_ping_tells_whether_a_broker_answers(tmp_path) -> None:

@@ -8,7 +8,6 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import pika
@@ -19,13 +18,8 @@ from tests.broker_process import PERSISTENT, BrokerProcess, channel_of
 
 
 @pytest.fixture
-def managed(tmp_path) -> Iterator[BrokerProcess]:
-    process = BrokerProcess(str(tmp_path / "data"), management_port=_free_port())
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
+def managed(start_broker) -> BrokerProcess:
+    return start_broker(management_port=_free_port())
 
 
 def call(broker: BrokerProcess, method: str, path: str, body: Any = None, *,

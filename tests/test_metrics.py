@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import urllib.request
-from collections.abc import Iterator
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -13,13 +12,8 @@ from tests.broker_process import PERSISTENT, BrokerProcess, channel_of
 
 
 @pytest.fixture
-def metered(tmp_path) -> Iterator[BrokerProcess]:
-    process = BrokerProcess(str(tmp_path / "data"), prometheus_port=_free_port())
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
+def metered(start_broker) -> BrokerProcess:
+    return start_broker(prometheus_port=_free_port())
 
 
 def scrape(broker: BrokerProcess, path: str = "/metrics") -> dict[tuple[str, tuple], float]:

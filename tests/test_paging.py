@@ -7,7 +7,6 @@ messages, restart and SIGKILL with a paged-out backlog.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import pytest
 
@@ -17,13 +16,8 @@ WINDOW = 50
 
 
 @pytest.fixture
-def broker(tmp_path) -> Iterator[BrokerProcess]:
-    process = BrokerProcess(str(tmp_path / "data"), env={"AMQPBROKER_QUEUE_WINDOW_MESSAGES": str(WINDOW)})
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
+def broker(start_broker) -> BrokerProcess:
+    return start_broker(env={"AMQPBROKER_QUEUE_WINDOW_MESSAGES": str(WINDOW)})
 
 
 def consume(channel, queue: str, count: int, *, prefetch: int = 20) -> list[tuple[bytes, bool]]:

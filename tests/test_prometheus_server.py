@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 
 from amqpbroker.testing import _free_port
-from tests.broker_process import PERSISTENT, BrokerProcess, channel_of
+from tests.broker_process import PERSISTENT, channel_of
 
 PROMETHEUS = shutil.which("prometheus")
 
@@ -28,9 +28,8 @@ def query(port: int, expression: str) -> list[dict]:
         return json.load(response)["data"]["result"]
 
 
-def test_prometheus_scrapes_the_queue_depth(tmp_path) -> None:
-    broker = BrokerProcess(str(tmp_path / "data"), prometheus_port=_free_port())
-    broker.start()
+def test_prometheus_scrapes_the_queue_depth(tmp_path, start_broker) -> None:
+    broker = start_broker(prometheus_port=_free_port())
     prometheus_port = _free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(f"""
@@ -67,4 +66,3 @@ scrape_configs:
     finally:
         server.terminate()
         server.wait(10)
-        broker.stop()

@@ -11,7 +11,6 @@ import pika
 import pytest
 
 from amqpbroker.testing import _free_port
-from tests.broker_process import BrokerProcess
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -20,25 +19,21 @@ pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
 
 
 @pytest.fixture
-def page_and_broker(tmp_path) -> Iterator[tuple]:
+def page_and_broker(start_broker) -> Iterator[tuple]:
     from playwright.sync_api import sync_playwright
 
-    broker = BrokerProcess(str(tmp_path / "data"), management_port=_free_port())
-    broker.start()
-    try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(
-                executable_path=CHROMIUM, headless=True,
-                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                      "--disable-component-update", "--disable-sync", "--no-first-run"])
-            try:
-                page = browser.new_page()
-                page.set_default_timeout(10_000)
-                yield page, broker
-            finally:
-                browser.close()
-    finally:
-        broker.stop()
+    broker = start_broker(management_port=_free_port())
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"])
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(10_000)
+            yield page, broker
+        finally:
+            browser.close()
 
 
 def test_the_web_ui_shows_live_figures_and_acts_on_queues_and_connections(page_and_broker) -> None:
