@@ -256,9 +256,7 @@ class _Api:
             _require_admin(user)
             body = await self._body(request)
             existed = name in vhost.queues
-            vhost.declare_queue(name, passive=False, durable=bool(body.get("durable", True)), exclusive=False,
-                                auto_delete=bool(body.get("auto_delete", False)),
-                                arguments=dict(body.get("arguments") or {}), owner=None)
+            _declare_queue(vhost, name, body)
             return Response(status_code=204 if existed else 201)
         queue = vhost.queues.get(name)
         if queue is None:
@@ -341,11 +339,7 @@ class _Api:
             _require_admin(user)
             body = await self._body(request)
             existed = name in vhost.exchanges
-            vhost.declare_exchange(name, str(body.get("type", "direct")), passive=False,
-                                   durable=bool(body.get("durable", True)),
-                                   auto_delete=bool(body.get("auto_delete", False)),
-                                   internal=bool(body.get("internal", False)),
-                                   arguments=dict(body.get("arguments") or {}))
+            _declare_exchange(vhost, name, body)
             return Response(status_code=204 if existed else 201)
         exchange = vhost.exchanges.get(name)
         if exchange is None:
@@ -459,17 +453,9 @@ class _Api:
     def _import(self, definitions: dict[str, Any]) -> None:
         """Exchanges, queues, then bindings, as RabbitMQ imports them (users and vhosts: later)."""
         for item in definitions.get("exchanges", []):
-            vhost = self._vhost_named(item.get("vhost", "/"))
-            vhost.declare_exchange(item["name"], item.get("type", "direct"), passive=False,
-                                   durable=bool(item.get("durable", True)),
-                                   auto_delete=bool(item.get("auto_delete", False)),
-                                   internal=bool(item.get("internal", False)),
-                                   arguments=dict(item.get("arguments") or {}))
+            _declare_exchange(self._vhost_named(item.get("vhost", "/")), item["name"], item)
         for item in definitions.get("queues", []):
-            vhost = self._vhost_named(item.get("vhost", "/"))
-            vhost.declare_queue(item["name"], passive=False, durable=bool(item.get("durable", True)), exclusive=False,
-                                auto_delete=bool(item.get("auto_delete", False)),
-                                arguments=dict(item.get("arguments") or {}), owner=None)
+            _declare_queue(self._vhost_named(item.get("vhost", "/")), item["name"], item)
         for item in definitions.get("bindings", []):
             vhost = self._vhost_named(item.get("vhost", "/"))
             arguments = dict(item.get("arguments") or {})
@@ -505,6 +491,21 @@ class _Api:
             return JSONResponse({"status": "failed", "reason": "the test message did not come back"}, 503)
         queue.discard(entry)
         return {"status": "ok"}
+
+
+# ------------------------------------------------------------------ declares from JSON
+
+def _declare_queue(vhost: Any, name: str, body: dict[str, Any]) -> None:
+    """A queue as a PUT body or a definitions entry describes it (durable unless it says not)."""
+    vhost.declare_queue(name, passive=False, durable=bool(body.get("durable", True)), exclusive=False,
+                        auto_delete=bool(body.get("auto_delete", False)),
+                        arguments=dict(body.get("arguments") or {}), owner=None)
+
+
+def _declare_exchange(vhost: Any, name: str, body: dict[str, Any]) -> None:
+    vhost.declare_exchange(name, str(body.get("type", "direct")), passive=False,
+                           durable=bool(body.get("durable", True)), auto_delete=bool(body.get("auto_delete", False)),
+                           internal=bool(body.get("internal", False)), arguments=dict(body.get("arguments") or {}))
 
 
 # ------------------------------------------------------------------ shapes of answers
