@@ -7,9 +7,12 @@ The broker raises them anywhere in the protocol or domain code; exactly one plac
 
 from __future__ import annotations
 
+import logging
+import traceback
+
 __all__ = [
     "AMQPError", "ChannelError", "ConnectionError", "ReplyCode",
-    "not_found", "precondition_failed", "access_refused", "resource_locked",
+    "cut_to_bytes", "log_internal_error", "not_found", "precondition_failed", "access_refused", "resource_locked",
 ]
 
 
@@ -52,7 +55,7 @@ class AMQPError(Exception):
     def __init__(self, reply_code: int, text: str, class_id: int = 0, method_id: int = 0) -> None:
         name = ReplyCode.NAMES.get(reply_code, "ERROR")
         self.reply_code = reply_code
-        self.reply_text = f"{name} - {text}"[:255]
+        self.reply_text = cut_to_bytes(f"{name} - {text}", 255)
         self.class_id = class_id
         self.method_id = method_id
         super().__init__(self.reply_text)
@@ -72,6 +75,11 @@ class ConnectionError(AMQPError):  # noqa: A001 - the AMQP name; never the built
     """A hard error: the whole connection is closed."""
 
 
+def cut_to_bytes(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` bytes of UTF-8 (a shortstr), never inside a character."""
+    return text.encode("utf-8", "replace")[:limit].decode("utf-8", "ignore")
+
+
 def not_found(what: str) -> ChannelError:
     return ChannelError(ReplyCode.NOT_FOUND, what)
 
@@ -86,3 +94,15 @@ def access_refused(what: str) -> ChannelError:
 
 def resource_locked(what: str) -> ChannelError:
     return ChannelError(ReplyCode.RESOURCE_LOCKED, what)
+
+
+_TRACEBACK_LINES = 12  # of an internal error's traceback in the log: enough to find it, never 200 KB
+
+
+def log_internal_error(logger: logging.Logger, where: str, exc: BaseException) -> None:
+    """Log an unexpected exception (a bug of ours, or input we failed to refuse) in a bounded
+    size: the last frames of its traceback and a message cut to 500 characters, so hostile input
+    (a table nested thousands deep) cannot grow the log by megabytes."""
+    frames = traceback.format_tb(exc.__traceback__, limit=-_TRACEBACK_LINES)
+    message = cut_to_bytes(f"{type(exc).__name__}: {exc}", 500)
+    logger.error("internal error in %s: %s\n%s", where, message, "".join(frames).rstrip())

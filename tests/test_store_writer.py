@@ -11,7 +11,7 @@ from pamqp.commands import Basic
 from amqpbroker.broker.broker import Broker
 from amqpbroker.store.base import StoreError
 from amqpbroker.store.rocks import RocksStore
-from amqpbroker.store.writer import StoreWriter
+from amqpbroker.server.persistence import StoreWriter
 from tests.helpers import FakeClient
 
 PERSISTENT = commands.Basic.Properties(delivery_mode=2)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from amqpbroker.broker.auth import UserDatabase
+from amqpbroker.errors import log_internal_error
 from amqpbroker.broker.journal import Journal
 from amqpbroker.broker.queue import Queue
 from amqpbroker.broker.queueing import RATE_SAMPLES, SAMPLE_SECONDS
@@ -115,9 +116,9 @@ class Broker:
     def tick(self, now: float) -> None:
         """Timed work (TTLs, queue expiry, delayed messages, queueing samples), then what it
         changed goes out."""
-        for vhost in self.vhosts.values():
+        for vhost in list(self.vhosts.values()):
             if vhost.timed or vhost.delayed:
-                vhost.tick(now)
+                vhost.tick(now)  # guards each queue itself
         if now - self._sampled_at >= SAMPLE_SECONDS:
             self._sampled_at = now
             self.total_samples.append((now, self.totals.including(self.sessions)))
@@ -132,7 +133,11 @@ class Broker:
         store writer, then send each session's confirms and wake it."""
         dirty = self._dirty
         while dirty:
-            dirty.pop().dispatch()
+            queue = dirty.pop()
+            try:
+                queue.dispatch()
+            except Exception as exc:  # one queue's fault: logged, the queue and the broker go on
+                log_internal_error(log, f"dispatch of queue '{queue.name}' in vhost '{queue.vhost}'", exc)
         journal = self.journal
         if journal.ops or journal.waiters or journal.pages or journal.page_requests:
             journal.on_pending()

@@ -2,7 +2,7 @@
 
 The broker's domain stays sans-IO: instead of writing to disk, it appends operations here and
 registers publisher confirms that must wait until those operations are synced. The store writer
-(``amqpbroker/store/writer.py``) takes both once per batch of input, writes the operations
+(``amqpbroker/server/persistence.py``) takes both once per batch of input, writes the operations
 unsynced, syncs in a worker thread, and then releases the confirms.
 
 It also carries queue paging: a queue whose ready messages pass the window (``window_messages``,

@@ -10,10 +10,11 @@ connection machine alone turns them into close frames.
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from pamqp import commands
@@ -26,7 +27,7 @@ from amqpbroker.broker.queue import Queue
 from amqpbroker.codec.methods import Ack, Publish, encode_method, method_frame
 from amqpbroker.codec.writer import append_content, return_payload
 from amqpbroker.errors import (
-    ConnectionError, ReplyCode, access_refused, not_found, precondition_failed,
+    ConnectionError, ReplyCode, access_refused, log_internal_error, not_found, precondition_failed,
 )
 from amqpbroker.protocol.connection import Connection
 
@@ -53,6 +54,16 @@ def message_ttl(expiration: str | None) -> float | None:
     if not expiration.isdigit() or int(expiration) > MAX_EXPIRY:
         raise precondition_failed(f"invalid expiration '{expiration}': {{error,invalid_expiration}}")
     return int(expiration) / 1000
+
+
+@contextlib.contextmanager
+def _released(what: str) -> Iterator[None]:
+    """Release one thing a closing channel or connection held; a failure is logged and the
+    release of the rest goes on."""
+    try:
+        yield
+    except Exception as exc:
+        log_internal_error(log, f"releasing {what}", exc)
 
 
 def _consumer_tag() -> str:
@@ -107,24 +118,36 @@ class Session:
         self.broker.totals.channels_opened += 1
 
     def channel_closed(self, number: int) -> None:
+        """Release what the channel held: its consumers are cancelled and its unacked deliveries
+        requeued. Each step runs even if one before it failed (a bug of ours must not leave
+        consumers on their queues or deliveries stuck unacked for ever)."""
         channel = self.channels.pop(number, None)
         if channel is None:
             return
-        for consumer in list(channel.consumers.values()):
-            self._remove_consumer(channel, consumer)
-        channel.requeue_all()
-        self.broker.totals.add_closed_channel(channel)
-        if channel in self.confirming:
-            self.confirming.remove(channel)
+        try:
+            for consumer in list(channel.consumers.values()):
+                with _released(f"consumer {consumer.tag!r}"):
+                    self._remove_consumer(channel, consumer)
+            with _released(f"channel {number}'s unacked deliveries"):
+                channel.requeue_all()
+        finally:
+            self.broker.totals.add_closed_channel(channel)
+            if channel in self.confirming:
+                self.confirming.remove(channel)
 
     def connection_closed(self) -> None:
-        for number in list(self.channels):
-            self.channel_closed(number)
-        for queue in self.exclusive_queues:
-            if not queue.deleted and self.vhost is not None:
-                self.vhost.delete_queue(queue.name, if_unused=False, if_empty=False, owner=self)
-        self.exclusive_queues.clear()
-        self.broker.sessions.discard(self)
+        """Release everything: channels, then exclusive queues, then the session itself."""
+        try:
+            for number in list(self.channels):
+                with _released(f"channel {number}"):
+                    self.channel_closed(number)
+            for queue in self.exclusive_queues:
+                if not queue.deleted and self.vhost is not None:
+                    with _released(f"exclusive queue {queue.name!r}"):
+                        self.vhost.delete_queue(queue.name, if_unused=False, if_empty=False, owner=self)
+            self.exclusive_queues.clear()
+        finally:
+            self.broker.sessions.discard(self)
 
     def on_method(self, number: int, method: Any) -> None:
         handler = _HANDLERS.get(type(method))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import heapq
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -27,13 +28,17 @@ from amqpbroker.broker.exchanges.delayed import DelayedExchange, delayed_type
 from amqpbroker.broker.journal import Journal
 from amqpbroker.broker.message import Message
 from amqpbroker.broker.queue import Queue
+from amqpbroker.codec.methods import shortstr
 from amqpbroker.errors import (
-    ConnectionError, ReplyCode, access_refused, not_found, precondition_failed, resource_locked,
+    ConnectionError, ReplyCode, access_refused, cut_to_bytes, log_internal_error, not_found,
+    precondition_failed, resource_locked,
 )
 
 __all__ = ["VirtualHost", "PREDECLARED_EXCHANGES", "REPLY_TO"]
 
 REPLY_TO = "amq.rabbitmq.reply-to"  # the pseudo-queue of direct reply-to
+
+log = logging.getLogger("amqpbroker.vhost")
 
 DEFAULT_EXCHANGE = ""
 PREDECLARED_EXCHANGES = (
@@ -89,6 +94,7 @@ class VirtualHost:
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue] = {}
         self.exchange_bindings = 0  # exchange-to-exchange bindings; routing is simpler without
+        self.dead_letter_failures = 0  # messages dead-lettered without x-death, or dropped, by a fault
         self._mark_dirty = mark_dirty
         self._on_queue_deleted = on_queue_deleted
         for exchange_name, type_name, internal in PREDECLARED_EXCHANGES:
@@ -427,18 +433,39 @@ class VirtualHost:
             return
         now = self.clock()
         for message in messages:
-            copy = dead_lettered(message, queue.name, reason, options.dead_letter_routing_key,
-                                 exchange.name, now)
-            for target in self.route(exchange, copy.routing_key, copy):
-                if not is_cycle(copy, target.name):
-                    target.enqueue(copy)
+            try:
+                copy = dead_lettered(message, queue.name, reason, options.dead_letter_routing_key,
+                                     exchange.name, now)
+            except Exception as exc:  # headers we cannot re-encode: quarantined, never lost
+                copy = self._quarantined(message, queue, exc, options.dead_letter_routing_key, exchange.name)
+            try:
+                for target in self.route(exchange, copy.routing_key, copy):
+                    if not is_cycle(copy, target.name):
+                        target.enqueue(copy)
+            except Exception as exc:
+                self.dead_letter_failures += 1
+                log_internal_error(log, f"dead-lettering from queue '{queue.name}' in vhost '{self.name}' "
+                                        f"(message dropped)", exc)
+
+    def _quarantined(self, message: Message, queue: Queue, exc: Exception, routing_key: str | None,
+                     exchange: str) -> Message:
+        """The dead-lettered copy of a message whose properties cannot be re-encoded: its
+        content header as published (validated when it arrived), without ``x-death``."""
+        self.dead_letter_failures += 1
+        log.warning("queue '%s' in vhost '%s': dead-lettering a message without x-death (its "
+                    "headers cannot be re-encoded: %s)", queue.name, self.name, cut_to_bytes(repr(exc), 200))
+        key = message.routing_key if routing_key is None else routing_key
+        return Message(exchange, key, shortstr(exchange) + shortstr(key), message.header, message.body)
 
     def tick(self, now: float) -> None:
         """Expire messages in queues with TTLs, delete queues unused past ``x-expires``, and route
         delayed messages that are due."""
         for queue in list(self.timed):
-            if queue.tick(now) and not queue.deleted:
-                self.apply(ops.DeleteQueue(queue.name))
+            try:
+                if queue.tick(now) and not queue.deleted:
+                    self.apply(ops.DeleteQueue(queue.name))
+            except Exception as exc:  # one queue's fault: logged, the others and the timer go on
+                log_internal_error(log, f"timed work of queue '{queue.name}' in vhost '{self.name}'", exc)
         delayed = self.delayed
         while delayed and delayed[0][0] <= now:
             _, delay_id, exchange_name, message = heapq.heappop(delayed)
@@ -447,8 +474,11 @@ class VirtualHost:
             exchange = self.exchanges.get(exchange_name)
             if exchange is None:
                 continue  # deleted meanwhile: the message goes with it
-            for queue in self.route(exchange, message.routing_key, message):
-                queue.enqueue(message)
+            try:
+                for queue in self.route(exchange, message.routing_key, message):
+                    queue.enqueue(message)
+            except Exception as exc:
+                log_internal_error(log, f"routing a delayed message through '{exchange_name}'", exc)
 
     # ------------------------------------------------------------ delayed messages
 

@@ -7,13 +7,17 @@ dead-lettering) call :func:`decode_properties` once and cache the result on the 
 
 from __future__ import annotations
 
+import datetime
 import struct
+from typing import Any
 
-from pamqp import commands, header as pamqp_header
+from pamqp import commands
 
+from amqpbroker.codec.tables import TableError, Timestamp, check_table, decode_table, encode_table
 from amqpbroker.errors import ConnectionError, ReplyCode
 
-__all__ = ["parse_content_header", "decode_properties", "encode_content_header", "delivery_mode",
+__all__ = ["parse_content_header", "check_properties", "decode_properties", "encode_content_header",
+           "delivery_mode",
            "priority", "BASIC_CLASS_ID"]
 
 BASIC_CLASS_ID = 60
@@ -28,16 +32,104 @@ def parse_content_header(payload: bytes) -> tuple[int, int]:
     return class_id, body_size
 
 
+# Basic's properties in wire order: (attribute of pamqp's Basic.Properties, flag bit, kind)
+_PROPERTIES = (
+    ("content_type", 0x8000, "s"), ("content_encoding", 0x4000, "s"), ("headers", 0x2000, "F"),
+    ("delivery_mode", 0x1000, "o"), ("priority", 0x0800, "o"), ("correlation_id", 0x0400, "s"),
+    ("reply_to", 0x0200, "s"), ("expiration", 0x0100, "s"), ("message_id", 0x0080, "s"),
+    ("timestamp", 0x0040, "T"), ("message_type", 0x0020, "s"), ("user_id", 0x0010, "s"),
+    ("app_id", 0x0008, "s"), ("cluster_id", 0x0004, "s"),
+)
+_KNOWN_FLAGS = 0xFFFC
+_TIMESTAMP = struct.Struct(">Q")
+
+
+def check_properties(payload: bytes) -> None:
+    """Walk a content header's property list once, when it arrives: every field its flags
+    promise must be there and well formed (``headers`` type tags, lengths, nesting). Raises
+    :class:`~amqpbroker.errors.ConnectionError` 541 for anything else, as RabbitMQ refuses such a
+    publish (it closes the connection and stores nothing)."""
+    flags = (payload[12] << 8) | payload[13]
+    if not flags & 0xFFFE:
+        return
+    try:
+        if flags & ~_KNOWN_FLAGS:
+            raise TableError(f"unknown property flags 0x{flags & ~_KNOWN_FLAGS:04x}")
+        offset = 14
+        for _name, flag, kind in _PROPERTIES:
+            if not flags & flag:
+                continue
+            if kind == "s":
+                offset += 1 + payload[offset]
+            elif kind == "o":
+                offset += 1
+            elif kind == "T":
+                offset += 8
+            else:
+                offset = check_table(payload, offset)
+            if offset > len(payload):
+                raise TableError("property list ends before its flags say")
+    except (IndexError, TableError) as exc:
+        raise ConnectionError(ReplyCode.INTERNAL_ERROR, f"malformed content header properties: "
+                              f"{exc if isinstance(exc, TableError) else 'too short'}", 60, 40) from None
+
+
 def decode_properties(header_payload: bytes) -> commands.Basic.Properties:
-    """The message properties from a whole content header payload (pamqp decodes them)."""
-    content_header = pamqp_header.ContentHeader()
-    content_header.unmarshal(header_payload)
-    return content_header.properties
+    """The message properties from a whole content header payload checked by
+    :func:`check_properties` (strings that are not UTF-8 keep their bytes as surrogate escapes,
+    so :func:`encode_content_header` gives them back unchanged)."""
+    flags = (header_payload[12] << 8) | header_payload[13]
+    values: dict[str, Any] = {}
+    offset = 14
+    for name, flag, kind in _PROPERTIES:
+        if not flags & flag:
+            continue
+        if kind == "s":
+            end = offset + 1 + header_payload[offset]
+            values[name] = header_payload[offset + 1:end].decode("utf-8", "surrogateescape")
+            offset = end
+        elif kind == "o":
+            values[name] = header_payload[offset]
+            offset += 1
+        elif kind == "T":
+            seconds = _TIMESTAMP.unpack_from(header_payload, offset)[0]
+            try:
+                values[name] = datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc)
+            except (OverflowError, OSError, ValueError):
+                values[name] = Timestamp(seconds)
+            offset += 8
+        else:
+            values[name], offset = decode_table(header_payload, offset)
+    properties = commands.Basic.Properties()
+    for name, _flag, _kind in _PROPERTIES:
+        setattr(properties, name, values.get(name))
+    return properties
 
 
 def encode_content_header(body_size: int, properties: commands.Basic.Properties | None = None) -> bytes:
-    """A content header payload for content the broker makes itself."""
-    return pamqp_header.ContentHeader(0, body_size, properties).marshal()
+    """A content header payload for content the broker makes itself or changed (dead-lettering,
+    direct reply-to): any value :func:`decode_properties` produced encodes back; a value that
+    cannot go in a header raises :class:`TableError`."""
+    flags = 0
+    parts = []
+    for name, flag, kind in _PROPERTIES:
+        value = getattr(properties, name, None) if properties is not None else None
+        if value is None:
+            continue
+        flags |= flag
+        if kind == "s":
+            data = value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogateescape")
+            if len(data) > 255:
+                raise TableError(f"property {name} longer than 255 bytes")
+            parts.append(bytes((len(data),)) + data)
+        elif kind == "o":
+            parts.append(bytes((int(value) & 0xFF,)))
+        elif kind == "T":
+            seconds = value if isinstance(value, int) else int(value.timestamp())
+            parts.append(_TIMESTAMP.pack(seconds & 0xFFFFFFFFFFFFFFFF))
+        else:
+            parts.append(encode_table(value))
+    return _HEADER_HEAD.pack(BASIC_CLASS_ID, 0, body_size) + struct.pack(">H", flags) + b"".join(parts)
 
 
 _CONTENT_TYPE, _CONTENT_ENCODING, _HEADERS, _DELIVERY_MODE, _PRIORITY = 0x8000, 0x4000, 0x2000, 0x1000, 0x0800

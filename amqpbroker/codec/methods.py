@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import struct
 
-from pamqp import commands, exceptions as pamqp_exceptions, frame as pamqp_frame
+import re
+
+from pamqp import commands, constants as pamqp_constants, exceptions as pamqp_exceptions, frame as pamqp_frame
 from pamqp.base import Frame as PamqpMethod
 
 from amqpbroker.codec.frames import FRAME_END_BYTE, FRAME_HEAD, FRAME_METHOD
@@ -20,6 +22,12 @@ __all__ = [
     "Publish", "Ack", "decode_method", "encode_method", "method_ids",
     "PUBLISH_ID", "ACK_ID", "shortstr",
 ]
+
+# pamqp checks exchange and queue names against a narrow ASCII pattern whenever it builds or
+# marshals a method; RabbitMQ takes any UTF-8 name (at most 255 bytes, which the shortstr
+# encoding enforces), so a queue named "€" or "a(b)" must get its declare-ok, not a 541.
+for _domain in ("exchange-name", "queue-name"):
+    pamqp_constants.DOMAIN_REGEX[_domain] = re.compile(r".*", re.DOTALL)
 
 _CLASS_METHOD = struct.Struct(">HH")
 _ACK_BODY = struct.Struct(">QB")

@@ -8,9 +8,9 @@ header or body frame when no content is expected, or a body larger than its head
 
 from __future__ import annotations
 
-from amqpbroker.codec.content import BASIC_CLASS_ID, parse_content_header
+from amqpbroker.codec.content import BASIC_CLASS_ID, check_properties, parse_content_header
 from amqpbroker.codec.methods import PUBLISH_ID, Publish
-from amqpbroker.errors import ChannelError, ConnectionError, ReplyCode
+from amqpbroker.errors import AMQPError, ChannelError, ConnectionError, ReplyCode
 
 __all__ = ["ChannelMachine", "MAX_MESSAGE_SIZE"]
 
@@ -73,6 +73,11 @@ class ChannelMachine:
             raise ChannelError(ReplyCode.PRECONDITION_FAILED,
                                f"message size {body_size} is larger than configured max size "
                                f"{MAX_MESSAGE_SIZE}", 60, 40)
+        try:
+            check_properties(payload)
+        except AMQPError:
+            self._publish = None
+            raise
         if body_size == 0:
             publish, self._publish = self._publish, None
             return publish, payload, b""

@@ -36,7 +36,7 @@ from amqpbroker.codec.frames import (
     PROTOCOL_HEADER, FrameReader,
 )
 from amqpbroker.codec.methods import PUBLISH_ID, Publish, decode_method, encode_method, method_ids
-from amqpbroker.errors import AMQPError, ChannelError, ConnectionError, ReplyCode
+from amqpbroker.errors import AMQPError, ChannelError, ConnectionError, ReplyCode, log_internal_error
 from amqpbroker.protocol.channel import ChannelMachine
 
 __all__ = ["Connection", "ConnectionHandler", "State", "AuthenticationFailed", "SERVER_CAPABILITIES"]
@@ -208,8 +208,7 @@ class Connection:
                 else:
                     self._connection_error(exc)
             except Exception as exc:  # a bug of ours: this connection goes, the broker stays
-                log.exception("internal error on channel %d", number)
-                self._connection_error(ConnectionError(ReplyCode.INTERNAL_ERROR, f"internal error: {exc!r}"))
+                self._internal_error(f"channel {number}", exc)
 
     def _channel_method(self, channel: ChannelMachine, method: Any) -> None:
         if isinstance(method, commands.Channel.Close):
@@ -332,6 +331,8 @@ class Connection:
                 self._on_open(method)
         except AMQPError as exc:  # every error before OPEN closes the connection
             self._connection_error(exc)
+        except Exception as exc:
+            self._internal_error("the handshake", exc)
 
     def _on_start_ok(self, start_ok: commands.Connection.StartOk) -> None:
         self.client_properties = start_ok.client_properties or {}
@@ -394,6 +395,13 @@ class Connection:
         self.out.append(encode_method(channel.number, commands.Channel.Close(
             reply_code=exc.reply_code, reply_text=exc.reply_text,
             class_id=exc.class_id, method_id=exc.method_id)))
+
+    def _internal_error(self, where: str, exc: Exception) -> None:
+        """An unexpected exception while handling this connection's input: logged (bounded),
+        and the connection closed with 541 INTERNAL_ERROR; nothing else is affected."""
+        log_internal_error(log, f"{where} of a connection (user {self.user!r})", exc)
+        self._connection_error(ConnectionError(ReplyCode.INTERNAL_ERROR,
+                                               f"internal error ({type(exc).__name__})"))
 
     def _connection_error(self, exc: AMQPError) -> None:
         if self.state in (State.CLOSING, State.CLOSED):

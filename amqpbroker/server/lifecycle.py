@@ -15,7 +15,7 @@ from anyio.abc import TaskStatus
 from amqpbroker.broker.broker import Broker, Limits
 from amqpbroker.broker.recovery import restore
 from amqpbroker.config import Config
-from amqpbroker.errors import ReplyCode
+from amqpbroker.errors import ReplyCode, log_internal_error
 from amqpbroker.http.management import management_app
 from amqpbroker.http.prometheus import prometheus_app
 from amqpbroker.http.views import NODE
@@ -24,7 +24,7 @@ from amqpbroker.server.listener import listen
 from amqpbroker.server.memory import resident_bytes, watermark_bytes
 from amqpbroker.store.base import StoreError
 from amqpbroker.store.rocks import RocksStore
-from amqpbroker.store.writer import StoreWriter
+from amqpbroker.server.persistence import StoreWriter
 
 __all__ = ["serve", "run"]
 
@@ -123,11 +123,14 @@ async def _tick(broker: Broker, watermark: int | None) -> None:
     """Timed work, and the memory alarm (publishers blocked above the watermark)."""
     while True:
         await anyio.sleep(TICK_SECONDS)
-        if watermark is not None:
-            resident = resident_bytes()
-            if resident is not None:
-                broker.set_memory_alarm(resident > watermark)
-        broker.tick(time.time())
+        try:
+            if watermark is not None:
+                resident = resident_bytes()
+                if resident is not None:
+                    broker.set_memory_alarm(resident > watermark)
+            broker.tick(time.time())
+        except Exception as exc:  # a bug in timed work must not end the broker; the timer goes on
+            log_internal_error(log, "the broker's timer", exc)
 
 
 def run(config: Config) -> int:

@@ -19,6 +19,7 @@ from amqpbroker.broker.auth import is_loopback_address
 from amqpbroker.broker.broker import Broker
 from amqpbroker.broker.session import Session
 from amqpbroker.codec.frames import HEARTBEAT_FRAME
+from amqpbroker.errors import ReplyCode, log_internal_error
 from amqpbroker.protocol.connection import State
 
 __all__ = ["serve_connection", "HANDSHAKE_TIMEOUT", "CLOSE_TIMEOUT"]
@@ -57,12 +58,14 @@ class _Transport:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except (OSError, anyio.TypedAttributeLookupError):
             pass
-        async with anyio.create_task_group() as group:
-            group.start_soon(self._write_loop, group.cancel_scope)
-            group.start_soon(self._timer_loop, group.cancel_scope)
-            await self._read_loop()
-            group.cancel_scope.cancel()
-        self._lost()
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._write_loop, group.cancel_scope)
+                group.start_soon(self._timer_loop, group.cancel_scope)
+                await self._read_loop()
+                group.cancel_scope.cancel()
+        finally:
+            self._lost()
 
     async def _read_loop(self) -> None:
         connection = self.connection
@@ -77,8 +80,15 @@ class _Transport:
             if broker.memory_alarm and session.published:
                 await self._blocked()  # what it sent waits, unprocessed, until the alarm clears
             self.last_read = time.monotonic()
-            connection.receive_data(data)
-            session.end_of_batch()
+            try:
+                connection.receive_data(data)
+                session.end_of_batch()
+            except Exception as exc:  # a bug of ours for this connection: it goes, the broker stays
+                log_internal_error(log, f"connection {self.peer}", exc)
+                connection.close(ReplyCode.INTERNAL_ERROR, "internal error")
+                if not connection.closed:
+                    await self._flush_and_wait()  # the close frame goes out before the socket
+                return
             if connection.out:
                 self.wake()
             if connection.closed:
@@ -159,9 +169,15 @@ class _Transport:
                 self.wake()
 
     def _lost(self) -> None:
-        if not self.connection.closed:
-            self.connection.lost()
-        self.broker.run_pending()
+        """Release everything the connection held (consumers, unacked, exclusive queues), always."""
+        try:
+            if not self.connection.closed:
+                self.connection.lost()
+        except Exception as exc:
+            log_internal_error(log, f"releasing connection {self.peer}", exc)
+            self.broker.sessions.discard(self.session)
+        finally:
+            self.broker.run_pending()
         log.info("connection closed: %s (user %r)", self.peer, self.connection.user)
 
 
@@ -171,8 +187,8 @@ async def serve_connection(stream: SocketStream, broker: Broker) -> None:
     log.info("accepting AMQP connection %s", transport.peer)
     try:
         await transport.run()
-    except Exception:  # never let one connection take the listener down
-        log.exception("connection %s failed", transport.peer)
+    except Exception as exc:  # never let one connection take the listener down
+        log_internal_error(log, f"connection {transport.peer}", exc)
     finally:
         with anyio.CancelScope(shield=True):
             await stream.aclose()

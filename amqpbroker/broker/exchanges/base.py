@@ -63,7 +63,8 @@ class Exchange:
         self.arguments = dict(arguments or {})
         alternate = self.arguments.get("alternate-exchange")
         # where messages that match no binding go instead (RabbitMQ's alternate exchange)
-        self.alternate: str | None = (alternate.decode() if isinstance(alternate, bytes) else alternate) or None
+        # (a longstr only, as RabbitMQ: any other type, or bytes that are not UTF-8, means none)
+        self.alternate: str | None = alternate or None if isinstance(alternate, str) else None
         self.bindings: dict[tuple, Binding] = {}
         self._cache: dict[str, tuple] = {}
 
