@@ -205,6 +205,22 @@ def test_py_amqp(amqp_url: str, unique: str, cleanup: Cleanup, pika_check: Any) 
     assert queue_is_empty(pika_check, queue)
 
 
+def test_py_amqp_queue_delete_of_a_queue_it_consumes(amqp_url: str, unique: str, cleanup: Cleanup) -> None:
+    """queue.delete-ok comes before the basic.cancel it causes on the same channel (py-amqp
+    raised ConsumerCancelled from inside queue_delete() when the cancel came first)."""
+    queue = cleanup.queue(f"{unique}-consumed-then-deleted")
+    conn = amqp_connect(amqp_url)
+    try:
+        ch = conn.channel()
+        ch.queue_declare(queue, auto_delete=False)
+        ch.basic_consume(queue, callback=lambda message: None)
+        assert ch.queue_delete(queue) == 0  # the delete-ok's message count, no ConsumerCancelled
+        with pytest.raises(amqp.exceptions.ConsumerCancelled):  # the cancel comes after it
+            conn.drain_events(timeout=2)
+    finally:
+        conn.close()
+
+
 # --------------------------------------------------------------------------- kombu
 
 

@@ -236,3 +236,14 @@ def test_content_header_helpers_match_pamqp_for_plain_properties() -> None:
     for name in ("content_type", "delivery_mode", "priority", "headers", "message_id", "user_id",
                  "app_id", "reply_to", "expiration"):
         assert getattr(decoded, name) == getattr(properties, name), name
+
+
+def test_queue_delete_ok_comes_before_the_cancel_of_the_deleting_channels_own_consumer() -> None:
+    """py-amqp raises ConsumerCancelled from inside queue_delete() when the cancel comes first
+    (kombu's test_ack_from_another_thread); RabbitMQ sends delete-ok first."""
+    client = FakeClient()
+    client.open_channel()
+    client.declare_queue("q")
+    client.consume("q", "mine")
+    client.send(commands.Queue.Delete(queue="q"))
+    assert [type(frame) for _, frame in client.methods()] == [commands.Queue.DeleteOk, commands.Basic.Cancel]

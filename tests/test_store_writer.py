@@ -4,8 +4,9 @@ transport's batches do)."""
 
 from __future__ import annotations
 
+import anyio
 import pytest
-from pamqp import commands
+from pamqp import commands, frame as pamqp_frame
 from pamqp.commands import Basic
 
 from amqpbroker.broker.broker import Broker
@@ -21,6 +22,15 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+async def _get(client: FakeClient, queue: str) -> list:
+    """basic.get (autoack), waiting for the answer while the page reader works."""
+    client.send(commands.Basic.Get(queue=queue, no_ack=True))
+    with anyio.fail_after(5):
+        while not client.session.out:
+            await anyio.sleep(0.005)
+    return client.received()
 
 
 class FullDisk:
@@ -48,7 +58,7 @@ async def test_a_failed_write_nacks_persistent_publishes_and_transient_traffic_g
     client.publish(1, "", "orders", b"first", PERSISTENT)
     (nack,) = client.expect(Basic.Nack)
     assert nack.delivery_tag == 1
-    assert "the store failed" in caplog.text
+    assert "store alarm" in caplog.text and broker.store_alarm
     client.publish(1, "", "orders", b"second", PERSISTENT)
     (nack,) = client.expect(Basic.Nack)
     assert nack.delivery_tag == 2
@@ -64,7 +74,7 @@ async def test_a_queue_past_its_window_pages_out_and_basic_get_reads_it_back_in_
     store = RocksStore(str(tmp_path / "db"))
     try:
         broker.journal.enabled = True
-        StoreWriter(store, broker)
+        writer = StoreWriter(store, broker)
         client = FakeClient(broker)
         client.open_channel()
         client.declare_queue("backlog")
@@ -73,10 +83,11 @@ async def test_a_queue_past_its_window_pages_out_and_basic_get_reads_it_back_in_
         queue = broker.vhosts["/"].queues["backlog"]
         assert (len(queue.ready), queue.paged, queue.message_count) == (10, 90, 100)
         got = []
-        for _ in range(100):
-            client.send(commands.Basic.Get(queue="backlog", no_ack=True))
-            frames = client.received()
-            got.append(frames[-1][1].value)
+        async with anyio.create_task_group() as group:
+            group.start_soon(writer.run_pages)
+            for _ in range(100):
+                got.append((await _get(client, "backlog"))[-1][1].value)
+            group.cancel_scope.cancel()
         assert got == [f"m{index}".encode() for index in range(100)]
         assert queue.message_count == 0
         client.send(commands.Basic.Get(queue="backlog", no_ack=True))
@@ -124,11 +135,15 @@ async def test_a_persistent_message_consumed_before_it_was_written_is_confirmed_
     assert (ack.delivery_tag, ack.multiple) == (1, False)
 
 
-async def test_only_basic_get_reads_a_page_on_the_spot_never_the_timer(tmp_path):
-    """A TTL queue's timer looks at the in-memory head only; the paged-out part comes back
-    through the page reader, not through a RocksDB read on the loop every tick."""
+async def test_basic_get_on_a_paged_queue_waits_for_the_page_reader_never_reads_on_the_loop(tmp_path):
+    """The timer and basic.get look at the in-memory head only; the paged-out part comes back
+    through the page reader (a worker thread). A get whose answer needs it is deferred, and what
+    the client sent after it waits, in order."""
     broker = Broker(paging_window=(10, 0))
     store = RocksStore(str(tmp_path / "db"))
+    reads = []
+    read_page = store.read_page
+    store.read_page = lambda *args: (reads.append(args), read_page(*args))[1]
     try:
         broker.journal.enabled = True
         writer = StoreWriter(store, broker)
@@ -138,14 +153,177 @@ async def test_only_basic_get_reads_a_page_on_the_spot_never_the_timer(tmp_path)
         for index in range(30):
             client.publish(1, "", "timed", f"m{index}".encode())
         queue = broker.vhosts["/"].queues["timed"]
-        reads = []
-        broker.journal.read_page_now = lambda q: (reads.append(q.name), writer.read_page_now(q))
         while queue.ready:
             queue.get()
-        assert (queue.paged, reads) == (20, [])
         broker.tick(queue.host.clock())
-        assert reads == []  # the timer did not read
-        entry = queue.get()
-        assert reads == ["timed"] and entry[1].body == b"m10"
+        assert queue.paged == 20 and reads == []  # neither the timer nor get read on the loop
+        client.send_many((commands.Basic.Get(queue="timed", no_ack=True), 1),
+                         (commands.Queue.Declare(queue="timed", passive=True), 1))
+        assert client.methods() == [] and reads == []  # deferred, and the declare waits behind it
+        async with anyio.create_task_group() as group:
+            group.start_soon(writer.run_pages)
+            with anyio.fail_after(5):
+                while not client.session.out:
+                    await anyio.sleep(0.01)
+            group.cancel_scope.cancel()
+        frames = client.methods()
+        assert [type(frame) for _, frame in frames] == [Basic.GetOk, commands.Queue.DeclareOk]
+        assert len(reads) == 1
     finally:
         store.close()
+
+
+class FlakyStore:
+    """A real RocksDB store whose writes, syncs, page writes or page reads fail while told to."""
+
+    def __init__(self, path: str) -> None:
+        self.real = RocksStore(path)
+        self.failing: set[str] = set()
+
+    def _maybe_fail(self, what: str) -> None:
+        if what in self.failing:
+            raise StoreError(f"{what}: No space left on device")
+
+    def write(self, ops):
+        self._maybe_fail("write")
+        self.real.write(ops)
+
+    def write_pages(self, pages):
+        self._maybe_fail("write_pages")
+        self.real.write_pages(pages)
+
+    def sync(self):
+        self._maybe_fail("sync")
+        self.real.sync()
+
+    def read_page(self, *args):
+        self._maybe_fail("read_page")
+        return self.real.read_page(*args)
+
+
+def _recovered(path) -> Broker:
+    from amqpbroker.broker.recovery import restore
+    broker = Broker()
+    store = RocksStore(path)
+    try:
+        restore(broker, store)
+    finally:
+        store.close()
+    return broker
+
+
+async def test_the_store_alarm_blocks_publishers_and_clears_itself_keeping_every_operation(tmp_path, monkeypatch):
+    import amqpbroker.server.persistence as persistence
+    monkeypatch.setattr(persistence, "RETRY_SECONDS", 0.01)
+    path = str(tmp_path / "db")
+    store = FlakyStore(path)
+    broker = Broker()
+    broker.journal.enabled = True
+    writer = StoreWriter(store, broker)
+    client = FakeClient(broker, capabilities={"connection.blocked": True, "publisher_confirms": True})
+    client.open_channel()
+    client.send(commands.Confirm.Select(), 1)
+    client.expect(commands.Confirm.SelectOk)
+    store.failing = {"write", "sync"}
+    client.declare_queue("kept", durable=True)  # its definition is in the failed batch
+    client.publish(1, "", "kept", b"m1", PERSISTENT)
+    frames = [type(frame) for _, frame in client.methods()]
+    assert frames == [commands.Connection.Blocked, Basic.Nack]
+    assert broker.store_alarm and writer.failure
+    async with anyio.create_task_group() as group:
+        group.start_soon(writer.run)
+        group.start_soon(writer.run_retries)
+        await anyio.sleep(0.05)
+        assert broker.store_alarm  # still failing: still on
+        store.failing = set()
+        with anyio.fail_after(5):
+            while broker.store_alarm:
+                await anyio.sleep(0.01)
+        group.cancel_scope.cancel()
+    assert [type(frame) for _, frame in client.methods()] == [commands.Connection.Unblocked]
+    client.publish(1, "", "kept", b"m2", PERSISTENT)
+    await writer.drain()
+    assert [type(frame) for _, frame in client.methods()] == [Basic.Ack]
+    store.real.close()
+    queue = _recovered(path).vhosts["/"].queues["kept"]  # the failed batch was written after all
+    assert [entry[1].body for entry in queue.ready] == [b"m1", b"m2"]
+
+
+async def test_failed_page_writes_and_reads_never_drop_a_message(tmp_path, monkeypatch):
+    import amqpbroker.server.persistence as persistence
+    monkeypatch.setattr(persistence, "RETRY_SECONDS", 0.01)
+    store = FlakyStore(str(tmp_path / "db"))
+    broker = Broker(paging_window=(10, 0))
+    broker.journal.enabled = True
+    writer = StoreWriter(store, broker)
+    client = FakeClient(broker)
+    client.open_channel()
+    client.declare_queue("backlog")
+    store.failing = {"write_pages"}
+    for index in range(100):
+        client.publish(1, "", "backlog", f"m{index}".encode())
+    queue = broker.vhosts["/"].queues["backlog"]
+    assert queue.message_count == 100
+    got = []
+    empties = 0
+    async with anyio.create_task_group() as group:
+        group.start_soon(writer.run_pages)
+        group.start_soon(writer.run_retries)
+        for index in range(100):
+            if index == 10:
+                store.failing = {"read_page"}  # the pages are written now; reading them fails
+            frames = await _get(client, "backlog")
+            while isinstance(frames[0][1], Basic.GetEmpty):  # a failed read answers "empty" for now
+                empties += 1
+                store.failing = set()
+                frames = await _get(client, "backlog")
+            got.append(frames[-1][1].value)
+        group.cancel_scope.cancel()
+    assert got == [f"m{index}".encode() for index in range(100)] and empties >= 1
+    store.real.close()
+
+
+async def test_a_definition_the_store_cannot_hold_is_the_clients_406_before_anything_changes(tmp_path):
+    from amqpbroker.errors import ChannelError
+    path = str(tmp_path / "db")
+    store = RocksStore(path)
+    broker = Broker()
+    broker.journal.enabled = True
+    writer = StoreWriter(store, broker)
+    vhost = broker.vhosts["/"]
+    with pytest.raises(ChannelError) as info:  # a management PUT with a JSON integer >= 2^63
+        vhost.declare_queue("huge", passive=False, durable=True, exclusive=False, auto_delete=False,
+                            arguments={"x-custom": 2 ** 63}, owner=None)
+    assert info.value.reply_code == 406 and "huge" not in vhost.queues and not broker.journal.ops
+    client = FakeClient(broker)
+    client.open_channel()
+    # a non-UTF-8 longstr argument (pamqp decodes it to bytes): RabbitMQ takes it, so do we
+    raw = commands.Queue.Declare(queue="binary", durable=True, arguments={"x-tag": "PLACEHOLDER"})
+    frame = pamqp_frame.marshal(raw, 1).replace(b"PLACEHOLDER", b"\xff\xfeACEHOLDER")
+    client.feed(frame)
+    client.expect(commands.Queue.DeclareOk)
+    await writer.drain()
+    assert not broker.store_alarm
+    store.close()
+    recovered = _recovered(path).vhosts["/"].queues["binary"]
+    assert recovered.arguments["x-tag"] == b"\xff\xfeACEHOLDER"
+
+
+async def test_tx_commit_ok_waits_until_the_committed_persistent_messages_are_synced(tmp_path):
+    store = RecordingStore()
+    synced = []
+    store.sync = lambda: synced.append(len(store.ops))
+    broker = Broker()
+    broker.journal.enabled = True
+    writer = StoreWriter(store, broker)
+    client = FakeClient(broker)
+    client.open_channel()
+    client.declare_queue("txq", durable=True)
+    client.send(commands.Tx.Select())
+    client.expect(commands.Tx.SelectOk)
+    client.publish(1, "", "txq", b"committed", PERSISTENT)
+    client.send_many((commands.Tx.Commit(), 1), (commands.Queue.Declare(queue="txq", passive=True), 1))
+    assert client.methods() == [] and synced == []  # written, not synced: no commit-ok yet
+    await writer.drain()
+    assert synced and [type(frame) for _, frame in client.methods()] == [commands.Tx.CommitOk,
+                                                                        commands.Queue.DeclareOk]

@@ -85,7 +85,8 @@ class Broker:
         self.sessions: set[Session] = set()
         self.output_pending: list[Session] = []
         self._dirty: set[Queue] = set()
-        self.memory_alarm = False  # memory use is above the watermark: publishers are blocked
+        # resource alarms in effect ("memory", "disk", "store"): publishers are blocked meanwhile
+        self.alarms: set[str] = set()
         self.totals = MessageTotals()
         self._sampled_at = 0.0
         # (time, MessageTotals.including()) once a second: the overview's message rates
@@ -99,18 +100,38 @@ class Broker:
         self.vhosts[name] = vhost
         return vhost
 
+    @property
+    def memory_alarm(self) -> bool:
+        return "memory" in self.alarms
+
+    @property
+    def disk_alarm(self) -> bool:
+        return "disk" in self.alarms
+
+    @property
+    def store_alarm(self) -> bool:
+        return "store" in self.alarms
+
     def set_memory_alarm(self, on: bool) -> None:
-        """Memory use crossed the watermark: publishers are told (``connection.blocked`` /
-        ``unblocked``); the transport stops reading them while the alarm lasts."""
-        if on == self.memory_alarm:
+        """Memory use crossed the watermark."""
+        self.set_alarm("memory", on, "low on memory")
+
+    def set_alarm(self, resource: str, on: bool, reason: str = "") -> None:
+        """A resource alarm (memory above the watermark, free disk below its limit, a failed
+        store) is set or cleared. While any is in effect publishers are told
+        (``connection.blocked`` / ``unblocked``, with the first alarm's reason) and the transport
+        stops reading them, as RabbitMQ does."""
+        if on == (resource in self.alarms):
             return
-        self.memory_alarm = on
-        log.warning("memory alarm %s: publishers are %s", "set" if on else "cleared",
-                    "blocked" if on else "resumed")
-        for session in self.sessions:
-            if session.published:
-                session.block() if on else session.unblock()
-                session.mark_output()
+        was_blocked = bool(self.alarms)
+        (self.alarms.add if on else self.alarms.discard)(resource)
+        log.warning("%s alarm %s: publishers are %s", resource, "set" if on else "cleared",
+                    "blocked" if self.alarms else "resumed")
+        if was_blocked != bool(self.alarms):
+            for session in self.sessions:
+                if session.published:
+                    session.block(reason) if on else session.unblock()
+                    session.mark_output()
         self.run_pending()
 
     def tick(self, now: float) -> None:

@@ -64,7 +64,7 @@ class Journal:
 
     __slots__ = ("_enabled", "ops", "pages", "waiters", "page_requests", "next_message_id",
                  "next_queue_id", "next_page_id", "next_delay_id", "on_pending", "failed", "window_messages",
-                 "window_bytes", "paging_window", "read_page_now", "_unwritten_messages",
+                 "window_bytes", "paging_window", "_unwritten_messages",
                  "_unwritten_entries")
 
     def __init__(self, *, enabled: bool = False, window_messages: int = 0, window_bytes: int = 0) -> None:
@@ -82,8 +82,6 @@ class Journal:
         self.next_delay_id = 1
         self.failed = False  # the store refused a write: persistent publishes are nacked
         self.on_pending: Callable[[], None] = lambda: None
-        # a short page read on the spot, for basic.get on a queue whose in-memory part ran out
-        self.read_page_now: Callable[[Queue], None] = lambda queue: None
         self.paging_window = (window_messages or UNBOUNDED, window_bytes or UNBOUNDED)  # as configured
         self.enabled = enabled
 

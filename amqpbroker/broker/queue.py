@@ -53,7 +53,7 @@ class Queue:
         "ready_bytes", "paged", "page_next", "page_id", "paging_in", "page_epoch", "paged_bytes",
         "options", "host", "expiring", "last_used", "single_active", "_consumer_groups",
         "general_dispatch", "quorum", "delivery_limit", "delivery_counts",
-        "completed", "sampler",
+        "completed", "sampler", "page_waiters",
     )
 
     def __init__(self, name: str, vhost: str, *, durable: bool = False, exclusive_owner: Any = None,
@@ -82,6 +82,8 @@ class Queue:
         self.page_next = 0  # seq of the first paged entry
         self.page_id: int | None = None  # a non-durable queue's page space, once it paged
         self.paging_in = False  # a page read is under way
+        # called once the page read under way is over (basic.get waits for it, off the loop)
+        self.page_waiters: list[Callable[[bool], None]] = []
         self.page_epoch = 0  # bumped by purge and delete: a page read begun before is stale
         self.paged_bytes = 0  # body bytes of the paged entries
         # the vhost: clock(), dead_letter(queue, messages, reason), timed (queues to tick)
@@ -159,9 +161,18 @@ class Queue:
             if self.consumers:
                 self._mark_dirty(self)
         if options is not None and options.limited:
-            while self.message_count and self._over_limits():
-                self.discard(self.get(), reason=MAXLEN)
+            self._drop_over_limits()
         return True
+
+    def _drop_over_limits(self) -> None:
+        """``drop-head``: drop (or dead-letter) the oldest messages while a length limit is
+        broken. Only in-memory ones: when the head is still on disk the queue stays over its limit
+        until the page read under way brings it back (``paged_in`` calls this again)."""
+        while self.message_count and self._over_limits():
+            entry = self.get()
+            if entry is None:
+                return
+            self.discard(entry, reason=MAXLEN)
 
     def _admit(self, message: Message) -> bool:
         """Before a queue with options (or a message with a TTL) takes a message: note its
@@ -284,20 +295,13 @@ class Queue:
         return kept
 
     def get(self) -> Entry | None:
-        now = self.host.clock() if self.expiring else 0.0
-        while True:
-            if self.expiring:
-                self._drop_expired_head(now)
-            if self.ready or not self.paged:
-                break
-            # basic.get outran the page reads: a short read now, or a client polling a backlog
-            # would be told "empty" while it holds messages
-            paged = self.paged
-            self.page_epoch += 1  # a read under way is stale: it would start at the same seq
-            self.journal.read_page_now(self)
-            if self.paged == paged:  # nothing came (no store): stop rather than ask again
-                break
+        """The next ready message in memory, or None (see :meth:`head_on_disk`: the head may be
+        paged out, and then a caller that must not say "empty" waits for :meth:`when_paged_in`)."""
+        if self.expiring:
+            self._drop_expired_head(self.host.clock())
         if not self.ready:
+            if self.paged:
+                self._want_page()
             return None
         entry = self.ready.popleft()
         self.ready_bytes -= len(entry[1].body)
@@ -351,6 +355,31 @@ class Queue:
 
     # ---------------------------------------------------------------- paging
 
+    @property
+    def head_on_disk(self) -> bool:
+        """Nothing ready in memory, but paged-out messages in the store."""
+        return not self.ready and self.paged > 0
+
+    def when_paged_in(self, callback: Callable[[bool], None]) -> None:
+        """Call ``callback(read_ok)`` once the page read under way (asked for here if none is)
+        is over, whatever its outcome: ``basic.get`` on a queue whose head is on disk waits for it, as
+        RabbitMQ's queue process defers its reply, instead of reading the store on the loop."""
+        self.page_waiters.append(callback)
+        if not self.paging_in:
+            self.paging_in = True
+            self.journal.request_page(self)
+
+    def _page_read_over(self, read_ok: bool = True) -> None:
+        waiters, self.page_waiters = self.page_waiters, []
+        for callback in waiters:
+            callback(read_ok)
+
+    def page_read_failed(self) -> None:
+        """The store could not read the page: nothing is dropped; waiting ``basic.get`` s are
+        answered with what is in memory, and the read is asked for again later."""
+        self.paging_in = False
+        self._page_read_over(False)
+
     def _want_page(self) -> None:
         """Ask for the next page once the in-memory part is down to half the window."""
         if not self.paging_in and len(self.ready) <= self.journal.window_messages // 2:
@@ -362,6 +391,7 @@ class Queue:
         ``(epoch, durable, page id, from seq, at most count, at most bytes)``."""
         if self.deleted or not self.paged:
             self.paging_in = False
+            self._page_read_over()
             return None
         journal = self.journal
         durable = self.queue_id is not None
@@ -374,10 +404,12 @@ class Queue:
         ``StoredMessage``: routing bytes, header, body, arrival): its messages join the
         in-memory part."""
         if epoch != self.page_epoch or self.deleted:
+            self._page_read_over()
             return  # purged or deleted meanwhile; the purge dropped those pages
         self.paging_in = False
         if not page:
             self.paged = 0  # the store lost them (only if the data dir was altered underneath)
+            self._page_read_over()
             return
         stored_inline = self.queue_id is not None
         entries = []
@@ -397,6 +429,9 @@ class Queue:
         self.page_next = last + 1
         if self.consumers:
             self._mark_dirty(self)
+        if self.options is not None and self.options.limited:
+            self._drop_over_limits()
+        self._page_read_over()
         if self.paged:
             self._want_page()
 

@@ -11,7 +11,9 @@ Transient messages that had been paged out of a durable queue are dropped, as Ra
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from amqpbroker.broker import ops
@@ -27,26 +29,42 @@ log = logging.getLogger("amqpbroker.recovery")
 _CLEANUP_BATCH = 10_000
 
 
+@contextlib.contextmanager
+def _skipped_if_bad(kind: str, definition: Any) -> Iterator[None]:
+    """Restore one definition; one that cannot be (a record altered or from another version) is
+    reported by name, in one line, and skipped: the broker starts with everything else."""
+    try:
+        yield
+    except Exception as exc:
+        name = definition.get("name", definition.get("destination", "?")) if isinstance(definition, dict) else "?"
+        log.error("skipped the stored %s '%s': %s: %s", kind, name, type(exc).__name__, exc)
+
+
 def restore(broker: Broker, store: Any) -> None:
     """Read ``store`` (an ``amqpbroker.store.base.Store``) into a new broker whose journal is still
     disabled, and drop from the store what no queue holds any more. Blocking: call before serving."""
     recovered = store.recover()
     journal = broker.journal
     vhost = broker.vhosts["/"]
+    for problem in recovered.unreadable:
+        log.error("skipped an unreadable definition record: %s", problem)
     for definition in recovered.exchanges:
-        if definition["name"] not in vhost.exchanges:
-            vhost.apply(ops.DeclareExchange(definition["name"], definition["type"], definition["durable"],
-                                            definition["auto_delete"], definition["internal"],
-                                            dict(definition.get("arguments") or {})))
+        with _skipped_if_bad("exchange", definition):
+            if definition["name"] not in vhost.exchanges:
+                vhost.apply(ops.DeclareExchange(definition["name"], definition["type"], definition["durable"],
+                                                definition["auto_delete"], definition["internal"],
+                                                dict(definition.get("arguments") or {})))
     queues_by_id: dict[int, Queue] = {}
     for definition in recovered.queues:
-        queue = vhost.apply(ops.DeclareQueue(definition["name"], definition["durable"],
-                                             definition["auto_delete"], dict(definition.get("arguments") or {}),
-                                             queue_id=definition["id"]))
-        queues_by_id[definition["id"]] = queue
-        journal.next_queue_id = max(journal.next_queue_id, definition["id"] + 1)
+        with _skipped_if_bad("queue", definition):
+            queue = vhost.apply(ops.DeclareQueue(definition["name"], definition["durable"],
+                                                 definition["auto_delete"], dict(definition.get("arguments") or {}),
+                                                 queue_id=int(definition["id"])))
+            queues_by_id[definition["id"]] = queue
+            journal.next_queue_id = max(journal.next_queue_id, definition["id"] + 1)
     for definition in recovered.bindings:
-        _restore_binding(vhost, definition)
+        with _skipped_if_bad("binding", definition):
+            _restore_binding(vhost, definition)
 
     messages: dict[int, Message] = {}
     for message_id, stored in recovered.messages.items():

@@ -27,7 +27,7 @@ from amqpbroker.broker.queue import Queue
 from amqpbroker.codec.methods import Ack, Publish, encode_method, method_frame
 from amqpbroker.codec.writer import append_content, return_payload
 from amqpbroker.errors import (
-    ConnectionError, ReplyCode, access_refused, log_internal_error, not_found, precondition_failed,
+    ChannelError, ConnectionError, ReplyCode, access_refused, log_internal_error, not_found, precondition_failed,
 )
 from amqpbroker.protocol.connection import Connection
 
@@ -90,9 +90,11 @@ class Session:
         self.output_marked = False
         self.output_saturated = False
         self.wake: Callable[[], None] = lambda: None
+        self.on_resume: Callable[[], None] = lambda: None  # the transport reads again
         self.exclusive_queues: list[Queue] = []
         self.published = False  # it publishes: the memory alarm blocks it
         self.blocked = False  # connection.blocked was sent
+        self._held_notifications: list[tuple[Channel, Any]] | None = None
 
     # ------------------------------------------------------------ ConnectionHandler
 
@@ -159,7 +161,7 @@ class Session:
     def on_publish(self, number: int, publish: Publish, header: bytes, body: bytes) -> None:
         if not self.published:  # a publisher from now on: the memory alarm applies to it
             self.published = True
-            if self.broker.memory_alarm:
+            if self.broker.alarms:
                 self.block()
         channel = self.channels[number]
         channel.published += 1
@@ -243,10 +245,13 @@ class Session:
                     consumer.queue.consumer_ready()
             self.broker.run_pending()
 
-    def block(self) -> None:
-        """Its reads stop for the memory alarm: ``connection.blocked`` if the client understands."""
+    def block(self, reason: str = "") -> None:
+        """Its reads stop for a resource alarm: ``connection.blocked`` if the client understands."""
         if not self.blocked and self.connection.client_capability("connection.blocked"):
-            self.out.append(encode_method(0, commands.Connection.Blocked(reason="low on memory")))
+            if not reason:
+                reason = "low on memory" if self.broker.memory_alarm else (
+                    "low on disk" if self.broker.disk_alarm else "the message store failed")
+            self.out.append(encode_method(0, commands.Connection.Blocked(reason=reason)))
             self.blocked = True
 
     def unblock(self) -> None:
@@ -291,11 +296,29 @@ class Session:
                                     owner=queue.exclusive_owner)
 
     def cancel_by_broker(self, consumer: Consumer) -> None:
-        """The consumer's queue is gone: forget it and tell the client if it understands."""
+        """The consumer's queue is gone: forget it and tell the client if it understands (after
+        the reply to the method that deleted the queue, when this session sent it: RabbitMQ
+        sends ``queue.delete-ok`` before ``basic.cancel``)."""
         channel = consumer.channel
         channel.consumers.pop(consumer.tag, None)
         if channel.number in self.channels and self.connection.client_capability("consumer_cancel_notify"):
-            channel.send(commands.Basic.Cancel(consumer_tag=consumer.tag, nowait=True))
+            cancel = commands.Basic.Cancel(consumer_tag=consumer.tag, nowait=True)
+            if self._held_notifications is not None:
+                self._held_notifications.append((channel, cancel))
+            else:
+                channel.send(cancel)
+
+    @contextlib.contextmanager
+    def _notifications_after_reply(self) -> Iterator[None]:
+        """Notifications the method being handled causes to this session go out after its reply."""
+        self._held_notifications = held = []
+        try:
+            yield
+        finally:
+            self._held_notifications = None
+            for channel, method in held:
+                if self.channels.get(channel.number) is channel:
+                    channel.send(method)
 
     # ------------------------------------------------------------ channel methods
 
@@ -361,10 +384,11 @@ class Session:
             channel.send(commands.Queue.PurgeOk(message_count=count))
 
     def _queue_delete(self, channel: Channel, m: commands.Queue.Delete) -> None:
-        count = self.vhost.delete_queue(self._queue_name(channel, m.queue), if_unused=m.if_unused,
-                                        if_empty=m.if_empty, owner=self)
-        if not m.nowait:
-            channel.send(commands.Queue.DeleteOk(message_count=count))
+        with self._notifications_after_reply():
+            count = self.vhost.delete_queue(self._queue_name(channel, m.queue), if_unused=m.if_unused,
+                                            if_empty=m.if_empty, owner=self)
+            if not m.nowait:
+                channel.send(commands.Queue.DeleteOk(message_count=count))
 
     # ------------------------------------------------------------ basic
 
@@ -419,11 +443,38 @@ class Session:
     def _basic_get(self, channel: Channel, m: commands.Basic.Get) -> None:
         queue = self.vhost.use_queue(self._queue_name(channel, m.queue), owner=self)
         entry = queue.get()
+        if entry is None and queue.head_on_disk:
+            # the head is paged out: the answer (and everything the client sent after this
+            # get) waits for the page read, done off the loop, as RabbitMQ defers its reply
+            self.connection.pause()
+            queue.when_paged_in(lambda read_ok: self._answer_get(channel, queue, m.no_ack, read_ok))
+            return
+        self._send_get_answer(channel, queue, entry, m.no_ack)
+
+    def _answer_get(self, channel: Channel, queue: Queue, no_ack: bool, read_ok: bool) -> None:
+        """The page a waiting ``basic.get`` needed is in (or could not be read)."""
+        if self.channels.get(channel.number) is not channel:  # closed meanwhile
+            self._resume()
+            return
+        entry = queue.get() if not queue.deleted else None
+        if entry is None and read_ok and queue.head_on_disk and not queue.deleted:
+            queue.when_paged_in(lambda ok: self._answer_get(channel, queue, no_ack, ok))  # all expired
+            return
+        self._send_get_answer(channel, queue, entry, no_ack)
+        self._resume()
+
+    def _send_get_answer(self, channel: Channel, queue: Queue, entry: Any, no_ack: bool) -> None:
         if entry is None:
             channel.send(commands.Basic.GetEmpty())
             return
-        channel.send_get_ok(queue, entry, m.no_ack)
+        channel.send_get_ok(queue, entry, no_ack)
         self.mark_output()
+
+    def _resume(self) -> None:
+        """Go on with the input held back behind a deferred reply."""
+        self.connection.resume()
+        self.mark_output()
+        self.on_resume()
 
     def _basic_ack(self, channel: Channel, m: Ack) -> None:
         if channel.tx is not None:
@@ -476,16 +527,40 @@ class Session:
         if channel.tx is None:
             raise precondition_failed("channel is not transactional")
         work, channel.tx = channel.tx, []
+        stored = False
         for item in work:
             if isinstance(item[1], Message):
                 self._route(channel, *item)
+                stored = stored or item[1].durable or item[1].has_stored_copy
             else:
                 tag, multiple, requeue = item
                 if requeue is None:
                     channel.ack(Ack(tag, multiple))
                 else:
                     channel.settle(channel.take_unacked(tag, multiple), requeue=requeue, rejected=True)
-        channel.send(commands.Tx.CommitOk())
+        journal = self.broker.journal
+        if not stored or not journal.enabled:
+            channel.send(commands.Tx.CommitOk())
+            return
+        if journal.failed:
+            raise ChannelError(ReplyCode.INTERNAL_ERROR, "the message store failed: the committed "
+                               "persistent messages cannot be made durable", 90, 20)
+        # commit-ok only once the committed persistent messages are synced, as RabbitMQ: a crash
+        # right after it must not lose them; what the client sends next waits meanwhile
+        self.connection.pause()
+        journal.wait_for_sync(_CommitWaiter(self, channel), 0, _SYNC_MARK)
+
+    def commit_synced(self, channel: Channel, ok: bool) -> None:
+        """The store synced (or failed to sync) what a ``tx.commit`` wrote."""
+        if self.channels.get(channel.number) is channel:
+            if ok:
+                channel.send(commands.Tx.CommitOk())
+            else:
+                self.connection.close_channel(channel.number, ChannelError(
+                    ReplyCode.INTERNAL_ERROR, "the message store failed: the committed persistent "
+                    "messages cannot be made durable", 90, 20))
+                self.mark_output()
+        self._resume()
 
     def _tx_rollback(self, channel: Channel, m: commands.Tx.Rollback) -> None:
         if channel.tx is None:
@@ -493,6 +568,28 @@ class Session:
         channel.tx = []
         channel.send(commands.Tx.RollbackOk())
 
+
+class _CommitWaiter:
+    """Stands for a channel in the journal's confirm waiters: a ``tx.commit`` waiting for a sync."""
+
+    __slots__ = ("session", "channel")
+
+    def __init__(self, session: Session, channel: Channel) -> None:
+        self.session = session
+        self.channel = channel
+
+    def confirm_synced(self, seq: int, ok: bool) -> None:
+        self.session.commit_synced(self.channel, ok)
+
+
+class _SyncMark:
+    """The message a commit waiter waits for: always stored, so it waits for the next sync."""
+
+    refs = 1
+    has_stored_copy = True
+
+
+_SYNC_MARK = _SyncMark()
 
 _HANDLERS: dict[type, Callable[[Session, Channel, Any], None]] = {
     commands.Channel.Flow: Session._channel_flow,

@@ -16,8 +16,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pamqp import encode
-
 from amqpbroker.broker import ops
 from amqpbroker.broker.arguments import (
     check_exchange_equivalence, check_flag, check_queue_equivalence, validate_queue_arguments,
@@ -29,6 +27,7 @@ from amqpbroker.broker.journal import Journal
 from amqpbroker.broker.message import Message
 from amqpbroker.broker.queue import Queue
 from amqpbroker.codec.methods import shortstr
+from amqpbroker.codec.tables import TableError, encode_table
 from amqpbroker.errors import (
     ConnectionError, ReplyCode, access_refused, cut_to_bytes, log_internal_error, not_found,
     precondition_failed, resource_locked,
@@ -67,9 +66,18 @@ def binding_definition(op: ops.Bind) -> dict[str, Any]:
             "arguments": op.arguments, "destination_is_exchange": op.destination_is_exchange}
 
 
+def stored_record(definition: dict[str, Any]) -> bytes:
+    """A definition as the store keeps it (a field table), encoded before anything changes in
+    memory: what cannot be stored is the client's error (406), never a lost store batch."""
+    try:
+        return encode_table(definition)
+    except TableError as exc:
+        raise precondition_failed(f"cannot store the definition of '{definition.get('name', '')}': {exc}") from None
+
+
 def binding_key(op: ops.Bind | ops.Unbind) -> str:
     """The identity of a binding as a store key: ends, kind, routing key, arguments."""
-    arguments = (hashlib.sha1(encode.field_table(dict(sorted(op.arguments.items())))).hexdigest()
+    arguments = (hashlib.sha1(stored_record(dict(sorted(op.arguments.items())))).hexdigest()
                  if op.arguments else "")
     kind = "e" if op.destination_is_exchange else "q"
     return "\x00".join((op.source, kind, op.destination, op.routing_key, arguments))
@@ -108,37 +116,47 @@ class VirtualHost:
         journal = self.journal
         if isinstance(op, ops.DeclareExchange):
             cls = exchange_class(op.type)
+            record = None
+            if op.durable and not op.name.startswith("amq.") and op.name and journal.enabled:
+                record = stored_record(exchange_definition(op))
             exchange = cls(op.name, op.durable, op.auto_delete, op.internal, op.arguments)
             self.exchanges[op.name] = exchange
-            if op.durable and not op.name.startswith("amq.") and op.name:
-                journal.definition(("exchange", self.name, op.name, exchange_definition(op)))
+            if record is not None:
+                journal.definition(("exchange", self.name, op.name, record))
             return exchange
         if isinstance(op, ops.DeclareQueue):
             stored = op.durable and op.exclusive_owner is None and not op.auto_delete
             queue_id = op.queue_id
-            if stored and queue_id is None and journal.enabled:
-                queue_id = journal.new_queue_id()
+            record = None
+            if stored and journal.enabled:
+                record = stored_record(queue_definition(op))  # checked before an id is taken
+                if queue_id is None:
+                    queue_id = journal.new_queue_id()
+                record = stored_record({**queue_definition(op), "id": queue_id})
             queue = Queue(op.name, self.name, durable=op.durable, exclusive_owner=op.exclusive_owner,
                           auto_delete=op.auto_delete, arguments=op.arguments, mark_dirty=self._mark_dirty,
                           journal=journal, queue_id=queue_id if stored else None, host=self)
             self.queues[op.name] = queue
-            if queue.queue_id is not None:
-                journal.definition(("queue", self.name, op.name, queue.queue_id, queue_definition(op)))
+            if record is not None:
+                journal.definition(("queue", self.name, op.name, queue.queue_id, record))
             return queue
         if isinstance(op, ops.Bind):
             source = self.exchanges[op.source]
             destination = self._destination(op)
+            stored = self._stored_binding(source, destination) and journal.enabled
+            key = binding_key(op) if stored else ""
+            record = stored_record(binding_definition(op)) if stored else b""
             added = source.bind(Binding(destination, op.routing_key, op.arguments))
             self.exchange_bindings += added and op.destination_is_exchange
-            if added and self._stored_binding(source, destination):
-                journal.definition(("binding", self.name, binding_key(op), binding_definition(op)))
+            if added and stored:
+                journal.definition(("binding", self.name, key, record))
             return added
         if isinstance(op, ops.Unbind):
             source = self.exchanges[op.source]
             destination = self._destination(op)
             removed = source.unbind(Binding(destination, op.routing_key, op.arguments))
             self.exchange_bindings -= removed and op.destination_is_exchange
-            if removed and self._stored_binding(source, destination):
+            if removed and self._stored_binding(source, destination) and journal.enabled:
                 journal.definition(("binding-", self.name, binding_key(op)))
             if removed and source.auto_delete and not source.bindings:
                 self.apply(ops.DeleteExchange(source.name))

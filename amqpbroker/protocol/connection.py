@@ -113,6 +113,10 @@ class Connection:
         self.close_reason: AMQPError | None = None
         self._reader = FrameReader(frame_max=max(frame_max, FRAME_MIN_SIZE))
         self._handshake_method: type | None = commands.Connection.StartOk
+        # a reply is deferred (basic.get waiting for a page): frames after it wait, in order
+        self.paused = False
+        self._held: list[tuple[int, int, bytes]] = []
+        self.client_closes = False  # close-ok was sent: the client is the one to close the socket
 
     # ----------------------------------------------------------------- public API
 
@@ -129,6 +133,8 @@ class Connection:
         if self.state is State.CLOSED:
             return
         self._reader.feed(data)
+        if self.paused:
+            return
         if self.state is State.AWAIT_HEADER:
             header = self._reader.take_bytes(len(PROTOCOL_HEADER))
             if header is None:
@@ -138,14 +144,31 @@ class Connection:
                 self._set_closed()
                 return
             self._send_start()
-        while self.state is not State.CLOSED:
-            try:
-                frames = self._reader.read_frames()
-            except ConnectionError as exc:
-                self._connection_error(exc)
-                return
-            if not frames:
-                return
+        self._process()
+
+    def pause(self) -> None:
+        """Hold every frame after the one being handled until :meth:`resume` (the session
+        deferred its reply); the transport stops reading meanwhile."""
+        self.paused = True
+
+    def resume(self) -> None:
+        """Handle the frames held since :meth:`pause`, then whatever else was fed."""
+        if self.paused:
+            self.paused = False
+            self._process()
+
+    def _process(self) -> None:
+        while self.state is not State.CLOSED and not self.paused:
+            if self._held:
+                frames, self._held = self._held, []
+            else:
+                try:
+                    frames = self._reader.read_frames()
+                except ConnectionError as exc:
+                    self._connection_error(exc)
+                    return
+                if not frames:
+                    return
             self._handle_frames(frames)
 
     def close(self, reply_code: int, text: str) -> None:
@@ -156,6 +179,19 @@ class Connection:
             self._set_closed()
             return
         self._connection_error(ConnectionError(reply_code, text))
+
+    def _send_close_ok(self) -> None:
+        """The client closed: close-ok, after which the client closes the socket (the transport
+        waits for that, discarding what still arrives, as RabbitMQ does)."""
+        self.out.append(encode_method(0, commands.Connection.CloseOk()))
+        self.client_closes = True
+
+    def close_channel(self, number: int, exc: ChannelError) -> None:
+        """Server-initiated ``channel.close`` outside the handling of a frame (a deferred reply
+        that failed)."""
+        channel = self.channels.get(number)
+        if channel is not None and not channel.closing and self.state is State.OPEN:
+            self._channel_error(channel, exc)
 
     def heartbeat_frame(self) -> bytes:
         return HEARTBEAT_FRAME
@@ -170,7 +206,10 @@ class Connection:
         channels = self.channels
         on_publish = self.handler.on_publish
         is_open = State.OPEN
-        for frame_type, number, payload in frames:
+        for index, (frame_type, number, payload) in enumerate(frames):
+            if self.paused:
+                self._held = frames[index:]
+                return
             if self.state is not is_open:
                 self._handle_outside_open(frame_type, number, payload)
                 if self.state is State.CLOSED:
@@ -260,7 +299,7 @@ class Connection:
 
     def _handle_channel_zero(self, method: object) -> None:
         if isinstance(method, commands.Connection.Close):
-            self.out.append(encode_method(0, commands.Connection.CloseOk()))
+            self._send_close_ok()
             self._set_closed()
         elif isinstance(method, commands.Connection.CloseOk):
             raise ConnectionError(ReplyCode.UNEXPECTED_FRAME, "unexpected connection.close-ok", 10, 51)
@@ -302,7 +341,7 @@ class Connection:
                 if frame_type == FRAME_METHOD and number == 0:
                     method = decode_method(payload)
                     if isinstance(method, commands.Connection.Close):
-                        self.out.append(encode_method(0, commands.Connection.CloseOk()))
+                        self._send_close_ok()
                         self._set_closed()
                     elif isinstance(method, commands.Connection.CloseOk):
                         self._set_closed()
@@ -314,7 +353,7 @@ class Connection:
                                       f"unexpected frame on channel {number} during handshake")
             method = decode_method(payload)
             if isinstance(method, commands.Connection.Close):
-                self.out.append(encode_method(0, commands.Connection.CloseOk()))
+                self._send_close_ok()
                 self._set_closed()
                 return
             expected = self._handshake_method

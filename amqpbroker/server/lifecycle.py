@@ -86,6 +86,7 @@ async def _serve(config: Config, broker: Broker, writer: StoreWriter, task_statu
             group.start_soon(serve_http, app, host, port, http_stop, done, what)
         group.start_soon(writer.run)
         group.start_soon(writer.run_pages)
+        group.start_soon(writer.run_retries)
         group.start_soon(_tick, broker, watermark_bytes(config.memory_high_watermark))
         connections = await group.start(listen, config, broker)
         task_status.started(connections.ports)

@@ -1,20 +1,27 @@
-"""Group commit: journal batches written on the loop, synced in a worker thread, then confirmed.
+"""The persistence driver between the broker's journal and the store: group commit, paging, and
+the store alarm. It is the only place that talks to both (the store never imports the broker).
 
-Once per batch of input, :meth:`StoreWriter.flush` takes the journal's operations and writes them
-as one unsynced RocksDB batch (rocksdict holds the GIL while it writes, so a thread would not help
-there; an unsynced batch costs a few microseconds a message). The publisher confirms that waited
-for those operations are tagged with the batch's generation. One task, :meth:`StoreWriter.run`,
-syncs the WAL in a worker thread (``flush_wal`` releases the GIL) whenever something was written
-since the last sync; when a sync ends, every confirm of a generation written before it started is
-released. So one fsync serves every publish that arrived while the previous one ran, from every
-connection.
+Once per batch of input, :meth:`StoreWriter.flush` takes the journal's operations (already
+encoded and checked when they were queued) and writes them as one unsynced RocksDB batch
+(rocksdict holds the GIL while it writes, so a thread would not help there; an unsynced batch
+costs a few microseconds a message). The publisher confirms that waited for those operations are
+tagged with the batch's generation. One task, :meth:`StoreWriter.run`, syncs the WAL in a worker
+thread (``flush_wal`` releases the GIL) whenever something was written since the last sync; when a
+sync ends, every confirm of a generation written before it started is released (and a
+``tx.commit-ok`` that waited for one). So one fsync serves every publish that arrived while the
+previous one ran, from every connection.
 
 Paging goes through here too: transient pages are written in the same ``flush`` (without the
-WAL), and :meth:`StoreWriter.run_pages` reads the pages queues ask for in another worker thread,
-one at a time, and hands them back to their queues on the loop.
+WAL), and :meth:`StoreWriter.run_pages` reads the pages queues ask for in a worker thread, one at
+a time, and hands them back to their queues on the loop. Nothing reads the store on the loop.
 
-A failed write or sync is logged once and the broker stops taking persistent messages: waiting
-publishers get ``basic.nack``, later persistent publishes too; nothing already confirmed is touched.
+A failed write or sync is the store alarm, a state the broker is in, never a silent mode: it is
+logged once, publishers are blocked (``connection.blocked``), the confirms waiting for the failed
+batch and every persistent publish meanwhile are nacked, and nothing taken from the journal is
+thrown away: the operations of a failed batch, and all that follow, are kept in order and written
+again by :meth:`StoreWriter.run_retries` every ``RETRY_SECONDS`` until the store takes them and
+syncs, which clears the alarm by itself. Page writes that failed are kept the same way, and page
+reads wait for them; a page read that fails drops nothing and is tried again.
 """
 
 from __future__ import annotations
@@ -28,14 +35,16 @@ import anyio
 
 from amqpbroker.broker.broker import Broker
 from amqpbroker.broker.queue import Queue
-from amqpbroker.store.base import Store, StoreError
+from amqpbroker.errors import log_internal_error
+from amqpbroker.store.base import Store
 
-__all__ = ["StoreWriter"]
+__all__ = ["StoreWriter", "RETRY_SECONDS"]
 
 log = logging.getLogger("amqpbroker.store")
 
-SHORT_PAGE = 32
 SYNC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)  # seconds
+RETRY_SECONDS = 1.0  # how often a failed store is tried again
+STORE_ALARM = "store"
 
 
 class StoreWriter:
@@ -50,30 +59,41 @@ class StoreWriter:
         self._limiter = anyio.CapacityLimiter(1)
         self._pages_wanted = anyio.Event()
         self._page_limiter = anyio.CapacityLimiter(1)
+        self._failed_wanted = anyio.Event()
+        # what the store refused, in order, written again before anything newer
+        self._retry_ops: list[tuple | None] = []
+        self._retry_pages: list[tuple] = []
+        self._failed_reads: list[Queue] = []  # queues whose page read failed: asked again later
+        self.failure: str | None = None  # why the store alarm is in effect
+        self.write_failures = 0  # failed writes, syncs and page reads since start, for metrics
         # sync durations for metrics: counts per bucket (upper bounds in SYNC_BUCKETS), sum
         self._sync_counts = [0] * (len(SYNC_BUCKETS) + 1)
         self._sync_total = 0.0
         self.journal.on_pending = self.flush
-        self.journal.read_page_now = self.read_page_now
+
+    @property
+    def failed(self) -> bool:
+        return self.journal.failed
+
+    # ---------------------------------------------------------------- writing
 
     def flush(self) -> None:
         """Write what the journal holds (on the loop, unsynced) and ask for a sync."""
         ops, pages, waiters = self.journal.take()
         if self.journal.page_requests:
             self._pages_wanted.set()
-        if pages:
-            try:
-                self.store.write_pages(pages)
-            except StoreError as exc:
-                log.error("writing queue pages failed: %s", exc)
-        if self.journal.failed:
+        if pages or self._retry_pages:
+            self._write_pages(pages)
+        if self.journal.failed:  # the alarm is on: keep everything for the retry, in order
+            self._retry_ops.extend(ops)
             self._refuse(waiters)
             return
         if ops:
             try:
                 self.store.write(ops)
-            except StoreError as exc:
-                self._fail(exc, waiters)
+            except Exception as exc:  # StoreError, or a bug: either way nothing is dropped
+                self._retry_ops = list(ops)
+                self._fail(f"a write failed: {exc}", waiters)
                 return
         if ops or waiters:
             self._generation += 1
@@ -81,42 +101,17 @@ class StoreWriter:
                 self._waiting.append((self._generation, waiters))
             self._wanted.set()
 
-    def read_page_now(self, queue: Queue) -> None:
-        """Read a few of a queue's paged-out messages on the loop: for ``basic.get`` when its
-        in-memory part ran out before the page read under way came back. A short read (at most
-        ``SHORT_PAGE`` entries, tens of microseconds), after writing what the journal holds."""
-        self.flush()
-        wanted = queue.page_wanted()
-        if wanted is None:
-            return
-        epoch, durable, page_id, from_seq, count, max_bytes = wanted
+    def _write_pages(self, pages: list[tuple]) -> None:
+        if self._retry_pages:
+            self._retry_pages.extend(pages)
+            return  # the retry task writes them, in order
         try:
-            page = self.store.read_page(durable, page_id, from_seq, min(count, SHORT_PAGE), max_bytes)
-        except StoreError as exc:
-            log.error("queue '%s': cannot read its paged-out messages: %s", queue.name, exc)
-            page = []
-        queue.paged_in(epoch, page)
-
-    async def run_pages(self) -> None:
-        """Read the pages queues asked for, one at a time, each in a worker thread."""
-        requests = self.journal.page_requests
-        while True:
-            await self._pages_wanted.wait()
-            self._pages_wanted = anyio.Event()
-            while requests:
-                queue = requests.pop(0)
-                wanted = queue.page_wanted()
-                if wanted is None:
-                    continue
-                epoch, durable, page_id, from_seq, count, max_bytes = wanted
-                try:
-                    page = await anyio.to_thread.run_sync(self.store.read_page, durable, page_id, from_seq,
-                                                          count, max_bytes, limiter=self._page_limiter)
-                except StoreError as exc:
-                    log.error("queue '%s': cannot read its paged-out messages: %s", queue.name, exc)
-                    page = []
-                queue.paged_in(epoch, page)
-                self.broker.run_pending()
+            self.store.write_pages(pages)
+        except Exception as exc:
+            self._retry_pages = list(pages)
+            self.write_failures += 1
+            log.error("writing queue pages failed (kept, written again every %.0f s): %s", RETRY_SECONDS, exc)
+            self._failed_wanted.set()
 
     async def run(self) -> None:
         """Sync whenever something was written since the last sync; release confirms after."""
@@ -124,14 +119,15 @@ class StoreWriter:
             await self._wanted.wait()
             self._wanted = anyio.Event()
             generation = self._generation
-            if generation == self._synced_generation:
+            if generation == self._synced_generation or self.journal.failed:
                 continue
             started = time.perf_counter()
             try:
                 await anyio.to_thread.run_sync(self.store.sync, limiter=self._limiter)
-            except StoreError as exc:
-                self._fail(exc, [w for _, batch in self._waiting for w in batch])
+            except Exception as exc:
+                waiting = [w for _, batch in self._waiting for w in batch]
                 self._waiting.clear()
+                self._fail(f"a sync failed: {exc}", waiting)
                 continue
             self._count_sync(time.perf_counter() - started)
             self._synced_generation = generation
@@ -173,8 +169,94 @@ class StoreWriter:
         if waiters:
             self.broker.run_pending()
 
-    def _fail(self, exc: StoreError, waiters: list) -> None:
+    # ---------------------------------------------------------------- the store alarm
+
+    def _fail(self, reason: str, waiters: list) -> None:
+        self.write_failures += 1
         if not self.journal.failed:
-            log.error("the store failed, persistent messages are refused from now on: %s", exc)
+            log.error("store alarm: %s; publishers are blocked and persistent messages refused "
+                      "until the store works again (tried every %.0f s)", reason, RETRY_SECONDS)
+            self.failure = reason
         self.journal.failed = True
         self._refuse(waiters)
+        self.broker.set_alarm(STORE_ALARM, True, "the message store failed")
+        self._failed_wanted.set()
+
+    async def run_retries(self) -> None:
+        """While the store alarm is on (or pages wait to be written), write what the store
+        refused, and sync, every ``RETRY_SECONDS``; success clears the alarm."""
+        while True:
+            await self._failed_wanted.wait()
+            self._failed_wanted = anyio.Event()
+            while self.journal.failed or self._retry_pages or self._failed_reads:
+                await anyio.sleep(RETRY_SECONDS)
+                try:
+                    await self._retry()
+                except Exception as exc:
+                    log.debug("the store still fails: %s", exc)
+                    continue
+
+    async def _retry(self) -> None:
+        if self._retry_pages:
+            pages = self._retry_pages
+            self.store.write_pages(pages)
+            del self._retry_pages[:len(pages)]
+            log.info("queue pages written after an earlier failure")
+            self._pages_wanted.set()  # the reads that waited for them
+        if self.journal.failed:
+            ops = self._retry_ops
+            count = len(ops)
+            if ops:
+                self.store.write(ops)
+            await anyio.to_thread.run_sync(self.store.sync, limiter=self._limiter)
+            del ops[:count]  # what arrived while this ran waits for the next round
+            if ops:
+                return
+            self.journal.failed = False
+            self.failure = None
+            log.warning("store alarm cleared: the store works again")
+            self.broker.set_alarm(STORE_ALARM, False)
+        if self._failed_reads:
+            requests, self._failed_reads = self._failed_reads, []
+            for queue in requests:
+                if not queue.deleted and not queue.paging_in:
+                    queue.paging_in = True
+                    self.journal.request_page(queue)
+            self._pages_wanted.set()
+
+    # ---------------------------------------------------------------- paging
+
+    async def run_pages(self) -> None:
+        """Read the pages queues asked for, one at a time, each in a worker thread."""
+        requests = self.journal.page_requests
+        while True:
+            await self._pages_wanted.wait()
+            self._pages_wanted = anyio.Event()
+            while requests:
+                if self._retry_pages:  # what they would read is not written yet: after the retry
+                    break
+                queue = requests.pop(0)
+                try:
+                    await self._read_page(queue)
+                except Exception as exc:  # one queue's fault: the page reader goes on
+                    log_internal_error(log, f"the page read of queue '{queue.name}'", exc)
+                    queue.page_read_failed()
+                self.broker.run_pending()
+
+    async def _read_page(self, queue: Queue) -> None:
+        wanted = queue.page_wanted()
+        if wanted is None:
+            return
+        epoch, durable, page_id, from_seq, count, max_bytes = wanted
+        try:
+            page = await anyio.to_thread.run_sync(self.store.read_page, durable, page_id, from_seq,
+                                                  count, max_bytes, limiter=self._page_limiter)
+        except Exception as exc:
+            self.write_failures += 1
+            log.error("queue '%s': reading its paged-out messages failed (kept, tried again in "
+                      "%.0f s): %s", queue.name, RETRY_SECONDS, exc)
+            queue.page_read_failed()
+            self._failed_reads.append(queue)
+            self._failed_wanted.set()
+            return
+        queue.paged_in(epoch, page)

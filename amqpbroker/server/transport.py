@@ -27,9 +27,10 @@ __all__ = ["serve_connection", "HANDSHAKE_TIMEOUT", "CLOSE_TIMEOUT"]
 log = logging.getLogger("amqpbroker.transport")
 
 READ_SIZE = 256 * 1024
-BLOCKED_POLL = 0.05  # seconds between looks at the memory alarm while a publisher is blocked
+BLOCKED_POLL = 0.05  # seconds between looks at the alarms while a publisher is blocked
 HANDSHAKE_TIMEOUT = 10.0  # seconds to complete connection.open, as RabbitMQ
 CLOSE_TIMEOUT = 3.0  # seconds to wait for close-ok after the broker sent connection.close
+CLOSED_WAIT = 10.0  # seconds to wait for the client to close its socket after close-ok
 
 
 class _Transport:
@@ -44,6 +45,8 @@ class _Transport:
         self.session = Session(broker, peer=self.peer, from_loopback=is_loopback_address(host))
         self.session.name = f"{self.peer} -> {local_text}"  # as RabbitMQ names connections
         self.session.wake = self.wake
+        self.session.on_resume = self._on_resume
+        self._resumed = anyio.Event()
         self.connection = self.session.connection
         self._output_ready = anyio.Event()
         self.last_read = self.last_write = time.monotonic()
@@ -51,6 +54,10 @@ class _Transport:
 
     def wake(self) -> None:
         self._output_ready.set()
+
+    def _on_resume(self) -> None:
+        self._resumed.set()
+        self.wake()
 
     async def run(self) -> None:
         try:
@@ -77,7 +84,7 @@ class _Transport:
                 data = await receive(READ_SIZE)
             except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                 return
-            if broker.memory_alarm and session.published:
+            if broker.alarms and session.published:
                 await self._blocked()  # what it sent waits, unprocessed, until the alarm clears
             self.last_read = time.monotonic()
             try:
@@ -93,15 +100,21 @@ class _Transport:
                 self.wake()
             if connection.closed:
                 await self._flush_and_wait()
+                if connection.client_closes:
+                    await self._wait_for_client_to_close()
                 return
+            if connection.paused:  # a deferred reply (basic.get waiting for a page): read no more
+                await self._resumed.wait()
+                self._resumed = anyio.Event()
+                self.last_read = time.monotonic()
 
     async def _blocked(self) -> None:
-        """A publisher while the memory alarm is on: tell it (``connection.blocked``) and take
+        """A publisher while a resource alarm is on: tell it (``connection.blocked``) and take
         nothing more from it until the alarm clears, as RabbitMQ does. Its heartbeats are not
         expected meanwhile (they wait unread)."""
         self.session.block()
         self.wake()
-        while self.broker.memory_alarm and self.connection.state is State.OPEN:  # not closing
+        while self.broker.alarms and self.connection.state is State.OPEN:  # not closing
             await anyio.sleep(BLOCKED_POLL)
             self.last_read = time.monotonic()
         self.session.unblock()
@@ -113,6 +126,18 @@ class _Transport:
             while self.connection.out:
                 self.wake()
                 await anyio.sleep(0.005)
+
+    async def _wait_for_client_to_close(self) -> None:
+        """After close-ok the client closes the socket; until it does (or ``CLOSED_WAIT``
+        passes), what it still sends is read and discarded. Closing at once would reset a client
+        still writing (amqplib's close can overtake publishes queued on its channels) and it
+        would never see its close-ok."""
+        with anyio.move_on_after(CLOSED_WAIT):
+            while True:
+                try:
+                    await self.stream.receive(READ_SIZE)
+                except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                    return
 
     async def _write_loop(self, scope: anyio.CancelScope) -> None:
         out = self.connection.out
@@ -132,7 +157,7 @@ class _Transport:
                 return
             self.last_write = time.monotonic()
             session.output_drained()
-            if self.connection.closed and not out:
+            if self.connection.closed and not out and not self.connection.client_closes:
                 scope.cancel()
                 return
 
@@ -144,6 +169,8 @@ class _Transport:
             await anyio.sleep(interval / 2 if interval else 0.5)
             now = time.monotonic()
             state = connection.state
+            if state is State.CLOSED:
+                return  # the read loop waits for the client to close, within its own timeout
             if state is State.CLOSING:
                 if self.closing_since is None:
                     self.closing_since = now

@@ -30,8 +30,9 @@ import struct
 from collections.abc import Iterator
 from typing import Any
 
-from pamqp import decode, encode
 from rocksdict import Options, Rdict, WriteBatch, WriteOptions
+
+from amqpbroker.codec.tables import TableError, decode_table
 
 from amqpbroker.store.base import Recovered, StoredEntry, StoredMessage, StoreError
 
@@ -46,6 +47,15 @@ _U32 = struct.Struct(">I")
 _ARRIVED = struct.Struct(">d")
 _PERSISTENT = 2  # inline entry flag
 _MEMTABLE_BYTES = 32 << 20  # two of these at most: bounds RocksDB's share of resident memory
+
+
+_KINDS = {b"x": "exchange", b"q": "queue", b"b": "binding"}
+
+
+def _describe_key(key: bytes) -> str:
+    """A definition's key as an operator reads it: ``'name' in vhost '/'``."""
+    vhost, _, name = key[1:].partition(b"\x00")
+    return f"'{name.decode(errors='replace')}' in vhost '{vhost.decode(errors='replace')}'"
 
 
 def _text_key(prefix: bytes, vhost: str, name: str) -> bytes:
@@ -66,12 +76,11 @@ def _shortstr(text: str) -> bytes:
     return bytes((len(data),)) + data
 
 
-def _table(definition: dict[str, Any]) -> bytes:
-    return encode.field_table(definition)
-
-
 def _untable(data: bytes) -> dict[str, Any]:
-    return decode.field_table(data)[1]
+    table, end = decode_table(data)
+    if end != len(data):
+        raise TableError("trailing bytes after the table")
+    return table
 
 
 def _message_value(message: Any) -> bytes:
@@ -115,7 +124,11 @@ class RocksStore:
             self._drop_transient_pages()
             for prefix, kind in ((b"x", recovered.exchanges), (b"q", recovered.queues),
                                  (b"b", recovered.bindings)):
-                kind.extend(_untable(value) for _, value in self._scan(prefix))
+                for key, value in self._scan(prefix):
+                    try:
+                        kind.append(_untable(value))
+                    except (TableError, IndexError, struct.error) as exc:
+                        recovered.unreadable.append(f"{_KINDS[prefix]} {_describe_key(key)}: {exc}")
             for key, value in self._scan(b"m"):
                 recovered.messages[_U64.unpack_from(key, 1)[0]] = _stored_message(value)
             for key, value in self._scan(b"w"):
@@ -243,18 +256,18 @@ class RocksStore:
                 delete(b"w" + _U64.pack(op[1]))
             elif tag == "queue":
                 _, vhost, name, queue_id, definition = op
-                put(_text_key(b"q", vhost, name), _table({**definition, "id": queue_id}))
+                put(_text_key(b"q", vhost, name), definition)  # encoded by the broker, id included
             elif tag == "queue-":
                 _, vhost, name, queue_id = op
                 delete(_text_key(b"q", vhost, name))
                 batch.delete_range(*_range(b"e", queue_id))
                 batch.delete_range(*_range(b"d", queue_id))
             elif tag == "exchange":
-                put(_text_key(b"x", op[1], op[2]), _table(op[3]))
+                put(_text_key(b"x", op[1], op[2]), op[3])
             elif tag == "exchange-":
                 delete(_text_key(b"x", op[1], op[2]))
             elif tag == "binding":
-                put(_text_key(b"b", op[1], op[2]), _table(op[3]))
+                put(_text_key(b"b", op[1], op[2]), op[3])
             elif tag == "binding-":
                 delete(_text_key(b"b", op[1], op[2]))
             else:
