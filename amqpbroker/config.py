@@ -26,6 +26,8 @@ class Config:
     heartbeat: int = 60
     frame_max: int = 131072
     channel_max: int = 2047
+    max_message_size: int = 16 << 20  # bytes (RabbitMQ 4's default); a larger publish gets 406
+    disk_free_limit: int = 50_000_000  # bytes free in the data dir below which publishers are blocked
     default_user: str = "guest"
     default_password: str = "guest"
     loopback_users: bool = True  # the default user may connect from loopback only

@@ -247,3 +247,30 @@ def test_queue_delete_ok_comes_before_the_cancel_of_the_deleting_channels_own_co
     client.consume("q", "mine")
     client.send(commands.Queue.Delete(queue="q"))
     assert [type(frame) for _, frame in client.methods()] == [commands.Queue.DeleteOk, commands.Basic.Cancel]
+
+
+def test_a_client_that_never_reads_its_get_oks_stops_being_read() -> None:
+    """300 pipelined basic.get + basic.reject(requeue) of a 1 MB message from a client that
+    never reads: its input is held back once 8 MiB of answers wait unsent (RabbitMQ stops
+    reading that socket), instead of 300 MB piling up in the broker."""
+    client = FakeClient()
+    client.open_channel()
+    client.declare_queue("big")
+    client.publish(1, "", "big", b"x" * (1 << 20), body_frame_size=100_000)
+    client.received()
+    pipelined = b"".join(
+        pamqp_frame.marshal(commands.Basic.Get(queue="big"), 1)
+        + pamqp_frame.marshal(commands.Basic.Reject(delivery_tag=tag, requeue=True), 1)
+        for tag in range(1, 301))
+    client.connection.receive_data(pipelined)
+    client.session.end_of_batch()
+    session = client.session
+    assert client.connection.paused and session.out_bytes <= 10 << 20
+    answered = 0
+    while client.connection.paused:  # the transport's writer sends, the client reads: it goes on
+        answered += sum(isinstance(frame, commands.Basic.GetOk) for _, frame in client.methods())
+        session.out_bytes = 0
+        session.output_drained()
+        assert session.out_bytes <= 10 << 20
+    answered += sum(isinstance(frame, commands.Basic.GetOk) for _, frame in client.methods())
+    assert answered == 300 and not client.closed

@@ -609,10 +609,10 @@ def test_server_initiated_close():
     assert client.closed
 
 
-def test_unexpected_close_ok_on_channel_zero_is_505():
+def test_unexpected_close_ok_on_channel_zero_is_504_as_rabbitmq():
     client = FakeClient()
     client.send(CloseOk(), 0)
-    assert connection_close(client).reply_code == 505
+    assert connection_close(client).reply_code == 504
 
 
 def test_lost_transport_releases_the_session():

@@ -34,6 +34,7 @@ class Limits:
     channel_max: int = 2047
     frame_max: int = 131072
     heartbeat: int = 60
+    max_message_size: int = 16 << 20  # RabbitMQ 4's default; larger publishes get 406
 
 
 class MessageTotals:

@@ -27,8 +27,10 @@ from pamqp import commands
 __all__ = ["Channel", "OUTPUT_HIGH_WATER"]
 
 # A consumer stops getting messages while its connection holds this many unsent output pieces
-# (about four per delivery); the transport's writer resumes it once the socket took them.
+# (about four per delivery) or message bytes; the transport's writer resumes it once the socket
+# took them.
 OUTPUT_HIGH_WATER = 4096
+OUTPUT_BYTES_HIGH_WATER = 4 << 20
 
 Unacked = tuple  # (queue, entry, consumer or None for basic.get)
 
@@ -68,7 +70,7 @@ class Channel:
     # ---------------------------------------------------------------- sending
 
     def can_send(self) -> bool:
-        if len(self.out) < OUTPUT_HIGH_WATER:
+        if len(self.out) < OUTPUT_HIGH_WATER and self.session.out_bytes < OUTPUT_BYTES_HIGH_WATER:
             return True
         self.session.output_saturated = True
         return False
@@ -91,6 +93,7 @@ class Channel:
             if message.message_id is not None and not entry[2] and queue.queue_id is not None:
                 queue.journal.mark_delivered(queue, entry)
         session = self.session
+        session.out_bytes += len(message.body)
         if not session.output_marked:  # (mark_output, inlined: this runs once per delivery)
             session.mark_output()
 
@@ -101,6 +104,7 @@ class Channel:
                                                                  queue.message_count)))
         append_content(self.out, self.number, queue.delivery_header(entry) or message.header, message.body,
                        self.frame_max)
+        self.session.out_bytes += len(message.body)
         if no_ack:
             queue.completed += 1
             queue.discard(entry)

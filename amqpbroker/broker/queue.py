@@ -36,6 +36,7 @@ from amqpbroker.broker.priority import PriorityReady
 from amqpbroker.broker.queueing import Sampler
 from amqpbroker.broker.queue_options import DROP_HEAD, REJECT_PUBLISH_DLX, QueueOptions
 from amqpbroker.codec.content import decode_properties, encode_content_header
+from amqpbroker.codec.tables import TableError
 
 if TYPE_CHECKING:
     from amqpbroker.broker.consumer import Consumer
@@ -208,7 +209,10 @@ class Queue:
         message = entry[1]
         properties = decode_properties(message.header)
         properties.headers = {**(properties.headers or {}), "x-delivery-count": self.delivery_counts.get(entry[0], 0)}
-        return encode_content_header(len(message.body), properties)
+        try:
+            return encode_content_header(len(message.body), properties)
+        except TableError:  # cannot carry the count: delivered as published
+            return None
 
     def _full(self, message: Message) -> bool:
         """Would one more message break a length limit?"""

@@ -41,6 +41,7 @@ __all__ = ["Session"]
 
 log = logging.getLogger("amqpbroker.session")
 
+OUTPUT_PAUSE_BYTES = 8 << 20  # unsent get-ok/return bytes at which a client's input is held back
 _USER_ID_FLAG = 0x10  # user_id's bit in the low byte of the first property-flags word
 _EXPIRATION_FLAG = 0x01  # expiration's bit in the high byte
 _REPLY_TO_FLAG = 0x02  # reply_to's bit in the high byte
@@ -81,7 +82,7 @@ class Session:
         self.from_loopback = from_loopback
         limits = broker.limits
         self.connection = Connection(self, channel_max=limits.channel_max, frame_max=limits.frame_max,
-                                     heartbeat=limits.heartbeat)
+                                     heartbeat=limits.heartbeat, max_message_size=limits.max_message_size)
         self.out = self.connection.out
         self.channels: dict[int, Channel] = {}
         self.vhost: VirtualHost | None = None
@@ -89,6 +90,8 @@ class Session:
         self.confirming: list[Channel] = []
         self.output_marked = False
         self.output_saturated = False
+        self.out_bytes = 0  # message bytes in ``out`` since the transport last took it
+        self.paused_for_output = False  # input held back until the client reads its answers
         self.wake: Callable[[], None] = lambda: None
         self.on_resume: Callable[[], None] = lambda: None  # the transport reads again
         self.exclusive_queues: list[Queue] = []
@@ -216,6 +219,8 @@ class Session:
             out.append(method_frame(channel.number,
                                     return_payload(ReplyCode.NO_ROUTE, "NO_ROUTE", message.routing_raw)))
             append_content(out, channel.number, message.header, message.body, channel.frame_max)
+            self.out_bytes += len(message.body)
+            self._bound_output()
         if channel.confirm:
             channel.confirm_published(message, refused)
 
@@ -237,7 +242,11 @@ class Session:
             self.confirming.clear()
 
     def output_drained(self) -> None:
-        """The transport sent everything: consumers held back for output may go on."""
+        """The transport sent everything: consumers held back for output may go on, and so does
+        input held back because the client was not reading its answers."""
+        if self.paused_for_output:
+            self.paused_for_output = False
+            self._resume()
         if self.output_saturated:
             self.output_saturated = False
             for channel in self.channels.values():
@@ -469,6 +478,15 @@ class Session:
             return
         channel.send_get_ok(queue, entry, no_ack)
         self.mark_output()
+        self._bound_output()
+
+    def _bound_output(self) -> None:
+        """Answers the client must read (get-oks, returns) are piling up unsent: take nothing
+        more from it until the transport sent them (TCP backpressure), rather than let one client
+        that never reads grow the broker's memory."""
+        if self.out_bytes > OUTPUT_PAUSE_BYTES and not self.connection.paused:
+            self.connection.pause()
+            self.paused_for_output = True
 
     def _resume(self) -> None:
         """Go on with the input held back behind a deferred reply."""

@@ -50,7 +50,7 @@ def check_properties(payload: bytes) -> None:
     :class:`~amqpbroker.errors.ConnectionError` 541 for anything else, as RabbitMQ refuses such a
     publish (it closes the connection and stores nothing)."""
     flags = (payload[12] << 8) | payload[13]
-    if not flags & 0xFFFE:
+    if not flags:
         return
     try:
         if flags & ~_KNOWN_FLAGS:

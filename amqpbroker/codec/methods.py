@@ -12,10 +12,14 @@ import struct
 
 import re
 
-from pamqp import commands, constants as pamqp_constants, exceptions as pamqp_exceptions, frame as pamqp_frame
+from pamqp import (
+    commands, constants as pamqp_constants, decode as pamqp_decode, exceptions as pamqp_exceptions,
+    frame as pamqp_frame,
+)
 from pamqp.base import Frame as PamqpMethod
 
 from amqpbroker.codec.frames import FRAME_END_BYTE, FRAME_HEAD, FRAME_METHOD
+from amqpbroker.codec.tables import decode_table
 from amqpbroker.errors import ConnectionError, ReplyCode
 
 __all__ = [
@@ -28,6 +32,17 @@ __all__ = [
 # encoding enforces), so a queue named "€" or "a(b)" must get its declare-ok, not a 541.
 for _domain in ("exchange-name", "queue-name"):
     pamqp_constants.DOMAIN_REGEX[_domain] = re.compile(r".*", re.DOTALL)
+
+# Field tables in method arguments are decoded by our own decoder (amqpbroker.codec.tables):
+# lengths checked against the frame, table keys that are not UTF-8 kept (RabbitMQ does not check
+# them), nesting bounded so no decode or later encode can exhaust the stack.
+def _pamqp_field_table(value: bytes) -> tuple[int, dict]:
+    table, end = decode_table(value)
+    return end, table
+
+
+pamqp_decode.METHODS["table"] = _pamqp_field_table
+pamqp_decode.TABLE_MAPPING[b"F"] = _pamqp_field_table
 
 _CLASS_METHOD = struct.Struct(">HH")
 _ACK_BODY = struct.Struct(">QB")
@@ -71,8 +86,9 @@ class Ack:
         return f"Ack(delivery_tag={self.delivery_tag}, multiple={self.multiple})"
 
 
-def syntax_error(text: str) -> ConnectionError:
-    return ConnectionError(ReplyCode.SYNTAX_ERROR, text)
+def decode_error(text: str) -> ConnectionError:
+    """A method frame whose fields cannot be decoded: 501, as RabbitMQ ("cannot decode")."""
+    return ConnectionError(ReplyCode.FRAME_ERROR, text)
 
 
 def _decode_publish(payload: bytes) -> Publish:
@@ -83,9 +99,10 @@ def _decode_publish(payload: bytes) -> Publish:
         key_end = exchange_end + 1 + payload[exchange_end]
         bits = payload[key_end]
         exchange = payload[start + 1:exchange_end].decode()
-        routing_key = payload[exchange_end + 1:key_end].decode()
+        # RabbitMQ takes any bytes as a routing key; deliveries send the raw bytes back
+        routing_key = payload[exchange_end + 1:key_end].decode("utf-8", "surrogateescape")
     except (IndexError, UnicodeDecodeError) as exc:
-        raise syntax_error(f"malformed basic.publish: {exc}") from None
+        raise decode_error(f"cannot decode basic.publish: {exc}") from None
     return Publish(exchange, routing_key, bool(bits & 1), bool(bits & 2), payload[start:key_end])
 
 
@@ -93,7 +110,7 @@ def _decode_ack(payload: bytes) -> Ack:
     try:
         tag, bits = _ACK_BODY.unpack_from(payload, 4)
     except struct.error:
-        raise syntax_error("malformed basic.ack") from None
+        raise decode_error("cannot decode basic.ack") from None
     return Ack(tag, bool(bits & 1))
 
 
@@ -114,8 +131,10 @@ def decode_method(payload: bytes) -> Publish | Ack | PamqpMethod:
     method = method_class()
     try:
         method.unmarshal(payload[4:])
-    except (struct.error, ValueError, TypeError, pamqp_exceptions.PAMQPException) as exc:
-        raise syntax_error(f"malformed {method_class.name}: {exc}") from None
+    except UnicodeDecodeError:
+        raise decode_error(f"cannot decode {method_class.name}: malformed UTF-8 in a shortstr") from None
+    except (struct.error, ValueError, TypeError, IndexError, pamqp_exceptions.PAMQPException) as exc:
+        raise decode_error(f"cannot decode {method_class.name}: {exc}") from None
     return method
 
 
@@ -133,7 +152,7 @@ def encode_method(channel: int, method: PamqpMethod) -> bytes:
 
 
 def shortstr(value: str) -> bytes:
-    data = value.encode()
+    data = value.encode("utf-8", "surrogateescape")
     if len(data) > 255:
         raise ValueError("shortstr longer than 255 bytes")
     return bytes((len(data),)) + data

@@ -14,7 +14,7 @@ from amqpbroker.errors import AMQPError, ChannelError, ConnectionError, ReplyCod
 
 __all__ = ["ChannelMachine", "MAX_MESSAGE_SIZE"]
 
-MAX_MESSAGE_SIZE = 128 * 1024 * 1024  # RabbitMQ's default max_message_size
+MAX_MESSAGE_SIZE = 16 * 1024 * 1024  # RabbitMQ 4's default max_message_size (3.x: 128 MiB)
 
 
 def unexpected_frame(text: str) -> ConnectionError:
@@ -33,10 +33,12 @@ class ChannelMachine:
     ``channel.close`` / ``channel.close-ok`` is discarded, as the spec requires.
     """
 
-    __slots__ = ("number", "closing", "_publish", "_header", "_body_size", "_chunks", "_received")
+    __slots__ = ("number", "closing", "_publish", "_header", "_body_size", "_chunks", "_received",
+                 "max_message_size")
 
-    def __init__(self, number: int) -> None:
+    def __init__(self, number: int, max_message_size: int = MAX_MESSAGE_SIZE) -> None:
         self.number = number
+        self.max_message_size = max_message_size
         self.closing = False
         self._publish: Publish | None = None
         self._header: bytes | None = None
@@ -68,11 +70,11 @@ class ChannelMachine:
         class_id, body_size = parse_content_header(payload)
         if class_id != BASIC_CLASS_ID:
             raise unexpected_frame(f"content header for class {class_id}, expected {BASIC_CLASS_ID}")
-        if body_size > MAX_MESSAGE_SIZE:
+        if body_size > self.max_message_size:
             self._publish = None
             raise ChannelError(ReplyCode.PRECONDITION_FAILED,
                                f"message size {body_size} is larger than configured max size "
-                               f"{MAX_MESSAGE_SIZE}", 60, 40)
+                               f"{self.max_message_size}", 60, 40)
         try:
             check_properties(payload)
         except AMQPError:

@@ -37,7 +37,7 @@ from amqpbroker.codec.frames import (
 )
 from amqpbroker.codec.methods import PUBLISH_ID, Publish, decode_method, encode_method, method_ids
 from amqpbroker.errors import AMQPError, ChannelError, ConnectionError, ReplyCode, log_internal_error
-from amqpbroker.protocol.channel import ChannelMachine
+from amqpbroker.protocol.channel import MAX_MESSAGE_SIZE, ChannelMachine
 
 __all__ = ["Connection", "ConnectionHandler", "State", "AuthenticationFailed", "SERVER_CAPABILITIES"]
 
@@ -82,11 +82,19 @@ class ConnectionHandler(Protocol):
     def connection_closed(self) -> None: ...
 
 
-def _check_frame_type(frame_type: int, number: int) -> None:
-    """Frame types other than method, header and body: heartbeats belong on channel 0 only."""
+# AMQP 0-9 as some old clients announce it (class 1, instance 1): RabbitMQ serves them 0-9-1
+_LEGACY_0_9_HEADER = b"AMQP\x01\x01\x00\x09"
+FRAME_LIMIT_BEFORE_TUNE = 8192  # RabbitMQ 4.1+ (3.x: 4096); larger start-oks are dropped
+
+
+def _check_frame_type(frame_type: int, number: int, payload: bytes = b"") -> None:
+    """Frame types other than method, header and body: heartbeats belong on channel 0 only,
+    with no payload."""
     if frame_type == FRAME_HEARTBEAT:
         if number:
             raise ConnectionError(ReplyCode.UNEXPECTED_FRAME, f"heartbeat frame on channel {number}")
+        if payload:
+            raise ConnectionError(ReplyCode.FRAME_ERROR, "heartbeat frame with a payload")
     elif frame_type not in (FRAME_METHOD, FRAME_HEADER, FRAME_BODY):
         raise ConnectionError(ReplyCode.FRAME_ERROR, f"unknown frame type {frame_type}")
 
@@ -95,8 +103,10 @@ class Connection:
     """One client connection's AMQP state, from protocol header to close."""
 
     def __init__(self, handler: ConnectionHandler, *, channel_max: int = 2047,
-                 frame_max: int = 131072, heartbeat: int = 60, cluster_name: str = "amqpbroker") -> None:
+                 frame_max: int = 131072, heartbeat: int = 60, cluster_name: str = "amqpbroker",
+                 max_message_size: int = MAX_MESSAGE_SIZE) -> None:
         self.handler = handler
+        self.max_message_size = max_message_size  # larger declared body sizes get 406
         self.state = State.AWAIT_HEADER
         self.out: list[bytes] = []
         self.server_channel_max = channel_max
@@ -111,7 +121,9 @@ class Connection:
         self.vhost = ""
         self.channels: dict[int, ChannelMachine] = {}
         self.close_reason: AMQPError | None = None
-        self._reader = FrameReader(frame_max=max(frame_max, FRAME_MIN_SIZE))
+        # before tune-ok, frames up to FRAME_LIMIT_BEFORE_TUNE (a start-ok with large client
+        # properties); then the negotiated frame_max
+        self._reader = FrameReader(frame_max=FRAME_LIMIT_BEFORE_TUNE)
         self._handshake_method: type | None = commands.Connection.StartOk
         # a reply is deferred (basic.get waiting for a page): frames after it wait, in order
         self.paused = False
@@ -139,7 +151,7 @@ class Connection:
             header = self._reader.take_bytes(len(PROTOCOL_HEADER))
             if header is None:
                 return
-            if header != PROTOCOL_HEADER:
+            if header != PROTOCOL_HEADER and header != _LEGACY_0_9_HEADER:
                 self.out.append(PROTOCOL_HEADER)
                 self._set_closed()
                 return
@@ -165,7 +177,11 @@ class Connection:
                 try:
                     frames = self._reader.read_frames()
                 except ConnectionError as exc:
-                    self._connection_error(exc)
+                    if self.state in (State.OPEN, State.CLOSING):
+                        self._connection_error(exc)  # (once: closing discards the rest)
+                    else:  # a frame error during the handshake: RabbitMQ just drops the socket
+                        log.warning("closing a connection during its handshake: %s", exc.reply_text)
+                        self._set_closed()
                     return
                 if not frames:
                     return
@@ -236,7 +252,7 @@ class Connection:
                     if content is not None:
                         on_publish(number, *content)
                 else:
-                    _check_frame_type(frame_type, number)
+                    _check_frame_type(frame_type, number, payload)
             except AMQPError as exc:
                 if frame_type != FRAME_METHOD:
                     exc.for_method(*PUBLISH_ID)
@@ -265,7 +281,7 @@ class Connection:
             self._handle_closing_channel(frame_type, channel, payload)
 
     def _handle_unopened(self, frame_type: int, number: int, payload: bytes) -> None:
-        _check_frame_type(frame_type, number)
+        _check_frame_type(frame_type, number, payload)
         if frame_type == FRAME_HEARTBEAT:
             return
         if frame_type != FRAME_METHOD:
@@ -280,7 +296,7 @@ class Connection:
                 raise ConnectionError(ReplyCode.NOT_ALLOWED,
                                       f"number of channels opened ({len(self.channels)}) has reached "
                                       f"the negotiated channel_max ({self.channel_max})", 20, 10)
-            self.channels[number] = ChannelMachine(number)
+            self.channels[number] = ChannelMachine(number, self.max_message_size)
             self.handler.channel_opened(number)
             self.out.append(encode_method(number, commands.Channel.OpenOk()))
             return
@@ -302,7 +318,7 @@ class Connection:
             self._send_close_ok()
             self._set_closed()
         elif isinstance(method, commands.Connection.CloseOk):
-            raise ConnectionError(ReplyCode.UNEXPECTED_FRAME, "unexpected connection.close-ok", 10, 51)
+            raise ConnectionError(ReplyCode.CHANNEL_ERROR, "unexpected connection.close-ok", 10, 51)
         elif isinstance(method, commands.Connection.UpdateSecret):
             self.out.append(encode_method(0, commands.Connection.UpdateSecretOk()))
         elif isinstance(method, (commands.Connection.Blocked, commands.Connection.Unblocked)):

@@ -35,7 +35,7 @@ SHUTDOWN_TEXT = "broker forced connection closure with reason 'shutdown'"
 
 def build_broker(config: Config) -> Broker:
     return Broker(Limits(channel_max=config.channel_max, frame_max=config.frame_max,
-                         heartbeat=config.heartbeat),
+                         heartbeat=config.heartbeat, max_message_size=config.max_message_size),
                   default_user=config.default_user, default_password=config.default_password,
                   default_user_loopback_only=config.loopback_users,
                   paging_window=(config.queue_window_messages, config.queue_window_bytes))
@@ -88,6 +88,8 @@ async def _serve(config: Config, broker: Broker, writer: StoreWriter, task_statu
         group.start_soon(writer.run_pages)
         group.start_soon(writer.run_retries)
         group.start_soon(_tick, broker, watermark_bytes(config.memory_high_watermark))
+        if config.disk_free_limit:
+            group.start_soon(_watch_disk, broker, config.data_dir, config.disk_free_limit)
         connections = await group.start(listen, config, broker)
         task_status.started(connections.ports)
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -132,6 +134,29 @@ async def _tick(broker: Broker, watermark: int | None) -> None:
             broker.tick(time.time())
         except Exception as exc:  # a bug in timed work must not end the broker; the timer goes on
             log_internal_error(log, "the broker's timer", exc)
+
+
+DISK_CHECK_SECONDS = 1.0
+
+
+async def _watch_disk(broker: Broker, path: str, limit: int) -> None:
+    """The disk alarm: publishers are blocked while the data directory's file system has less
+    than ``limit`` bytes free, before RocksDB fails for want of space (RabbitMQ's
+    ``disk_free_limit``, 50 MB by default). Read in a worker thread: statvfs can block."""
+    while True:
+        try:
+            free = await anyio.to_thread.run_sync(free_bytes, path)
+        except OSError as exc:
+            log.warning("cannot read the free space of %s: %s", path, exc)
+        else:
+            broker.set_alarm("disk", free < limit, "low on disk")
+        await anyio.sleep(DISK_CHECK_SECONDS)
+
+
+def free_bytes(path: str) -> int:
+    """Bytes free for unprivileged use on the file system holding ``path``."""
+    stats = os.statvfs(path)
+    return stats.f_bavail * stats.f_frsize
 
 
 def run(config: Config) -> int:

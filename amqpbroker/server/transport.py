@@ -150,6 +150,7 @@ class _Transport:
                 continue
             data = b"".join(out)
             out.clear()
+            session.out_bytes = 0
             try:
                 await send(data)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
