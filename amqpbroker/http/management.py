@@ -4,23 +4,27 @@ tools (rabbitmqadmin-style scripts, Flower, monitoring) use.
 Handlers run on the broker's event loop, so they read and change broker state directly, through
 the same vhost methods AMQP clients end up in; after a change, ``Broker.run_pending`` sends what
 it caused (deliveries, store writes). Paths take the vhost URL-encoded (``%2F`` for ``/``).
+
+Nothing a request holds may stall or break the broker: bodies are checked field by field
+(``bodies``), lists are filtered and paged off the loop where it matters (``listing``), every
+value is shown as JSON that renders (``views.json_value``), and every failure is an answer in
+RabbitMQ's JSON shape (``errors``), never a traceback.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import json
+import logging
 import os
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
 
 import anyio
 import anyio.lowlevel
-from pamqp import commands
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -29,30 +33,29 @@ from amqpbroker import __version__
 from amqpbroker.broker.auth import is_loopback_address
 from amqpbroker.broker.broker import Broker
 from amqpbroker.broker.message import Message
+from amqpbroker.broker.session import message_ttl
 from amqpbroker.codec.content import encode_content_header
 from amqpbroker.codec.methods import shortstr
-from amqpbroker.errors import AMQPError, ReplyCode
-from amqpbroker.http import views
+from amqpbroker.codec.tables import TableError
+from amqpbroker.errors import AMQPError, ReplyCode, access_refused, log_internal_error, precondition_failed
+from amqpbroker.http import bodies, views
+from amqpbroker.http.errors import HTTPError, bad_request, not_found, refused
+from amqpbroker.http.listing import Lister
 from amqpbroker.protocol.connection import AuthenticationFailed
 from amqpbroker.server.memory import resident_bytes
 
 __all__ = ["management_app"]
 
+log = logging.getLogger("amqpbroker.http")
+
 ADMIN = "administrator"
 _SLICE = 500  # queues turned into JSON between two looks at other work
+GET_LIMIT = 10_000  # messages one POST .../get takes at most
+PAGE_IN_WAIT = 1.0  # seconds a /get waits for a queue's paged-out messages to come in
+_ACKMODES = ("ack_requeue_true", "ack_requeue_false", "reject_requeue_true", "reject_requeue_false")
 _PAGE = os.path.join(os.path.dirname(__file__), "static", "index.html")  # the web UI
 _MONITORING_TAGS = {"administrator", "monitoring", "management", "policymaker"}
 Handler = Callable[[Request], Awaitable[Response]]
-
-
-class HTTPError(Exception):
-    def __init__(self, status: int, error: str, reason: str) -> None:
-        super().__init__(reason)
-        self.status, self.error, self.reason = status, error, reason
-
-
-def _not_found() -> HTTPError:
-    return HTTPError(404, "Object Not Found", "Not Found")
 
 
 def management_app(broker: Broker, listeners: list[dict[str, Any]], memory_limit: int | None = None) -> Any:
@@ -94,20 +97,28 @@ def management_app(broker: Broker, listeners: list[dict[str, Any]], memory_limit
         Route("/api/health/checks/alarms", api.alarms),
         Route("/api/aliveness-test/{vhost}", api.aliveness),
     ]
-    return _KeepEncodedSlashes(Starlette(routes=routes))
+    return _RouteOnRawPath(Starlette(routes=routes, exception_handlers={HTTPException: _starlette_error}))
 
 
-class _KeepEncodedSlashes:
-    """Route on the raw path with ``%2F`` kept, so ``/api/queues/%2F/q`` finds vhost ``/``."""
+class _RouteOnRawPath:
+    """Route on the raw path, still percent-encoded, so that ``/api/queues/%2F/q`` finds vhost
+    ``/``; each path parameter is then decoded exactly once (``_Api._name``)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope.get("raw_path"):
-            raw = scope["raw_path"].decode("latin-1").split("?", 1)[0]
-            scope = {**scope, "path": unquote(re.sub("%2[Ff]", "%252F", raw))}
+            scope = {**scope, "path": scope["raw_path"].decode("latin-1").split("?", 1)[0]}
         await self.app(scope, receive, send)
+
+
+async def _starlette_error(request: Request, exc: Exception) -> Response:
+    """No route (404) or a method the path does not take (405), in RabbitMQ's JSON shape."""
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    error = {404: ("Object Not Found", "Not Found"), 405: ("bad_request", "Method Not Allowed")}
+    name, reason = error.get(status, ("bad_request", str(getattr(exc, "detail", ""))))
+    return JSONResponse({"error": name, "reason": reason}, status)
 
 
 def _handler(*, admin: bool = False) -> Callable[[Callable[..., Any]], Handler]:
@@ -120,20 +131,35 @@ def _handler(*, admin: bool = False) -> Callable[[Callable[..., Any]], Handler]:
                 if admin and ADMIN not in user.tags:
                     raise HTTPError(401, "not_authorised", "Not administrator user")
                 result = await method(self, request, user)
+                if not isinstance(result, Response):
+                    result = JSONResponse(await self.lister.shape(result, request.query_params))
             except HTTPError as exc:
-                # a script (the web UI) handles a 401 itself: no browser login prompt for it
-                challenge = exc.status == 401 and "x-requested-with" not in request.headers
-                headers = {"WWW-Authenticate": 'Basic realm="RabbitMQ Management"'} if challenge else None
-                return JSONResponse({"error": exc.error, "reason": exc.reason}, exc.status, headers)
+                return _error_response(request, exc)
             except AMQPError as exc:  # what an AMQP client would have got as a channel or connection close
-                status = 404 if exc.reply_code == ReplyCode.NOT_FOUND else 400
-                return JSONResponse({"error": "bad_request" if status == 400 else "Object Not Found",
-                                     "reason": exc.reply_text.partition(" - ")[2] or exc.reply_text}, status)
+                return _error_response(request, _amqp_error(exc))
+            except TableError as exc:  # a value AMQP cannot carry (too deep, an integer past 64 bits)
+                return _error_response(request, bad_request(str(exc)))
+            except Exception as exc:  # a bug: logged, answered, and the broker goes on
+                log_internal_error(log, f"management API {request.method} {request.url.path}", exc)
+                return JSONResponse({"error": "internal_server_error", "reason": "Internal Server Error"}, 500)
             finally:
                 self.broker.run_pending()
-            return result if isinstance(result, Response) else _json(result, request)
+            return result
         return handle
     return wrap
+
+
+def _error_response(request: Request, exc: HTTPError) -> Response:
+    # a script (the web UI) handles a 401 itself: no browser login prompt for it
+    challenge = exc.status == 401 and "x-requested-with" not in request.headers
+    headers = {"WWW-Authenticate": 'Basic realm="RabbitMQ Management"'} if challenge else None
+    return JSONResponse({"error": exc.error, "reason": exc.reason}, exc.status, headers)
+
+
+def _amqp_error(exc: AMQPError) -> HTTPError:
+    if exc.reply_code == ReplyCode.NOT_FOUND:
+        return HTTPError(404, "Object Not Found", exc.reply_text.partition(" - ")[2] or exc.reply_text)
+    return bad_request(exc.reply_text.partition(" - ")[2] or exc.reply_text)
 
 
 class _Api:
@@ -141,6 +167,7 @@ class _Api:
         self.broker = broker
         self.listeners = listeners
         self.memory_limit = memory_limit
+        self.lister = Lister()
 
     # ------------------------------------------------------------ helpers
 
@@ -165,7 +192,7 @@ class _Api:
     def _vhost(self, request: Request) -> Any:
         vhost = self.broker.vhosts.get(unquote(request.path_params["vhost"]))
         if vhost is None:
-            raise _not_found()
+            raise not_found()
         return vhost
 
     def _vhosts(self, request: Request) -> list[Any]:
@@ -180,18 +207,13 @@ class _Api:
         name = self._name(request, key)
         return "" if name == "amq.default" else name
 
-    @staticmethod
-    async def _body(request: Request) -> dict[str, Any]:
-        data = await request.body()
-        if not data:
-            return {}
-        try:
-            body = json.loads(data)
-        except ValueError:
-            raise HTTPError(400, "bad_request", "Invalid JSON") from None
-        if not isinstance(body, dict):
-            raise HTTPError(400, "bad_request", "Expected a JSON object")
-        return body
+    def _queue(self, request: Request) -> tuple[Any, Any]:
+        """The vhost and queue a path names; 404 when either is missing."""
+        vhost = self._vhost(request)
+        queue = vhost.queues.get(self._name(request))
+        if queue is None:
+            raise not_found()
+        return vhost, queue
 
     # ------------------------------------------------------------ overview, node, users
 
@@ -223,7 +245,7 @@ class _Api:
     async def user(self, request: Request, user: Any) -> Any:
         found = self.broker.users.users.get(self._name(request))
         if found is None:
-            raise _not_found()
+            raise not_found()
         return views.user_view(found)
 
     @_handler(admin=True)
@@ -254,61 +276,44 @@ class _Api:
         vhost, name = self._vhost(request), self._name(request)
         if request.method == "PUT":
             _require_admin(user)
-            body = await self._body(request)
+            body = await bodies.json_object(request)
             existed = name in vhost.queues
             _declare_queue(vhost, name, body)
             return Response(status_code=204 if existed else 201)
         queue = vhost.queues.get(name)
         if queue is None:
-            raise _not_found()
-        if request.method == "DELETE":
+            raise not_found()
+        if request.method == "DELETE":  # another connection's exclusive queue is refused, as in RabbitMQ
             _require_admin(user)
             vhost.delete_queue(name, if_unused=request.query_params.get("if-unused") == "true",
-                               if_empty=request.query_params.get("if-empty") == "true", owner=queue.exclusive_owner)
+                               if_empty=request.query_params.get("if-empty") == "true", owner=None)
             return Response(status_code=204)
         return views.queue_view(vhost.name, queue)
 
     @_handler(admin=True)
     async def purge(self, request: Request, user: Any) -> Any:
-        vhost = self._vhost(request)
-        queue = vhost.queues.get(self._name(request))
-        if queue is None:
-            raise _not_found()
-        queue.purge()
+        vhost, queue = self._queue(request)
+        vhost.purge_queue(queue.name, owner=None)  # refuses another connection's exclusive queue
         return Response(status_code=204)
 
     @_handler(admin=True)
     async def get_messages(self, request: Request, user: Any) -> Any:
         """``POST .../get``: take up to ``count`` messages, then requeue or drop them (``ackmode``)."""
-        vhost = self._vhost(request)
-        queue = vhost.queues.get(self._name(request))
-        if queue is None:
-            raise _not_found()
-        body = await self._body(request)
-        count = int(body.get("count", 1))
-        ackmode = body.get("ackmode", "ack_requeue_true")
+        vhost, queue = self._queue(request)
+        body = await bodies.json_object(request)
+        count = min(bodies.integer(body, "count", 1, low=None), GET_LIMIT)
+        ackmode = bodies.choice(body, "ackmode", "ack_requeue_true", _ACKMODES)
         encoding = body.get("encoding", "auto")
-        truncate = body.get("truncate")
-        taken = []
-        for _ in range(count):
-            entry = queue.get()
-            if entry is None:
-                break
-            taken.append(entry)
-        answers = []
-        for index, (_, message, redelivered) in enumerate(taken):
-            payload = message.body if truncate is None else message.body[:int(truncate)]
-            try:
-                text = payload.decode() if encoding == "auto" else None
-            except UnicodeDecodeError:
-                text = None
-            answers.append({
-                "payload_bytes": len(message.body), "redelivered": redelivered, "exchange": message.exchange,
-                "routing_key": message.routing_key, "message_count": queue.message_count + len(taken) - index - 1,
-                "properties": _properties(message),
-                "payload": text if text is not None else base64.b64encode(payload).decode(),
-                "payload_encoding": "string" if text is not None else "base64",
-            })
+        if encoding not in ("auto", "base64"):
+            raise bad_request("Unsupported encoding. Please use auto or base64.")
+        truncate = bodies.integer(body, "truncate", None)
+        try:  # as RabbitMQ's basic.get: another connection's exclusive queue is refused
+            vhost.use_queue(queue.name, owner=None)
+        except AMQPError as exc:
+            raise refused(exc) from None
+        taken = await _take(queue, count)
+        answers = [_got(message, redelivered, queue.message_count + len(taken) - index - 1, encoding, truncate)
+                   for index, (_, message, redelivered) in enumerate(taken)]
         if ackmode.endswith("requeue_true"):
             queue.requeue(taken)
         else:
@@ -321,7 +326,7 @@ class _Api:
         vhost = self._vhost(request)
         name = self._name(request)
         if name not in vhost.queues:
-            raise _not_found()
+            raise not_found()
         return [view for view in views.binding_views(self.broker, vhost.name)
                 if view["destination_type"] == "queue" and view["destination"] == name]
 
@@ -337,13 +342,13 @@ class _Api:
         vhost, name = self._vhost(request), self._exchange_name(request)
         if request.method == "PUT":
             _require_admin(user)
-            body = await self._body(request)
+            body = await bodies.json_object(request)
             existed = name in vhost.exchanges
             _declare_exchange(vhost, name, body)
             return Response(status_code=204 if existed else 201)
         exchange = vhost.exchanges.get(name)
         if exchange is None:
-            raise _not_found()
+            raise not_found()
         if request.method == "DELETE":
             _require_admin(user)
             vhost.delete_exchange(name, if_unused=request.query_params.get("if-unused") == "true")
@@ -352,20 +357,35 @@ class _Api:
 
     @_handler(admin=True)
     async def publish(self, request: Request, user: Any) -> Any:
+        """``POST .../publish``: one message, refused where RabbitMQ's channel would refuse it."""
         vhost, name = self._vhost(request), self._exchange_name(request)
         exchange = vhost.exchanges.get(name)
         if exchange is None:
-            raise _not_found()
-        body = await self._body(request)
-        payload = body.get("payload", "")
-        data = base64.b64decode(payload) if body.get("payload_encoding") == "base64" else str(payload).encode()
-        key = str(body.get("routing_key", ""))
-        properties = _amqp_properties(body.get("properties") or {})
-        message = Message(name, key, shortstr(name) + shortstr(key), encode_content_header(len(data), properties), data)
-        queues = vhost.route(exchange, key, message)
+            raise not_found()
+        body = await bodies.json_object(request)
+        key = bodies.text(body, "routing_key", "")
+        data = _payload(body)
+        properties = bodies.amqp_properties(body.get("properties") or {})
+        try:
+            _check_publish(vhost, exchange, properties, user)
+            message = _message(name, key, properties, data)
+            return {"routed": self._route(vhost, exchange, message)}
+        except AMQPError as exc:
+            raise refused(exc) from None
+
+    def _route(self, vhost: Any, exchange: Any, message: Message) -> bool:
+        """As an AMQP publish is routed: its TTL, a delayed exchange, then the queues."""
+        if message.properties.expiration is not None:
+            message.ttl = message_ttl(message.properties.expiration)
+            message.arrived = vhost.clock()
+        if exchange.delayed and vhost.delay(exchange, message):
+            return False  # held, to be routed when due
+        queues = vhost.route(exchange, message.routing_key, message)
         for queue in queues:
             queue.enqueue(message)
-        return {"routed": bool(queues)}
+        if not queues:
+            self.broker.totals.count_unroutable(returned=False)
+        return bool(queues)
 
     @_handler()
     async def bindings(self, request: Request, user: Any) -> Any:
@@ -377,11 +397,11 @@ class _Api:
         source, destination = self._name(request, "source"), self._name(request, "destination")
         kind = request.path_params["kind"]
         if kind not in ("q", "e"):
-            raise _not_found()
+            raise not_found()
         if request.method == "POST":
             _require_admin(user)
-            body = await self._body(request)
-            key, arguments = str(body.get("routing_key", "")), dict(body.get("arguments") or {})
+            body = await bodies.json_object(request)
+            key, arguments = bodies.text(body, "routing_key", ""), bodies.arguments(body)
             if kind == "q":
                 vhost.bind_queue(destination, source, key, arguments, owner=None)
             else:
@@ -403,7 +423,7 @@ class _Api:
         name = self._name(request)
         session = next((each for each in self.broker.sessions if each.name == name), None)
         if session is None:
-            raise _not_found()
+            raise not_found()
         if request.method == "DELETE":
             _require_admin(user)
             reason = request.headers.get("x-reason", "Closed via management plugin")
@@ -426,7 +446,7 @@ class _Api:
     @_handler(admin=True)
     async def definitions(self, request: Request, user: Any) -> Any:
         if request.method == "POST":
-            self._import(await self._body(request))
+            self._import(await bodies.json_object(request))
             return Response(status_code=204)
         queues, exchanges = [], []
         for vhost in self.broker.vhosts.values():
@@ -452,19 +472,21 @@ class _Api:
 
     def _import(self, definitions: dict[str, Any]) -> None:
         """Exchanges, queues, then bindings, as RabbitMQ imports them (users and vhosts: later)."""
-        for item in definitions.get("exchanges", []):
-            _declare_exchange(self._vhost_named(item.get("vhost", "/")), item["name"], item)
-        for item in definitions.get("queues", []):
-            _declare_queue(self._vhost_named(item.get("vhost", "/")), item["name"], item)
-        for item in definitions.get("bindings", []):
-            vhost = self._vhost_named(item.get("vhost", "/"))
-            arguments = dict(item.get("arguments") or {})
-            if item.get("destination_type", "queue") == "queue":
-                vhost.bind_queue(item["destination"], item["source"], item.get("routing_key", ""), arguments, owner=None)
+        for item in _entries(definitions, "exchanges"):
+            _declare_exchange(self._vhost_named(item), bodies.text(item, "name", None), item)
+        for item in _entries(definitions, "queues"):
+            _declare_queue(self._vhost_named(item), bodies.text(item, "name", None), item)
+        for item in _entries(definitions, "bindings"):
+            vhost = self._vhost_named(item)
+            source, destination = bodies.text(item, "source", None), bodies.text(item, "destination", None)
+            key, arguments = bodies.text(item, "routing_key", ""), bodies.arguments(item)
+            if bodies.choice(item, "destination_type", "queue", ("queue", "exchange")) == "queue":
+                vhost.bind_queue(destination, source, key, arguments, owner=None)
             else:
-                vhost.bind_exchange(item["destination"], item["source"], item.get("routing_key", ""), arguments)
+                vhost.bind_exchange(destination, source, key, arguments)
 
-    def _vhost_named(self, name: str) -> Any:
+    def _vhost_named(self, item: dict[str, Any]) -> Any:
+        name = bodies.text(item, "vhost", "/")
         vhost = self.broker.vhosts.get(name)
         if vhost is None:
             raise HTTPError(400, "bad_request", f"vhost '{name}' does not exist")
@@ -486,8 +508,10 @@ class _Api:
         body = b"test_message"
         message = Message("", queue.name, shortstr("") + shortstr(queue.name), encode_content_header(len(body)), body)
         queue.enqueue(message)
-        entry = queue.get()
+        entry = queue.get() if queue.ready else None  # never a store read on the loop
         if entry is None or entry[1].body != body:
+            if entry is not None:
+                queue.requeue([entry])  # someone else's message at the head: it stays theirs
             return JSONResponse({"status": "failed", "reason": "the test message did not come back"}, 503)
         queue.discard(entry)
         return {"status": "ok"}
@@ -495,95 +519,97 @@ class _Api:
 
 # ------------------------------------------------------------------ declares from JSON
 
+def _entries(definitions: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    entries = definitions.get(key) or []
+    if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
+        raise bad_request(f"{key} must be a list of objects")
+    return entries
+
+
 def _declare_queue(vhost: Any, name: str, body: dict[str, Any]) -> None:
     """A queue as a PUT body or a definitions entry describes it (durable unless it says not)."""
-    vhost.declare_queue(name, passive=False, durable=bool(body.get("durable", True)), exclusive=False,
-                        auto_delete=bool(body.get("auto_delete", False)),
-                        arguments=dict(body.get("arguments") or {}), owner=None)
+    vhost.declare_queue(bodies.name_of("queue", name), passive=False, durable=bodies.flag(body, "durable", True),
+                        exclusive=False, auto_delete=bodies.flag(body, "auto_delete", False),
+                        arguments=bodies.arguments(body), owner=None)
 
 
 def _declare_exchange(vhost: Any, name: str, body: dict[str, Any]) -> None:
-    vhost.declare_exchange(name, str(body.get("type", "direct")), passive=False,
-                           durable=bool(body.get("durable", True)), auto_delete=bool(body.get("auto_delete", False)),
-                           internal=bool(body.get("internal", False)), arguments=dict(body.get("arguments") or {}))
+    vhost.declare_exchange(bodies.name_of("exchange", name), bodies.text(body, "type", "direct"), passive=False,
+                           durable=bodies.flag(body, "durable", True),
+                           auto_delete=bodies.flag(body, "auto_delete", False),
+                           internal=bodies.flag(body, "internal", False),
+                           arguments=bodies.arguments(body))
 
 
-# ------------------------------------------------------------------ shapes of answers
+# ------------------------------------------------------------------ /get and /publish
 
-def _json(result: Any, request: Request) -> Response:
-    """Lists can be sorted (``sort``, ``sort_reverse``), cut to ``columns`` and paged
-    (``page``, ``page_size``, ``name``, ``use_regex``), as the management API does."""
-    query = request.query_params
-    if isinstance(result, list):
-        if "name" in query and "page" in query:
-            pattern = query["name"]
-            match = (lambda name: re.search(pattern, name)) if query.get("use_regex") == "true" \
-                else (lambda name: pattern in name)
-            filtered = [item for item in result if match(str(item.get("name", "")))]
-        else:
-            filtered = result
-        sort = query.get("sort")
-        if sort:
-            filtered = sorted(filtered, key=lambda item: _sort_key(_dig(item, sort)),
-                              reverse=query.get("sort_reverse") == "true")
-        if "columns" in query:
-            columns = [column for column in query["columns"].split(",") if column]
-            filtered = [_columns(item, columns) for item in filtered]
-        if "page" in query:
-            page = max(int(query["page"]), 1)
-            size = max(min(int(query.get("page_size", 100)), 500), 1)
-            count = max((len(filtered) + size - 1) // size, 1)
-            return JSONResponse({"filtered_count": len(filtered), "item_count": len(filtered[(page - 1) * size:page * size]),
-                                 "items": filtered[(page - 1) * size:page * size], "page": page,
-                                 "page_count": count, "page_size": size, "total_count": len(result)})
-        return JSONResponse(filtered)
-    if isinstance(result, dict) and "columns" in query:
-        result = _columns(result, [column for column in query["columns"].split(",") if column])
-    return JSONResponse(result)
+async def _take(queue: Any, count: int) -> list[Any]:
+    """Up to ``count`` ready messages, as basic.get takes them, but never reading the store on
+    the event loop: when the in-memory part runs out while messages are paged out, wait (at most
+    ``PAGE_IN_WAIT``) for the page read the queue asked for."""
+    taken: list[Any] = []
+    while len(taken) < count:
+        if not queue.ready and not await _paged_in(queue):
+            break
+        entry = queue.get()
+        if entry is None:
+            break
+        taken.append(entry)
+    return taken
 
 
-def _dig(item: dict[str, Any], path: str) -> Any:
-    for part in path.split("."):
-        item = item.get(part) if isinstance(item, dict) else None
-    return item
+async def _paged_in(queue: Any) -> bool:
+    deadline = anyio.current_time() + PAGE_IN_WAIT
+    while not queue.ready and queue.paged and not queue.deleted and anyio.current_time() < deadline:
+        await anyio.sleep(0.005)
+    return bool(queue.ready)
 
 
-def _sort_key(value: Any) -> tuple:
-    return (value is None, value if isinstance(value, (int, float)) else str(value))
+def _got(message: Message, redelivered: bool, left: int, encoding: str, truncate: int | None) -> dict[str, Any]:
+    """One message as ``/get`` shows it."""
+    payload = message.body if truncate is None else message.body[:truncate]
+    try:
+        text = payload.decode() if encoding == "auto" else None
+    except UnicodeDecodeError:
+        text = None
+    return {"payload_bytes": len(message.body), "redelivered": redelivered, "exchange": message.exchange,
+            "routing_key": message.routing_key, "message_count": left,
+            "properties": bodies.properties_view(message.properties),
+            "payload": text if text is not None else base64.b64encode(payload).decode(),
+            "payload_encoding": "string" if text is not None else "base64"}
 
 
-def _columns(item: dict[str, Any], columns: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for column in columns:
-        value = _dig(item, column)
-        target = out
-        parts = column.split(".")
-        for part in parts[:-1]:
-            target = target.setdefault(part, {})
-        target[parts[-1]] = value
-    return out
+def _payload(body: dict[str, Any]) -> bytes:
+    payload = body.get("payload", "")
+    if not isinstance(payload, str):
+        raise bad_request("payload_not_string")
+    encoding = body.get("payload_encoding", "string")
+    if encoding == "string":
+        return payload.encode()
+    if encoding != "base64":
+        raise bad_request("unsupported payload_encoding: use string or base64")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except binascii.Error:
+        raise bad_request("payload is not base64") from None
 
 
-def _properties(message: Message) -> dict[str, Any]:
-    properties = message.properties
-    out = {}
-    for key in ("content_type", "content_encoding", "delivery_mode", "priority", "correlation_id", "reply_to",
-                "expiration", "message_id", "timestamp", "type", "user_id", "app_id"):
-        value = getattr(properties, key, None)
-        if value is not None:
-            out[key] = value if not hasattr(value, "timestamp") else int(value.timestamp())
-    if properties.headers:
-        out["headers"] = views._json_safe(properties.headers)
-    return out
+def _check_publish(vhost: Any, exchange: Any, properties: Any, user: Any) -> None:
+    """What RabbitMQ's channel refuses in a publish: an internal exchange, a forged ``user_id``."""
+    if exchange.internal:
+        raise access_refused(f"cannot publish to internal exchange '{exchange.name}' in vhost '{vhost.name}'")
+    if properties.user_id is not None and properties.user_id != user.name:
+        raise precondition_failed(f"user_id property set to '{properties.user_id}' but authenticated "
+                                  f"user was '{user.name}'")
 
 
-def _amqp_properties(given: dict[str, Any]) -> commands.Basic.Properties:
-    allowed = {"content_type", "content_encoding", "headers", "delivery_mode", "priority", "correlation_id",
-               "reply_to", "expiration", "message_id", "type", "user_id", "app_id"}
-    unknown = set(given) - allowed
-    if unknown:
-        raise HTTPError(400, "bad_request", f"unknown properties: {', '.join(sorted(unknown))}")
-    return commands.Basic.Properties(**given)
+def _message(exchange: str, key: str, properties: Any, data: bytes) -> Message:
+    try:
+        routing = shortstr(exchange) + shortstr(key)
+        header = encode_content_header(len(data), properties)
+    except (ValueError, UnicodeError) as exc:  # TableError is a ValueError
+        raise bad_request(str(exc)) from None
+    return Message(exchange, key, routing, header, data)
 
 
 def _require_admin(user: Any) -> None:

@@ -5,7 +5,10 @@ Pure functions of broker state; the app in ``management.py`` calls them on the e
 
 from __future__ import annotations
 
+import base64
 import datetime
+import decimal
+import math
 from typing import Any
 
 from amqpbroker import __version__
@@ -13,30 +16,81 @@ from amqpbroker.broker.broker import Broker
 from amqpbroker.broker.queue import Queue
 from amqpbroker.broker.session import Session
 
-__all__ = ["NODE", "overview", "queue_view", "exchange_view", "binding_views", "connection_view",
-           "channel_views", "consumer_views", "vhost_view", "user_view", "node_view"]
+__all__ = ["NODE", "MAX_JSON_DEPTH", "TOO_DEEP", "json_value", "overview", "queue_view", "exchange_view",
+           "binding_views", "connection_view", "channel_views", "consumer_views", "vhost_view", "user_view",
+           "node_view"]
 
 NODE = "amqpbroker@localhost"
 
+MAX_JSON_DEPTH = 100  # tables and arrays shown inside one another; deeper ones become TOO_DEEP
+TOO_DEEP = f"(nested deeper than {MAX_JSON_DEPTH} levels)"
 
-def _json_safe(value: Any) -> Any:
-    """Field-table values as JSON: bytes as text, datetimes as seconds."""
-    if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(item) for item in value]
-    if isinstance(value, bytes):
-        return value.decode(errors="replace")
+
+def json_value(value: Any, depth: int = 0) -> Any:
+    """Any field-table value (whatever pamqp or the codec decodes, or a JSON body held) as JSON
+    that always renders: text that is not UTF-8 and bytes as RabbitMQ shows them, datetimes as
+    seconds, decimals and floats as numbers (or text when not finite), and nothing nested deeper
+    than ``MAX_JSON_DEPTH``, so that rendering never exhausts the stack."""
+    kind = type(value)
+    if kind is str:
+        return value if value.isascii() else _text(value)
+    if value is None or kind is int or kind is bool:
+        return value
+    if isinstance(value, (dict, list, tuple)):
+        if depth >= MAX_JSON_DEPTH:
+            return TOO_DEEP
+        if isinstance(value, dict):
+            return {_key(key): json_value(item, depth + 1) for key, item in value.items()}
+        return [json_value(item, depth + 1) for item in value]
+    return _scalar(value)
+
+
+def _scalar(value: Any) -> Any:
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, int):  # an int subclass (the codec's Timestamp)
+        return int(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return _utf8_or_base64(bytes(value))
+    if isinstance(value, (float, decimal.Decimal)):
+        number = float(value) if not isinstance(value, decimal.Decimal) or value.is_finite() else math.nan
+        return number if math.isfinite(number) else str(value)
     if isinstance(value, datetime.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=datetime.timezone.utc)
         return int(value.timestamp())
-    return value
+    return str(value)
+
+
+def _text(value: str) -> str:
+    """A string that may hold surrogate escapes (bytes that were not UTF-8)."""
+    try:
+        value.encode()
+        return value
+    except UnicodeEncodeError:
+        pass
+    try:
+        return _utf8_or_base64(value.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:  # a lone surrogate that stands for no byte
+        return _utf8_or_base64(value.encode("utf-8", "surrogatepass"))
+
+
+def _key(key: Any) -> str:
+    return _text(key) if isinstance(key, str) else str(_scalar(key))
+
+
+def _utf8_or_base64(data: bytes) -> str:
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        return "Not UTF-8, base64 is: " + base64.b64encode(data).decode()
 
 
 def queue_view(vhost: str, queue: Queue) -> dict[str, Any]:
     queue_type = "quorum" if queue.quorum else "classic"
     return {
         "name": queue.name, "vhost": vhost, "durable": queue.durable, "auto_delete": queue.auto_delete,
-        "exclusive": queue.exclusive, "arguments": _json_safe(queue.arguments), "type": queue_type,
+        "exclusive": queue.exclusive, "arguments": json_value(queue.arguments), "type": queue_type,
         "node": NODE, "state": "running",
         "messages": queue.message_count + queue.unacked_count, "messages_ready": queue.message_count,
         "messages_unacknowledged": queue.unacked_count,
@@ -68,7 +122,7 @@ def _figures(queue: Queue) -> dict[str, float | None] | None:
 def exchange_view(vhost: str, exchange: Any) -> dict[str, Any]:
     return {"name": exchange.name, "vhost": vhost, "type": exchange.type_name, "durable": exchange.durable,
             "auto_delete": exchange.auto_delete, "internal": exchange.internal,
-            "arguments": _json_safe(exchange.arguments), "user_who_performed_action": ""}
+            "arguments": json_value(exchange.arguments), "user_who_performed_action": ""}
 
 
 def binding_views(broker: Broker, vhost_name: str | None = None) -> list[dict[str, Any]]:
@@ -88,13 +142,13 @@ def binding_views(broker: Broker, vhost_name: str | None = None) -> list[dict[st
 
 def _binding(vhost: str, source: str, destination: str, kind: str, key: str, arguments: dict) -> dict[str, Any]:
     return {"source": source, "vhost": vhost, "destination": destination, "destination_type": kind,
-            "routing_key": key, "arguments": _json_safe(arguments),
+            "routing_key": key, "arguments": json_value(arguments),
             "properties_key": key.replace("%", "%25").replace("/", "%2F") if not arguments else f"{key}~"}
 
 
 def connection_view(session: Session) -> dict[str, Any]:
     connection = session.connection
-    properties = _json_safe(connection.client_properties or {})
+    properties = json_value(connection.client_properties or {})
     peer_host, _, peer_port = session.peer.rpartition(":")
     return {
         "name": session.name, "node": NODE, "vhost": session.vhost.name if session.vhost else None,
@@ -130,7 +184,7 @@ def consumer_views(broker: Broker) -> list[dict[str, Any]]:
                 views.append({
                     "consumer_tag": consumer.tag, "ack_required": not consumer.no_ack,
                     "exclusive": consumer.exclusive, "prefetch_count": consumer.prefetch,
-                    "arguments": _json_safe(consumer.arguments), "active": True,
+                    "arguments": json_value(consumer.arguments), "active": True,
                     "queue": {"name": consumer.queue.name, "vhost": consumer.queue.vhost},
                     "channel_details": {"name": f"{session.name} ({number})", "number": number,
                                         "connection_name": session.name, "user": session.user},
