@@ -28,6 +28,10 @@ class Config:
     channel_max: int = 2047
     max_message_size: int = 16 << 20  # bytes (RabbitMQ 4's default); a larger publish gets 406
     disk_free_limit: int = 50_000_000  # bytes free in the data dir below which publishers are blocked
+    connection_max: int = 0  # connections in all (0: no limit)
+    connection_max_per_user: int = 0  # connections of one user (0: no limit)
+    consumer_max_per_channel: int = 0  # (0: no limit)
+    queue_max_per_vhost: int = 0  # (0: no limit)
     default_user: str = "guest"
     default_password: str = "guest"
     loopback_users: bool = True  # the default user may connect from loopback only

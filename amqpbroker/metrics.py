@@ -69,6 +69,11 @@ class BrokerCollector(Collector):
         yield _gauge("rabbitmq_queues", "Queues available", len(queues))
         yield _gauge("rabbitmq_alarms_memory_used_watermark",
                      "is 1 if VM memory watermark alarm is in effect", int(broker.memory_alarm))
+        yield _gauge("rabbitmq_alarms_free_disk_space_watermark",
+                     "is 1 if free disk space watermark alarm is in effect", int(broker.disk_alarm))
+        yield _gauge("amqpbroker_alarms_store_failed",
+                     "is 1 while the store refuses writes or syncs (publishers blocked, retried every second)",
+                     int(broker.store_alarm))
         for name, text, value in _QUEUE_GAUGES:
             if self.per_object:
                 family = GaugeMetricFamily(name, text, labels=("vhost", "queue"))

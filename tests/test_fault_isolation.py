@@ -274,3 +274,50 @@ def test_a_client_that_never_reads_its_get_oks_stops_being_read() -> None:
         assert session.out_bytes <= 10 << 20
     answered += sum(isinstance(frame, commands.Basic.GetOk) for _, frame in client.methods())
     assert answered == 300 and not client.closed
+
+
+# ---------------------------------------------------------------- limits, as RabbitMQ refuses them
+
+def _limited(**limits) -> Broker:
+    from amqpbroker.broker.broker import Limits
+    return Broker(Limits(**limits))
+
+
+def test_connection_limits_refuse_at_open_with_530() -> None:
+    broker = _limited(connection_max=2, connection_max_per_user=1)
+    FakeClient(broker)
+    second = FakeClient(broker, handshake=False)
+    second.feed(pamqp_header.ProtocolHeader().marshal())
+    second.send(second.start_ok(), 0)
+    second.send(commands.Connection.TuneOk(channel_max=0, frame_max=131072, heartbeat=0), 0)
+    second.received()
+    second.send(commands.Connection.Open(virtual_host="/"), 0)
+    close = only(second.methods(), commands.Connection.Close)
+    assert close.reply_code == 530 and "User connection limit (1)" in close.reply_text
+
+
+def test_consumers_per_channel_and_queues_per_vhost_are_bounded() -> None:
+    broker = _limited(consumer_max_per_channel=2, queue_max_per_vhost=2)
+    client = FakeClient(broker)
+    client.open_channel()
+    client.declare_queue("q1")
+    client.declare_queue("q2")
+    client.send(commands.Queue.Declare(queue="q3"))
+    close = only(client.methods(), commands.Channel.Close)
+    assert close.reply_code == 406 and "vhost queue limit (2)" in close.reply_text
+    client.open_channel(2)
+    client.consume("q1", "c1", channel=2)
+    client.consume("q2", "c2", channel=2)
+    client.send(commands.Basic.Consume(queue="q1", consumer_tag="c3"), 2)
+    close = only(client.methods(), commands.Connection.Close)
+    assert close.reply_code == 530 and "reached maximum (2) of consumers per channel" in close.reply_text
+
+
+def test_a_message_half_received_counts_as_publishing_for_the_alarms() -> None:
+    client = FakeClient()
+    client.open_channel()
+    frames = client.publish_frames(1, "", "q", b"x" * 1000, body_frame_size=500)
+    client.feed(frames[:-(500 + 8)])  # all but the last body frame
+    assert client.connection.mid_content() and not client.session.published
+    client.feed(frames[-(500 + 8):])
+    assert not client.connection.mid_content() and client.session.published

@@ -72,3 +72,36 @@ def test_the_broker_stops_cleanly_with_the_metrics_endpoint_serving(tmp_path) ->
     log = process.output()
     assert "stopped" in log
     assert "Traceback" not in log and "ERROR" not in log
+
+
+def test_the_disk_alarm_blocks_publishers_and_shows_in_metrics_and_the_api(start_broker) -> None:
+    """Less free disk than ``disk_free_limit`` in the data directory: the disk alarm, as
+    RabbitMQ's: publishers get connection.blocked, /metrics and the API say so."""
+    import base64
+    import json
+
+    import pika
+
+    management = _free_port()
+    broker = start_broker(prometheus_port=_free_port(), management_port=management,
+                          env={"AMQPBROKER_DISK_FREE_LIMIT": str(10 ** 18)})  # more than any disk
+    samples = scrape(broker)
+    assert samples[("rabbitmq_alarms_free_disk_space_watermark", ())] == 1
+    assert samples[("amqpbroker_alarms_store_failed", ())] == 0
+    request = urllib.request.Request(f"http://127.0.0.1:{management}/api/health/checks/alarms")
+    request.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(request, timeout=5)
+    assert info.value.code == 503 and json.loads(info.value.read())["alarms"][0]["resource"] == "disk"
+    blocked = []
+    parameters = pika.URLParameters(broker.url)
+    parameters.blocked_connection_timeout = 2  # a blocked connection is not read: pika drops it
+    connection = pika.BlockingConnection(parameters)
+    connection.add_on_connection_blocked_callback(lambda _connection, frame: blocked.append(frame))
+    channel = connection.channel()
+    channel.queue_declare("blocked-by-disk", auto_delete=True)
+    channel.basic_publish("", "blocked-by-disk", b"x")
+    connection.process_data_events(time_limit=5)
+    assert blocked and blocked[0].method.reason == "low on disk"
+    with pytest.raises(pika.exceptions.AMQPError):
+        connection.sleep(10)  # pika gives up on the blocked connection after 2 s

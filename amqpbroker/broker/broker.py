@@ -35,6 +35,12 @@ class Limits:
     frame_max: int = 131072
     heartbeat: int = 60
     max_message_size: int = 16 << 20  # RabbitMQ 4's default; larger publishes get 406
+    # 0: no limit. Refused as RabbitMQ refuses them: 530 at connection.open, 530 at basic.consume,
+    # 406 at queue.declare
+    connection_max: int = 0
+    connection_max_per_user: int = 0
+    consumer_max_per_channel: int = 0
+    queue_max_per_vhost: int = 0
 
 
 class MessageTotals:
@@ -98,6 +104,7 @@ class Broker:
     def add_vhost(self, name: str) -> VirtualHost:
         vhost = VirtualHost(name, journal=self.journal, mark_dirty=self._dirty.add,
                             on_queue_deleted=self._queue_deleted)
+        vhost.max_queues = self.limits.queue_max_per_vhost
         self.vhosts[name] = vhost
         return vhost
 

@@ -114,6 +114,14 @@ class Session:
         if name not in user.vhosts:
             raise ConnectionError(ReplyCode.NOT_ALLOWED,
                                   f"access to vhost '{name}' refused for user '{self.user}'", 10, 40)
+        limits = self.broker.limits
+        if limits.connection_max and len(self.broker.sessions) >= limits.connection_max:
+            raise ConnectionError(ReplyCode.NOT_ALLOWED, f"connection refused: node connection limit "
+                                  f"({limits.connection_max}) is reached", 10, 40)
+        if limits.connection_max_per_user and sum(
+                session.user == self.user for session in self.broker.sessions) >= limits.connection_max_per_user:
+            raise ConnectionError(ReplyCode.NOT_ALLOWED, f"Connection refused for user '{self.user}'. User "
+                                  f"connection limit ({limits.connection_max_per_user}) is reached", 10, 40)
         self.vhost = vhost
         self.broker.sessions.add(self)
         self.broker.totals.connections_opened += 1
@@ -417,6 +425,10 @@ class Session:
         tag = m.consumer_tag or _consumer_tag()
         if tag in channel.consumers:
             raise ConnectionError(ReplyCode.NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'")
+        most = self.broker.limits.consumer_max_per_channel
+        if most and len(channel.consumers) >= most:
+            raise ConnectionError(ReplyCode.NOT_ALLOWED, f"reached maximum ({most}) of consumers per channel",
+                                  60, 20)
         if m.queue == REPLY_TO:
             queue = self._reply_queue(channel, m)
         else:

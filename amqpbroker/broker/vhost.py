@@ -103,6 +103,7 @@ class VirtualHost:
         self.queues: dict[str, Queue] = {}
         self.exchange_bindings = 0  # exchange-to-exchange bindings; routing is simpler without
         self.dead_letter_failures = 0  # messages dead-lettered without x-death, or dropped, by a fault
+        self.max_queues = 0  # most queues it may hold (0: no limit), RabbitMQ's vhost max-queues
         self._mark_dirty = mark_dirty
         self._on_queue_deleted = on_queue_deleted
         for exchange_name, type_name, internal in PREDECLARED_EXCHANGES:
@@ -288,6 +289,9 @@ class VirtualHost:
             name = server_named_queue()
         existing = self.queues.get(name)
         if existing is None:
+            if self.max_queues and len(self.queues) >= self.max_queues:
+                raise precondition_failed(f"cannot declare queue '{name}' in vhost '{self.name}': "
+                                          f"vhost queue limit ({self.max_queues}) is reached")
             validate_queue_arguments(name, self.name, arguments)
             self._check_queue_type(name, arguments, durable=durable, exclusive=exclusive, auto_delete=auto_delete)
             return self.apply(ops.DeclareQueue(name, durable, auto_delete, arguments,

@@ -494,9 +494,10 @@ class _Api:
 
     @_handler()
     async def alarms(self, request: Request, user: Any) -> Any:
-        if self.broker.memory_alarm:
+        if self.broker.alarms:
             return JSONResponse({"status": "failed", "reason": "resource alarm(s) in effect in the cluster",
-                                 "alarms": [{"node": views.NODE, "resource": "memory"}]}, 503)
+                                 "alarms": [{"node": views.NODE, "resource": resource}
+                                            for resource in sorted(self.broker.alarms)]}, 503)
         return {"status": "ok"}
 
     @_handler()

@@ -209,7 +209,8 @@ def user_view(user: Any) -> dict[str, Any]:
 
 def node_view(broker: Broker, memory_used: int | None, memory_limit: int | None) -> dict[str, Any]:
     return {"name": NODE, "type": "disc", "running": True, "mem_used": memory_used or 0,
-            "mem_limit": memory_limit or 0, "mem_alarm": broker.memory_alarm, "disk_free_alarm": False,
+            "mem_limit": memory_limit or 0, "mem_alarm": broker.memory_alarm, "disk_free_alarm": broker.disk_alarm,
+            "store_alarm": broker.store_alarm,
             "proc_used": len(broker.sessions), "sockets_used": len(broker.sessions),
             "uptime": 0, "rates_mode": "basic", "being_drained": False}
 

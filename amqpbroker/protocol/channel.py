@@ -63,6 +63,10 @@ class ChannelMachine:
             what = "content header" if self._header is None else "content body"
             raise unexpected_content_frame(f"expected {what} for class {BASIC_CLASS_ID}, got method frame instead")
 
+    @property
+    def mid_content(self) -> bool:
+        return self._publish is not None or self._header is not None
+
     def on_header(self, payload: bytes) -> tuple[Publish, bytes, bytes] | None:
         """Take a content header; returns the whole message when the body is empty."""
         if self._publish is None or self._header is not None:

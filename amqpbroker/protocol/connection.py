@@ -202,6 +202,11 @@ class Connection:
         self.out.append(encode_method(0, commands.Connection.CloseOk()))
         self.client_closes = True
 
+    def mid_content(self) -> bool:
+        """Is a message being received (its method or header in, its body not all there)? A
+        resource alarm holds such a connection back too: a large first message is memory."""
+        return any(channel.mid_content for channel in self.channels.values())
+
     def close_channel(self, number: int, exc: ChannelError) -> None:
         """Server-initiated ``channel.close`` outside the handling of a frame (a deferred reply
         that failed)."""

@@ -35,7 +35,11 @@ SHUTDOWN_TEXT = "broker forced connection closure with reason 'shutdown'"
 
 def build_broker(config: Config) -> Broker:
     return Broker(Limits(channel_max=config.channel_max, frame_max=config.frame_max,
-                         heartbeat=config.heartbeat, max_message_size=config.max_message_size),
+                         heartbeat=config.heartbeat, max_message_size=config.max_message_size,
+                         connection_max=config.connection_max,
+                         connection_max_per_user=config.connection_max_per_user,
+                         consumer_max_per_channel=config.consumer_max_per_channel,
+                         queue_max_per_vhost=config.queue_max_per_vhost),
                   default_user=config.default_user, default_password=config.default_password,
                   default_user_loopback_only=config.loopback_users,
                   paging_window=(config.queue_window_messages, config.queue_window_bytes))

@@ -84,7 +84,7 @@ class _Transport:
                 data = await receive(READ_SIZE)
             except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                 return
-            if broker.alarms and session.published:
+            if broker.alarms and (session.published or connection.mid_content()):
                 await self._blocked()  # what it sent waits, unprocessed, until the alarm clears
             self.last_read = time.monotonic()
             try:
