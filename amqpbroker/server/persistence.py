@@ -44,6 +44,7 @@ log = logging.getLogger("amqpbroker.store")
 
 SYNC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)  # seconds
 RETRY_SECONDS = 1.0  # how often a failed store is tried again
+RETRY_LOG_EVERY = 30  # tries between two log lines while it still fails
 STORE_ALARM = "store"
 
 
@@ -188,12 +189,16 @@ class StoreWriter:
         while True:
             await self._failed_wanted.wait()
             self._failed_wanted = anyio.Event()
+            attempts = 0
             while self.journal.failed or self._retry_pages or self._failed_reads:
                 await anyio.sleep(RETRY_SECONDS)
+                attempts += 1
                 try:
                     await self._retry()
                 except Exception as exc:
-                    log.debug("the store still fails: %s", exc)
+                    if attempts % RETRY_LOG_EVERY == 0:  # (RocksDB resumes by itself only once it
+                        # has room for a memtable, 32 MiB, after a write failed for want of space)
+                        log.warning("the store still fails after %d tries: %s", attempts, exc)
                     continue
 
     async def _retry(self) -> None:
