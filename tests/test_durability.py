@@ -283,3 +283,54 @@ def test_delayed_persistent_messages_survive_a_crash_and_arrive_when_due(broker)
             assert drain(ch, "due") == []  # not yet
         time.sleep(max(0.0, published + 1.8 - time.monotonic()))
         assert drain(ch, "due") == [(b"delayed", False)]
+
+
+def test_an_expiring_message_with_undecodable_headers_is_dead_lettered_across_restarts(broker) -> None:
+    """A persistent message whose header holds a longstr that is not UTF-8 (pamqp decodes it to
+    bytes) in a durable TTL queue with a dead-letter exchange: dead-lettering it used to raise in
+    the broker's timer and end the process, and again at every restart (a crash loop)."""
+    with channel_of(broker) as ch:
+        ch.queue_declare("dl-target", durable=True)
+        ch.queue_declare("dl-source", durable=True, arguments={
+            "x-message-ttl": 300, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": "dl-target"})
+        ch.confirm_delivery()
+        ch.basic_publish("", "dl-source", b"poison", pika.BasicProperties(
+            delivery_mode=2, headers={"raw": b"\xff\xfe not utf-8"}))
+    broker.restart()  # before it expires: it comes back from the store, then expires here
+    time.sleep(1.0)
+    assert broker.process.poll() is None  # still running
+    with channel_of(broker) as ch:
+        method, properties, body = ch.basic_get("dl-target", auto_ack=True)
+        assert body == b"poison"
+        assert properties.headers["raw"] == b"\xff\xfe not utf-8"
+        assert properties.headers["x-death"][0]["reason"] == "expired"
+    broker.restart()
+    assert broker.process.poll() is None
+
+
+def test_an_unreadable_definition_record_is_named_and_skipped_at_start(tmp_path) -> None:
+    from rocksdict import Options, Rdict
+
+    data = tmp_path / "data"
+    broker = BrokerProcess(str(data))
+    broker.start()
+    with channel_of(broker) as ch:
+        ch.queue_declare("kept", durable=True)
+        ch.confirm_delivery()
+        ch.basic_publish("", "kept", b"still here", PERSISTENT)
+    broker.stop()
+    options = Options(raw_mode=True)
+    db = Rdict(str(data / "rocksdb"), options)
+    try:
+        db[b"q/\x00broken"] = b"\x00\x00\x00\x09garbage!!"  # a queue record that is not a table
+        db[b"q/\x00half"] = b"\x00\x00\x00\x00"  # a table without the fields a queue needs
+    finally:
+        db.close()
+    broker.start(capture=True)
+    output = broker.output()
+    assert "skipped an unreadable definition record: queue 'broken' in vhost '/'" in output
+    assert "skipped the stored queue 'half'" in output or "skipped the stored queue '?'" in output
+    assert "Traceback" not in output
+    with channel_of(broker) as ch:
+        assert drain(ch, "kept") == [(b"still here", False)]
+    broker.stop()
