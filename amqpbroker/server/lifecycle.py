@@ -153,7 +153,10 @@ async def _watch_disk(broker: Broker, path: str, limit: int) -> None:
         except OSError as exc:
             log.warning("cannot read the free space of %s: %s", path, exc)
         else:
-            broker.set_alarm("disk", free < limit, "low on disk")
+            try:
+                broker.set_alarm("disk", free < limit, "low on disk")
+            except Exception as exc:
+                log_internal_error(log, "the disk alarm", exc)
         await anyio.sleep(DISK_CHECK_SECONDS)
 
 

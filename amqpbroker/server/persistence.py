@@ -132,7 +132,10 @@ class StoreWriter:
                 continue
             self._count_sync(time.perf_counter() - started)
             self._synced_generation = generation
-            self._release(generation)
+            try:
+                self._release(generation)
+            except Exception as exc:  # a bug in confirm handling must not stop the syncs
+                log_internal_error(log, "releasing publisher confirms", exc)
 
     def _count_sync(self, seconds: float) -> None:
         self._sync_counts[bisect.bisect_left(SYNC_BUCKETS, seconds)] += 1
