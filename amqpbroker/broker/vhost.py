@@ -104,6 +104,7 @@ class VirtualHost:
         self.exchange_bindings = 0  # exchange-to-exchange bindings; routing is simpler without
         self.dead_letter_failures = 0  # messages dead-lettered without x-death, or dropped, by a fault
         self.max_queues = 0  # most queues it may hold (0: no limit), RabbitMQ's vhost max-queues
+        self._deleting: set[str] = set()  # exchanges being deleted
         self._mark_dirty = mark_dirty
         self._on_queue_deleted = on_queue_deleted
         for exchange_name, type_name, internal in PREDECLARED_EXCHANGES:
@@ -159,18 +160,22 @@ class VirtualHost:
             self.exchange_bindings -= removed and op.destination_is_exchange
             if removed and self._stored_binding(source, destination) and journal.enabled:
                 journal.definition(("binding-", self.name, binding_key(op)))
-            if removed and source.auto_delete and not source.bindings:
+            if removed and source.auto_delete and not source.bindings and source.name not in self._deleting:
                 self.apply(ops.DeleteExchange(source.name))
             return removed
         if isinstance(op, ops.DeleteQueue):
             return self._delete_queue(self.queues[op.name])
         if isinstance(op, ops.DeleteExchange):
             exchange = self.exchanges[op.name]
-            for binding in list(exchange.bindings.values()):
-                self._unbind_binding(exchange, binding)
-            for source in list(self.exchanges.values()):
-                for binding in source.bindings_to(exchange):
-                    self._unbind_binding(source, binding)
+            self._deleting.add(op.name)  # its last unbind below must not auto-delete it again
+            try:
+                for binding in list(exchange.bindings.values()):
+                    self._unbind_binding(exchange, binding)
+                for source in list(self.exchanges.values()):
+                    for binding in source.bindings_to(exchange):
+                        self._unbind_binding(source, binding)
+            finally:
+                self._deleting.discard(op.name)
             del self.exchanges[op.name]
             if exchange.durable:
                 journal.definition(("exchange-", self.name, op.name))

@@ -137,8 +137,8 @@ class Connection:
         return self.state is State.CLOSED
 
     def client_capability(self, name: str) -> bool:
-        capabilities = self.client_properties.get("capabilities") or {}
-        return bool(capabilities.get(name, False))
+        capabilities = self.client_properties.get("capabilities")
+        return isinstance(capabilities, Mapping) and bool(capabilities.get(name, False))
 
     def receive_data(self, data: bytes) -> None:
         """Feed bytes from the socket; answers accumulate in ``out``."""
@@ -395,7 +395,8 @@ class Connection:
             self._internal_error("the handshake", exc)
 
     def _on_start_ok(self, start_ok: commands.Connection.StartOk) -> None:
-        self.client_properties = start_ok.client_properties or {}
+        properties = start_ok.client_properties
+        self.client_properties = properties if isinstance(properties, Mapping) else {}
         mechanism = start_ok.mechanism
         response = start_ok.response
         if isinstance(response, str):

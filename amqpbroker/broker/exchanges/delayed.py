@@ -31,6 +31,7 @@ class DelayedExchange(Exchange):
                  internal: bool = False, arguments: dict[str, Any] | None = None) -> None:
         super().__init__(name, durable, auto_delete, internal, arguments)
         self.inner = self.inner_types[delayed_type(self.arguments)](name)
+        self.inner.bindings = self.bindings  # the inner type matches against these bindings
 
     def route(self, routing_key: str, message: Message) -> tuple:
         if not self.inner.cacheable:

@@ -21,3 +21,6 @@ class FanoutExchange(Exchange):
 
     def route(self, routing_key: str, message: Message) -> tuple:
         return self._all
+
+    def _match(self, routing_key: str, message: Message) -> tuple:
+        return self._all
