@@ -16,7 +16,7 @@ from pamqp import commands
 from amqpbroker.codec.tables import TableError, Timestamp, check_table, decode_table, encode_table
 from amqpbroker.errors import ConnectionError, ReplyCode
 
-__all__ = ["parse_content_header", "check_properties", "decode_properties", "encode_content_header",
+__all__ = ["parse_content_header", "check_properties", "FIXED_PROPERTY_LENGTHS", "decode_properties", "encode_content_header",
            "delivery_mode",
            "priority", "BASIC_CLASS_ID"]
 
@@ -53,12 +53,9 @@ def check_properties(payload: bytes) -> None:
     if not flags:
         return
     try:
-        if flags & ~_KNOWN_FLAGS:
-            raise TableError(f"unknown property flags 0x{flags & ~_KNOWN_FLAGS:04x}")
+        plan = _PLANS.get(flags) or _plan(flags)
         offset = 14
-        for _name, flag, kind in _PROPERTIES:
-            if not flags & flag:
-                continue
+        for kind in plan:  # only the properties present: one step for a plain delivery_mode
             if kind == "s":
                 offset += 1 + payload[offset]
             elif kind == "o":
@@ -72,6 +69,22 @@ def check_properties(payload: bytes) -> None:
     except (IndexError, TableError) as exc:
         raise ConnectionError(ReplyCode.INTERNAL_ERROR, f"malformed content header properties: "
                               f"{exc if isinstance(exc, TableError) else 'too short'}", 60, 40) from None
+
+
+_PLANS: dict[int, tuple[str, ...]] = {}  # property flags -> the kinds of the properties present
+# flags whose properties all have a fixed size (delivery_mode, priority, timestamp) -> the length
+# of a content header with them: checking one is a length comparison, not a walk
+FIXED_PROPERTY_LENGTHS = {
+    flags: 14 + (flags & 0x1000 and 1) + (flags & 0x0800 and 1) + (flags & 0x0040 and 8)
+    for flags in (0x1000, 0x0800, 0x0040, 0x1800, 0x1040, 0x0840, 0x1840)
+}
+
+
+def _plan(flags: int) -> tuple[str, ...]:
+    if flags & ~_KNOWN_FLAGS:
+        raise TableError(f"unknown property flags 0x{flags & ~_KNOWN_FLAGS:04x}")
+    plan = _PLANS[flags] = tuple(kind for _name, flag, kind in _PROPERTIES if flags & flag)
+    return plan
 
 
 def decode_properties(header_payload: bytes) -> commands.Basic.Properties:

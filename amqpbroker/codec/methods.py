@@ -99,10 +99,13 @@ def _decode_publish(payload: bytes) -> Publish:
         key_end = exchange_end + 1 + payload[exchange_end]
         bits = payload[key_end]
         exchange = payload[start + 1:exchange_end].decode()
-        # RabbitMQ takes any bytes as a routing key; deliveries send the raw bytes back
-        routing_key = payload[exchange_end + 1:key_end].decode("utf-8", "surrogateescape")
+        raw_key = payload[exchange_end + 1:key_end]
     except (IndexError, UnicodeDecodeError) as exc:
         raise decode_error(f"cannot decode basic.publish: {exc}") from None
+    try:
+        routing_key = raw_key.decode()
+    except UnicodeDecodeError:  # RabbitMQ takes any bytes as a routing key; deliveries send them back
+        routing_key = raw_key.decode("utf-8", "surrogateescape")
     return Publish(exchange, routing_key, bool(bits & 1), bool(bits & 2), payload[start:key_end])
 
 

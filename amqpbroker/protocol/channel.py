@@ -8,7 +8,9 @@ header or body frame when no content is expected, or a body larger than its head
 
 from __future__ import annotations
 
-from amqpbroker.codec.content import BASIC_CLASS_ID, check_properties, parse_content_header
+from amqpbroker.codec.content import (
+    BASIC_CLASS_ID, FIXED_PROPERTY_LENGTHS, check_properties, parse_content_header,
+)
 from amqpbroker.codec.methods import PUBLISH_ID, Publish
 from amqpbroker.errors import AMQPError, ChannelError, ConnectionError, ReplyCode
 
@@ -79,11 +81,13 @@ class ChannelMachine:
             raise ChannelError(ReplyCode.PRECONDITION_FAILED,
                                f"message size {body_size} is larger than configured max size "
                                f"{self.max_message_size}", 60, 40)
-        try:
-            check_properties(payload)
-        except AMQPError:
-            self._publish = None
-            raise
+        flags = payload[12] << 8 | payload[13]
+        if flags and not (flags in FIXED_PROPERTY_LENGTHS and len(payload) >= FIXED_PROPERTY_LENGTHS[flags]):
+            try:
+                check_properties(payload)
+            except AMQPError:
+                self._publish = None
+                raise
         if body_size == 0:
             publish, self._publish = self._publish, None
             return publish, payload, b""
