@@ -480,3 +480,29 @@ def test_hostile_input(amqp_url: str, row: Row) -> None:
         assert answer.closed_after, f"{row.id}: socket still open after {answer}"
     if row.check is not None:
         assert row.check(answer), f"{row.id}: got {answer}"
+
+
+def test_a_connection_that_never_finishes_its_handshake_is_closed(amqp_url: str) -> None:
+    """A socket that sends nothing, and one that sends the protocol header and stalls, are both
+    closed by the broker after its handshake timeout (10 s, as RabbitMQ's), not kept for ever."""
+    import socket
+    import time
+    from urllib.parse import urlparse
+
+    url = urlparse(amqp_url)
+    silent = socket.create_connection((url.hostname, url.port or 5672), timeout=30)
+    stalled = socket.create_connection((url.hostname, url.port or 5672), timeout=30)
+    try:
+        stalled.sendall(b"AMQP\x00\x00\x09\x01")
+        started = time.monotonic()
+        for sock in (silent, stalled):
+            try:
+                while sock.recv(65536):  # connection.start for the stalled one, then EOF
+                    pass
+            except ConnectionResetError:  # RabbitMQ resets rather than closes
+                pass
+        waited = time.monotonic() - started
+        assert 5 < waited < 25, waited
+    finally:
+        silent.close()
+        stalled.close()
