@@ -9,6 +9,8 @@ import anyio
 from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
 
+from amqpbroker.errors import log_internal_error
+
 __all__ = ["serve_http"]
 
 log = logging.getLogger("amqpbroker.http")
@@ -29,5 +31,7 @@ async def serve_http(app: Any, host: str | None, port: int, stop: anyio.Event, d
         await serve(app, config, shutdown_trigger=stop.wait, mode="asgi")
     except OSError as exc:  # the port is taken: AMQP goes on without this endpoint
         log.error("cannot serve %s on %s: %s", what, config.bind[0], exc)
+    except Exception as exc:  # the HTTP server failed: AMQP goes on without this endpoint
+        log_internal_error(log, f"the server for {what}", exc)
     finally:
         done.set()
