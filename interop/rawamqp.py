@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from pamqp import commands
-from pamqp import frame as pframe
+from pamqp import exceptions as pexceptions, frame as pframe
 
 __all__ = [
     "PROTOCOL_HEADER",
@@ -228,7 +228,12 @@ class RawConnection:
             if len(self.buf) >= 7:
                 frame_type, channel, size = _FRAME_HEADER.unpack_from(self.buf)
                 if len(self.buf) >= size + 8:
-                    _, channel, value = pframe.unmarshal(bytes(self.buf[: size + 8]))
+                    data = bytes(self.buf[: size + 8])
+                    try:
+                        _, channel, value = pframe.unmarshal(data)
+                    except (ValueError, pexceptions.UnmarshalingException):
+                        # RabbitMQ echoes bytes that are not UTF-8 in some reply texts
+                        value = pframe.unmarshal(_reply_text_as_utf8(data))[2]
                     del self.buf[: size + 8]
                     return frame_type, channel, value
             if self.eof:
@@ -343,3 +348,12 @@ class RawConnection:
             if name in skip:
                 continue
             return Answer("ok", name, channel=channel, value=value)
+
+
+def _reply_text_as_utf8(frame: bytes) -> bytes:
+    """A connection.close / channel.close frame with its reply text made valid UTF-8."""
+    payload = frame[7:-1]
+    text_length = payload[6]
+    text = payload[7:7 + text_length].decode("utf-8", "replace").encode()[:255]
+    payload = payload[:6] + bytes((len(text),)) + text + payload[7 + text_length:]
+    return frame[:3] + struct.pack(">I", len(payload)) + payload + frame[-1:]

@@ -392,6 +392,12 @@ ROWS: list[Row] = [
     Row("expiration-abc", "channel",
         publish_with(EXPIRATION, raw.shortstr(b"abc")), chan_close(406), text="expiration",
         skip=("queue.declare-ok",)),
+    Row("expiration-invalid-utf8", "channel",
+        publish_with(EXPIRATION, raw.shortstr(b"1\xff0")), chan_close(406), text="expiration",
+        skip=("queue.declare-ok",)),
+    Row("content-type-invalid-utf8", "channel",
+        publish_with(CONTENT_TYPE, raw.shortstr(b"\xff\xfe")), ok("basic.get-ok"),
+        skip=("queue.declare-ok",)),
     # ---- many frames in one write
     Row("pipelined-300-publishes", "open", pipelined(300), ok("queue.delete-ok"),
         skip=("channel.open-ok", "queue.declare-ok"),
