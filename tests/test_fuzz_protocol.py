@@ -210,7 +210,8 @@ def walk_properties(payload: bytes) -> None:
 
 def decode_all(data: bytes, who: str) -> list[tuple[int, Any]]:
     """Every frame the broker wrote, decoded by pamqp; a content header pamqp refuses only
-    because a string in it is not UTF-8 (as the publisher sent it) is walked for structure
+    because a string in it is not UTF-8 or a timestamp is past year 9999 (as the publisher sent
+    it) is walked for structure
     instead and stands as a ``ContentHeader`` without properties."""
     frames = []
     offset = 0
@@ -222,8 +223,10 @@ def decode_all(data: bytes, who: str) -> list[tuple[int, Any]]:
             try:
                 _, channel, frame = pamqp_frame.unmarshal(whole)
             except Exception as exc:  # noqa: BLE001
+                # pamqp refuses strings that are not UTF-8 and timestamps beyond what datetime
+                # holds; RabbitMQ passes both through as the publisher sent them
                 if frame_type != 2 or not isinstance(exc.__context__ or exc.__cause__, UnicodeDecodeError) \
-                        and "codec can't decode" not in str(exc):
+                        and "codec can't decode" not in str(exc) and "out of range" not in str(exc):
                     raise
                 payload = whole[7:-1]
                 walk_properties(payload)

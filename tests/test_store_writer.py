@@ -327,3 +327,109 @@ async def test_tx_commit_ok_waits_until_the_committed_persistent_messages_are_sy
     await writer.drain()
     assert synced and [type(frame) for _, frame in client.methods()] == [commands.Tx.CommitOk,
                                                                         commands.Queue.DeclareOk]
+
+
+class SwitchableStore:
+    """Writes fail while ``failing``; nothing is kept."""
+
+    failing = False
+
+    def write(self, ops):
+        if self.failing:
+            raise StoreError("No space left on device")
+
+    def write_pages(self, pages):
+        pass
+
+    def sync(self):
+        pass
+
+
+async def test_a_commit_waiting_for_a_sync_is_released_when_a_later_failure_clears(monkeypatch):
+    import amqpbroker.server.persistence as persistence
+    monkeypatch.setattr(persistence, "RETRY_SECONDS", 0.01)
+    broker = Broker()
+    broker.journal.enabled = True
+    store = SwitchableStore()
+    writer = StoreWriter(store, broker)
+    a = FakeClient(broker)
+    a.open_channel()
+    a.declare_queue("q", durable=True)
+    a.send(commands.Tx.Select())
+    a.expect(commands.Tx.SelectOk)
+    a.publish(1, "", "q", b"m", PERSISTENT)
+    a.send_many((commands.Tx.Commit(), 1), (commands.Queue.Declare(queue="q", passive=True), 1))
+    assert a.connection.paused  # commit-ok waits for the next sync
+    b = FakeClient(broker)
+    b.open_channel()
+    store.failing = True
+    b.publish(1, "", "q", b"n", PERSISTENT)  # this batch's write fails: the store alarm
+    assert broker.store_alarm
+    store.failing = False
+    async with anyio.create_task_group() as group:
+        group.start_soon(writer.run)
+        group.start_soon(writer.run_retries)
+        with anyio.fail_after(5):
+            while broker.store_alarm or a.connection.paused:
+                await anyio.sleep(0.01)
+        group.cancel_scope.cancel()
+    assert [type(frame) for _, frame in a.methods()] == [commands.Tx.CommitOk, commands.Queue.DeclareOk]
+
+
+async def test_overlapping_pauses_release_the_input_only_when_all_are_over():
+    """9 MiB of returns at commit (the output bound) and a commit waiting for its sync: the
+    declare sent after the commit is answered after the commit-ok, not when the returns went."""
+    broker = Broker()
+    broker.journal.enabled = True
+    writer = StoreWriter(RecordingStore(), broker)
+    client = FakeClient(broker)
+    client.open_channel()
+    client.declare_queue("q", durable=True)
+    client.send(commands.Tx.Select())
+    client.expect(commands.Tx.SelectOk)
+    for _ in range(9):  # mandatory and unroutable: returned at commit
+        client.publish(1, "", "nowhere", b"x" * (1 << 20), mandatory=True, body_frame_size=100_000)
+    client.publish(1, "", "q", b"durable", PERSISTENT)
+    client.send_many((commands.Tx.Commit(), 1), (commands.Queue.Declare(queue="q", passive=True), 1))
+    session = client.session
+    assert session.paused_for_output and client.connection.paused
+    client.received()
+    session.out_bytes = 0
+    session.output_drained()  # the transport sent the returns: the commit still holds the input
+    assert client.methods() == [] and client.connection.paused
+    await writer.drain()
+    assert [type(frame) for _, frame in client.methods()] == [commands.Tx.CommitOk, commands.Queue.DeclareOk]
+
+
+async def test_a_durable_queues_paged_part_is_not_read_while_its_writes_wait_for_the_store(
+        monkeypatch, tmp_path):
+    import amqpbroker.server.persistence as persistence
+    monkeypatch.setattr(persistence, "RETRY_SECONDS", 0.01)
+    store = FlakyStore(str(tmp_path / "db"))
+    broker = Broker(paging_window=(4, 0))
+    broker.journal.enabled = True
+    writer = StoreWriter(store, broker)
+    client = FakeClient(broker)
+    client.open_channel()
+    client.declare_queue("dq", durable=True)
+    store.failing = {"write", "sync"}
+    for index in range(10):  # transient, into a durable queue: 6 of them paged out (inline)
+        client.publish(1, "", "dq", f"b{index}".encode())
+    assert broker.store_alarm
+    queue = broker.vhosts["/"].queues["dq"]
+    got = []
+    async with anyio.create_task_group() as group:
+        group.start_soon(writer.run)
+        group.start_soon(writer.run_pages)
+        group.start_soon(writer.run_retries)
+        for _ in range(4):
+            got.append((await _get(client, "dq"))[-1][1].value)
+        store.failing = set()  # space again: the paged part is written, then read
+        for _ in range(6):
+            frames = await _get(client, "dq")
+            while isinstance(frames[0][1], Basic.GetEmpty):
+                frames = await _get(client, "dq")
+            got.append(frames[-1][1].value)
+        group.cancel_scope.cancel()
+    assert got == [f"b{index}".encode() for index in range(10)] and queue.message_count == 0
+    store.real.close()

@@ -375,7 +375,7 @@ class Queue:
 
     def _page_read_over(self, read_ok: bool = True) -> None:
         waiters, self.page_waiters = self.page_waiters, []
-        for callback in waiters:
+        for callback in waiters:  # each guards itself (Session._deferred_reply)
             callback(read_ok)
 
     def page_read_failed(self) -> None:

@@ -41,6 +41,7 @@ __all__ = ["Session"]
 
 log = logging.getLogger("amqpbroker.session")
 
+_COMMIT_NOT_DURABLE = "the message store failed: the committed persistent messages cannot be made durable"
 OUTPUT_PAUSE_BYTES = 8 << 20  # unsent get-ok/return bytes at which a client's input is held back
 _USER_ID_FLAG = 0x10  # user_id's bit in the low byte of the first property-flags word
 _EXPIRATION_FLAG = 0x01  # expiration's bit in the high byte
@@ -474,15 +475,15 @@ class Session:
 
     def _answer_get(self, channel: Channel, queue: Queue, no_ack: bool, read_ok: bool) -> None:
         """The page a waiting ``basic.get`` needed is in (or could not be read)."""
-        if self.channels.get(channel.number) is not channel:  # closed meanwhile
-            self._resume()
-            return
-        entry = queue.get() if not queue.deleted else None
-        if entry is None and read_ok and queue.head_on_disk and not queue.deleted:
-            queue.when_paged_in(lambda ok: self._answer_get(channel, queue, no_ack, ok))  # all expired
-            return
-        self._send_get_answer(channel, queue, entry, no_ack)
-        self._resume()
+        with self._deferred_reply("a deferred basic.get"):
+            if self.channels.get(channel.number) is not channel:  # closed meanwhile
+                return
+            entry = queue.get() if not queue.deleted else None
+            if entry is None and read_ok and queue.head_on_disk and not queue.deleted:
+                self.connection.pause()  # all that came in had expired: wait for the next page
+                queue.when_paged_in(lambda ok: self._answer_get(channel, queue, no_ack, ok))
+                return
+            self._send_get_answer(channel, queue, entry, no_ack)
 
     def _send_get_answer(self, channel: Channel, queue: Queue, entry: Any, no_ack: bool) -> None:
         if entry is None:
@@ -496,15 +497,31 @@ class Session:
         """Answers the client must read (get-oks, returns) are piling up unsent: take nothing
         more from it until the transport sent them (TCP backpressure), rather than let one client
         that never reads grow the broker's memory."""
-        if self.out_bytes > OUTPUT_PAUSE_BYTES and not self.connection.paused:
+        if self.out_bytes > OUTPUT_PAUSE_BYTES and not self.paused_for_output:
             self.connection.pause()
             self.paused_for_output = True
 
     def _resume(self) -> None:
-        """Go on with the input held back behind a deferred reply."""
+        """Release one reason the input was held back for; once none is left, go on with it
+        (here, in the task that released it) and let the transport read again."""
         self.connection.resume()
         self.mark_output()
-        self.on_resume()
+        if not self.connection.paused:
+            self.broker.run_pending()  # what the held input did goes out now, not at the next tick
+            self.on_resume()
+
+    @contextlib.contextmanager
+    def _deferred_reply(self, what: str) -> Iterator[None]:
+        """Run a deferred reply's work (called from a page reader or the store writer, not from
+        this connection's input): a bug in it closes this connection with 541, as an error in its
+        input would, and the input held back for it is always released."""
+        try:
+            yield
+        except Exception as exc:
+            log_internal_error(log, f"{what} for connection {self.name}", exc)
+            self.connection.close(ReplyCode.INTERNAL_ERROR, "internal error")
+        finally:
+            self._resume()
 
     def _basic_ack(self, channel: Channel, m: Ack) -> None:
         if channel.tx is not None:
@@ -573,8 +590,7 @@ class Session:
             channel.send(commands.Tx.CommitOk())
             return
         if journal.failed:
-            raise ChannelError(ReplyCode.INTERNAL_ERROR, "the message store failed: the committed "
-                               "persistent messages cannot be made durable", 90, 20)
+            raise ChannelError(ReplyCode.INTERNAL_ERROR, _COMMIT_NOT_DURABLE, 90, 20)
         # commit-ok only once the committed persistent messages are synced, as RabbitMQ: a crash
         # right after it must not lose them; what the client sends next waits meanwhile
         self.connection.pause()
@@ -582,15 +598,14 @@ class Session:
 
     def commit_synced(self, channel: Channel, ok: bool) -> None:
         """The store synced (or failed to sync) what a ``tx.commit`` wrote."""
-        if self.channels.get(channel.number) is channel:
-            if ok:
-                channel.send(commands.Tx.CommitOk())
-            else:
-                self.connection.close_channel(channel.number, ChannelError(
-                    ReplyCode.INTERNAL_ERROR, "the message store failed: the committed persistent "
-                    "messages cannot be made durable", 90, 20))
-                self.mark_output()
-        self._resume()
+        with self._deferred_reply("a deferred tx.commit-ok"):
+            if self.channels.get(channel.number) is channel:
+                if ok:
+                    channel.send(commands.Tx.CommitOk())
+                else:
+                    self.connection.close_channel(channel.number, ChannelError(
+                        ReplyCode.INTERNAL_ERROR, _COMMIT_NOT_DURABLE, 90, 20))
+                    self.mark_output()
 
     def _tx_rollback(self, channel: Channel, m: commands.Tx.Rollback) -> None:
         if channel.tx is None:

@@ -127,6 +127,7 @@ class Connection:
         self._handshake_method: type | None = commands.Connection.StartOk
         # a reply is deferred (basic.get waiting for a page): frames after it wait, in order
         self.paused = False
+        self._pauses = 0  # reasons holding the input back (each resume() releases one)
         self._held: list[tuple[int, int, bytes]] = []
         self.client_closes = False  # close-ok was sent: the client is the one to close the socket
 
@@ -160,12 +161,17 @@ class Connection:
 
     def pause(self) -> None:
         """Hold every frame after the one being handled until :meth:`resume` (the session
-        deferred its reply); the transport stops reading meanwhile."""
+        deferred its reply); the transport stops reading meanwhile. Pauses nest: each one is
+        released by one :meth:`resume`, and input goes on once all are."""
+        self._pauses += 1
         self.paused = True
 
     def resume(self) -> None:
-        """Handle the frames held since :meth:`pause`, then whatever else was fed."""
-        if self.paused:
+        """Release one pause; once none is left, handle the frames held, then whatever else
+        was fed."""
+        if self._pauses:
+            self._pauses -= 1
+        if self.paused and not self._pauses:
             self.paused = False
             self._process()
 

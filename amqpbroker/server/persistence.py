@@ -162,14 +162,14 @@ class StoreWriter:
         released = False
         while waiting and waiting[0][0] <= generation:
             for channel, seq in waiting.popleft()[1]:
-                channel.confirm_synced(seq, ok=True)
+                _settle(channel, seq, True)
             released = True
         if released:
             self.broker.run_pending()
 
     def _refuse(self, waiters: list) -> None:
         for channel, seq in waiters:
-            channel.confirm_synced(seq, ok=False)
+            _settle(channel, seq, False)
         if waiters:
             self.broker.run_pending()
 
@@ -213,13 +213,20 @@ class StoreWriter:
             self._pages_wanted.set()  # the reads that waited for them
         if self.journal.failed:
             ops = self._retry_ops
+            generation = self._generation
             count = len(ops)
             if ops:
                 self.store.write(ops)
             await anyio.to_thread.run_sync(self.store.sync, limiter=self._limiter)
-            del ops[:count]  # what arrived while this ran waits for the next round
-            if ops:
-                return
+            del ops[:count]
+            if ops:  # what arrived during the sync (acks, say): written now, synced by run()
+                self.store.write(ops)
+                ops.clear()
+                self._generation += 1
+                self._wanted.set()
+            if generation > self._synced_generation:  # confirms and commits written before the failure
+                self._synced_generation = generation
+                self._release(generation)
             self.journal.failed = False
             self.failure = None
             log.warning("store alarm cleared: the store works again")
@@ -252,6 +259,14 @@ class StoreWriter:
                 self.broker.run_pending()
 
     async def _read_page(self, queue: Queue) -> None:
+        if queue.queue_id is not None and self.journal.failed:
+            # a durable queue's paged-out entries may be among the writes the store refused:
+            # read once they are written
+            queue.page_read_failed()
+            if queue not in self._failed_reads:
+                self._failed_reads.append(queue)
+            self._failed_wanted.set()
+            return
         wanted = queue.page_wanted()
         if wanted is None:
             return
@@ -264,7 +279,16 @@ class StoreWriter:
             log.error("queue '%s': reading its paged-out messages failed (kept, tried again in "
                       "%.0f s): %s", queue.name, RETRY_SECONDS, exc)
             queue.page_read_failed()
-            self._failed_reads.append(queue)
+            if queue not in self._failed_reads:
+                self._failed_reads.append(queue)
             self._failed_wanted.set()
             return
         queue.paged_in(epoch, page)
+
+
+def _settle(channel: object, seq: int, ok: bool) -> None:
+    """Release one waiter (a publisher confirm, a tx.commit): a bug in one never strands the rest."""
+    try:
+        channel.confirm_synced(seq, ok=ok)  # type: ignore[attr-defined]
+    except Exception as exc:
+        log_internal_error(log, "settling a publisher confirm", exc)

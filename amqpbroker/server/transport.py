@@ -31,6 +31,7 @@ BLOCKED_POLL = 0.05  # seconds between looks at the alarms while a publisher is 
 HANDSHAKE_TIMEOUT = 10.0  # seconds to complete connection.open, as RabbitMQ
 CLOSE_TIMEOUT = 3.0  # seconds to wait for close-ok after the broker sent connection.close
 CLOSED_WAIT = 10.0  # seconds to wait for the client to close its socket after close-ok
+PAUSED_POLL = 0.5  # seconds between looks at a paused connection (its heartbeat clock held)
 
 
 class _Transport:
@@ -96,6 +97,15 @@ class _Transport:
                 if not connection.closed:
                     await self._flush_and_wait()  # the close frame goes out before the socket
                 return
+            # a deferred reply (basic.get waiting for a page, tx.commit for a sync, answers the
+            # client does not read): read no more until it is resumed; the held input is handled
+            # then, in whichever task resumed it, so a close among it is seen just below. The
+            # peer is not expected to send heartbeats meanwhile (they wait unread)
+            while connection.paused and not connection.closed:
+                with anyio.move_on_after(PAUSED_POLL):
+                    await self._resumed.wait()
+                self._resumed = anyio.Event() if self._resumed.is_set() else self._resumed
+                self.last_read = time.monotonic()
             if connection.out:
                 self.wake()
             if connection.closed:
@@ -103,10 +113,6 @@ class _Transport:
                 if connection.client_closes:
                     await self._wait_for_client_to_close()
                 return
-            if connection.paused:  # a deferred reply (basic.get waiting for a page): read no more
-                await self._resumed.wait()
-                self._resumed = anyio.Event()
-                self.last_read = time.monotonic()
 
     async def _blocked(self) -> None:
         """A publisher while a resource alarm is on: tell it (``connection.blocked``) and take
