@@ -68,7 +68,6 @@ import os
 import random
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -87,6 +86,7 @@ from pamqp import frame as pframe
 from pamqp import header as pheader
 from pamqp import heartbeat as pheartbeat
 
+from amqpbroker.testing import _free_port, _wait_for_port
 from interop.bench.procstat import cpu_seconds, listener_pid, system_cpu
 
 try:
@@ -881,23 +881,6 @@ def slope_per_min(points: list[tuple[float, float]]) -> float | None:
 
 
 # ------------------------------------------------------------------------------------ the broker
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_for_port(port: int, process: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"amqpbroker exited with code {process.returncode} before listening")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"amqpbroker did not listen on port {port} within {timeout} s")
-
 
 @contextlib.contextmanager
 def own_broker(extra: list[str], keep_log: str | None):

@@ -421,6 +421,14 @@ class _PagedQueue:
     def __init__(self) -> None:
         self.ready: deque = deque()
         self.paged, self.deleted = 3, False
+        self.waiters: list = []
+
+    @property
+    def head_on_disk(self) -> bool:
+        return not self.ready and self.paged > 0
+
+    def when_paged_in(self, callback) -> None:  # as the real queue: called once the read is over
+        self.waiters.append(callback)
 
     def get(self) -> Any:
         if not self.ready:
@@ -430,6 +438,8 @@ class _PagedQueue:
     def page_in(self) -> None:
         self.ready.extend((seq, f"m{seq}", False) for seq in range(self.paged))
         self.paged = 0
+        for callback in self.waiters:
+            callback(True)
 
 
 def test_get_never_reads_the_store_on_the_event_loop() -> None:

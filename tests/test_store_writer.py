@@ -229,7 +229,7 @@ async def test_the_store_alarm_blocks_publishers_and_clears_itself_keeping_every
     client.publish(1, "", "kept", b"m1", PERSISTENT)
     frames = [type(frame) for _, frame in client.methods()]
     assert frames == [commands.Connection.Blocked, Basic.Nack]
-    assert broker.store_alarm and writer.failure
+    assert broker.store_alarm and broker.journal.failed
     async with anyio.create_task_group() as group:
         group.start_soon(writer.run)
         group.start_soon(writer.run_retries)

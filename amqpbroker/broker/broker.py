@@ -122,13 +122,13 @@ class Broker:
 
     def set_memory_alarm(self, on: bool) -> None:
         """Memory use crossed the watermark."""
-        self.set_alarm("memory", on, "low on memory")
+        self.set_alarm("memory", on)
 
-    def set_alarm(self, resource: str, on: bool, reason: str = "") -> None:
+    def set_alarm(self, resource: str, on: bool) -> None:
         """A resource alarm (memory above the watermark, free disk below its limit, a failed
         store) is set or cleared. While any is in effect publishers are told
-        (``connection.blocked`` / ``unblocked``, with the first alarm's reason) and the transport
-        stops reading them, as RabbitMQ does."""
+        (``connection.blocked`` / ``unblocked``) and the transport stops reading them, as
+        RabbitMQ does."""
         if on == (resource in self.alarms):
             return
         was_blocked = bool(self.alarms)
@@ -138,7 +138,7 @@ class Broker:
         if was_blocked != bool(self.alarms):
             for session in self.sessions:
                 if session.published:
-                    session.block(reason) if on else session.unblock()
+                    session.block() if on else session.unblock()
                     session.mark_output()
         self.run_pending()
 

@@ -263,12 +263,13 @@ class Session:
                     consumer.queue.consumer_ready()
             self.broker.run_pending()
 
-    def block(self, reason: str = "") -> None:
-        """Its reads stop for a resource alarm: ``connection.blocked`` if the client understands."""
+    def block(self) -> None:
+        """Its reads stop for a resource alarm: ``connection.blocked`` if the client understands,
+        with the alarm's reason."""
         if not self.blocked and self.connection.client_capability("connection.blocked"):
-            if not reason:
-                reason = "low on memory" if self.broker.memory_alarm else (
-                    "low on disk" if self.broker.disk_alarm else "the message store failed")
+            broker = self.broker
+            reason = "low on memory" if broker.memory_alarm else (
+                "low on disk" if broker.disk_alarm else "the message store failed")
             self.out.append(encode_method(0, commands.Connection.Blocked(reason=reason)))
             self.blocked = True
 

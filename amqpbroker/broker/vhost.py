@@ -131,9 +131,8 @@ class VirtualHost:
             queue_id = op.queue_id
             record = None
             if stored and journal.enabled:
-                record = stored_record(queue_definition(op))  # checked before an id is taken
                 if queue_id is None:
-                    queue_id = journal.new_queue_id()
+                    queue_id = journal.new_queue_id()  # (one lost to a refused definition is harmless)
                 record = stored_record({**queue_definition(op), "id": queue_id})
             queue = Queue(op.name, self.name, durable=op.durable, exclusive_owner=op.exclusive_owner,
                           auto_delete=op.auto_delete, arguments=op.arguments, mark_dirty=self._mark_dirty,

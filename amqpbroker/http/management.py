@@ -560,9 +560,12 @@ async def _take(queue: Any, count: int) -> list[Any]:
 
 
 async def _paged_in(queue: Any) -> bool:
-    deadline = anyio.current_time() + PAGE_IN_WAIT
-    while not queue.ready and queue.paged and not queue.deleted and anyio.current_time() < deadline:
-        await anyio.sleep(0.005)
+    """Wait for the page read the queue's head needs, as basic.get does (``when_paged_in``)."""
+    if not queue.ready and queue.head_on_disk and not queue.deleted:
+        read = anyio.Event()
+        queue.when_paged_in(lambda read_ok: read.set())
+        with anyio.move_on_after(PAGE_IN_WAIT):
+            await read.wait()
     return bool(queue.ready)
 
 

@@ -154,7 +154,7 @@ async def _watch_disk(broker: Broker, path: str, limit: int) -> None:
             log.warning("cannot read the free space of %s: %s", path, exc)
         else:
             try:
-                broker.set_alarm("disk", free < limit, "low on disk")
+                broker.set_alarm("disk", free < limit)
             except Exception as exc:
                 log_internal_error(log, "the disk alarm", exc)
         await anyio.sleep(DISK_CHECK_SECONDS)

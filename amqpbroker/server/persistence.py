@@ -65,8 +65,6 @@ class StoreWriter:
         self._retry_ops: list[tuple | None] = []
         self._retry_pages: list[tuple] = []
         self._failed_reads: list[Queue] = []  # queues whose page read failed: asked again later
-        self.failure: str | None = None  # why the store alarm is in effect
-        self.write_failures = 0  # failed writes, syncs and page reads since start, for metrics
         # sync durations for metrics: counts per bucket (upper bounds in SYNC_BUCKETS), sum
         self._sync_counts = [0] * (len(SYNC_BUCKETS) + 1)
         self._sync_total = 0.0
@@ -110,7 +108,6 @@ class StoreWriter:
             self.store.write_pages(pages)
         except Exception as exc:
             self._retry_pages = list(pages)
-            self.write_failures += 1
             log.error("writing queue pages failed (kept, written again every %.0f s): %s", RETRY_SECONDS, exc)
             self._failed_wanted.set()
 
@@ -176,14 +173,12 @@ class StoreWriter:
     # ---------------------------------------------------------------- the store alarm
 
     def _fail(self, reason: str, waiters: list) -> None:
-        self.write_failures += 1
         if not self.journal.failed:
             log.error("store alarm: %s; publishers are blocked and persistent messages refused "
                       "until the store works again (tried every %.0f s)", reason, RETRY_SECONDS)
-            self.failure = reason
         self.journal.failed = True
         self._refuse(waiters)
-        self.broker.set_alarm(STORE_ALARM, True, "the message store failed")
+        self.broker.set_alarm(STORE_ALARM, True)
         self._failed_wanted.set()
 
     async def run_retries(self) -> None:
@@ -228,7 +223,6 @@ class StoreWriter:
                 self._synced_generation = generation
                 self._release(generation)
             self.journal.failed = False
-            self.failure = None
             log.warning("store alarm cleared: the store works again")
             self.broker.set_alarm(STORE_ALARM, False)
         if self._failed_reads:
@@ -262,10 +256,7 @@ class StoreWriter:
         if queue.queue_id is not None and self.journal.failed:
             # a durable queue's paged-out entries may be among the writes the store refused:
             # read once they are written
-            queue.page_read_failed()
-            if queue not in self._failed_reads:
-                self._failed_reads.append(queue)
-            self._failed_wanted.set()
+            self._read_later(queue)
             return
         wanted = queue.page_wanted()
         if wanted is None:
@@ -275,15 +266,19 @@ class StoreWriter:
             page = await anyio.to_thread.run_sync(self.store.read_page, durable, page_id, from_seq,
                                                   count, max_bytes, limiter=self._page_limiter)
         except Exception as exc:
-            self.write_failures += 1
             log.error("queue '%s': reading its paged-out messages failed (kept, tried again in "
                       "%.0f s): %s", queue.name, RETRY_SECONDS, exc)
-            queue.page_read_failed()
-            if queue not in self._failed_reads:
-                self._failed_reads.append(queue)
-            self._failed_wanted.set()
+            self._read_later(queue)
             return
         queue.paged_in(epoch, page)
+
+    def _read_later(self, queue: Queue) -> None:
+        """No page for ``queue`` now: its waiting gets are answered from memory and the read is
+        asked for again by the retry task."""
+        queue.page_read_failed()
+        if queue not in self._failed_reads:
+            self._failed_reads.append(queue)
+        self._failed_wanted.set()
 
 
 def _settle(channel: object, seq: int, ok: bool) -> None:
