@@ -47,7 +47,10 @@ class BrokerProcess:
              "--management-port", str(self.management_port)],
             env=self.env,
             stderr=self._log if capture else None)
-        _wait_for_port(self.port, self.process, 30)
+        # the HTTP endpoints start beside the AMQP listener, not before it: wait for each
+        for port in (self.port, self.management_port, self.prometheus_port):
+            if port:
+                _wait_for_port(port, self.process, 30)
 
     def output(self) -> str:
         """What the broker logged (when started with ``capture``)."""
