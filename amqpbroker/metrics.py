@@ -28,8 +28,10 @@ _QUEUE_GAUGES = (
     ("rabbitmq_queue_messages", "Sum of ready and unacknowledged messages",
      lambda queue: queue.message_count + queue.unacked_count),
     ("rabbitmq_queue_consumers", "Consumers on a queue", lambda queue: len(queue.consumers)),
-    ("amqpbroker_queue_messages_paged_out", "Ready messages paged out of memory to the data dir",
+    ("rabbitmq_queue_messages_paged_out", "Ready messages paged out of memory to the data dir",
      lambda queue: queue.paged),
+    ("rabbitmq_queue_messages_paged_out_bytes", "Body bytes of the messages paged out to the data dir",
+     lambda queue: queue.paged_bytes),
 )
 
 _COUNTERS = (
@@ -67,6 +69,9 @@ class BrokerCollector(Collector):
         yield _gauge("rabbitmq_consumers", "Consumers currently connected",
                      sum(len(channel.consumers) for session in sessions for channel in session.channels.values()))
         yield _gauge("rabbitmq_queues", "Queues available", len(queues))
+        yield _gauge("amqpbroker_connections_flow", "Connections read less lately because the queues they "
+                     "publish into are behind their consumers (state 'flow')",
+                     sum(session.flow.in_flow for session in sessions))
         yield _gauge("rabbitmq_alarms_memory_used_watermark",
                      "is 1 if VM memory watermark alarm is in effect", int(broker.memory_alarm))
         yield _gauge("rabbitmq_alarms_free_disk_space_watermark",

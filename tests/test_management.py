@@ -196,3 +196,26 @@ def test_queues_show_their_queueing_figures(managed) -> None:
     assert stats["ack"] > 100 and stats["ack_details"]["rate"] > 10
     overview = call(managed, "GET", "/api/overview")[1]["message_stats"]
     assert overview["publish_details"]["rate"] > 10 and overview["ack_details"]["rate"] > 10
+
+
+def test_a_publisher_outrunning_its_consumer_shows_as_flow(managed) -> None:
+    """The uncapped generator against a manual-ack consumer: the publishing connection is read
+    less and shows state ``flow`` (as RabbitMQ's credit flow)."""
+    import threading
+
+    from interop.bench.runner import RunOptions, run_workload
+
+    results: list[dict] = []
+    run = threading.Thread(target=lambda: results.append(run_workload(
+        managed.url, "throughput-ack", RunOptions(duration=4.0, warmup=1.0, max_inflight=10**12))))
+    run.start()
+    states: set[str] = set()
+    try:
+        deadline = time.monotonic() + 30
+        while run.is_alive() and time.monotonic() < deadline:
+            states.update(connection["state"] for connection in call(managed, "GET", "/api/connections")[1])
+            time.sleep(0.2)
+    finally:
+        run.join(30)
+    assert results and results[0]["consumed_rate"] > 0
+    assert "flow" in states, states

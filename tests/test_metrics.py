@@ -110,3 +110,18 @@ def test_the_disk_alarm_blocks_publishers_and_shows_in_metrics_and_the_api(start
     assert blocked and blocked[0].method.reason == "low on disk"
     with pytest.raises(pika.exceptions.AMQPError):
         connection.sleep(10)  # pika gives up on the blocked connection after 2 s
+
+
+def test_paged_out_messages_per_queue_and_connections_in_flow(start_broker) -> None:
+    broker = start_broker(prometheus_port=_free_port(), env={"AMQPBROKER_QUEUE_WINDOW_MESSAGES": "10"})
+    with channel_of(broker) as ch:
+        ch.queue_declare("deep")
+        for index in range(30):
+            ch.basic_publish("", "deep", b"x" * 100)
+        ch.queue_declare("deep", passive=True)  # a round trip: the publishes were handled
+        per_queue = scrape(broker, "/metrics/per-object")
+        labels = (("queue", "deep"), ("vhost", "/"))
+        assert per_queue[("rabbitmq_queue_messages_paged_out", labels)] == 20
+        assert per_queue[("rabbitmq_queue_messages_paged_out_bytes", labels)] == 2000
+        assert per_queue[("rabbitmq_queue_messages_ready", labels)] == 30
+        assert scrape(broker)[("amqpbroker_connections_flow", ())] == 0  # no consumer: never held

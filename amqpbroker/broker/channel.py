@@ -27,9 +27,9 @@ from pamqp import commands
 __all__ = ["Channel", "OUTPUT_HIGH_WATER"]
 
 # A consumer stops getting messages while its connection holds this many unsent output pieces
-# (about four per delivery) or message bytes; the transport's writer resumes it once the socket
-# took them.
-OUTPUT_HIGH_WATER = 4096
+# (nine per delivery) or message bytes; the transport's writer resumes it once the socket took
+# them.
+OUTPUT_HIGH_WATER = 8192
 OUTPUT_BYTES_HIGH_WATER = 4 << 20
 
 Unacked = tuple  # (queue, entry, consumer or None for basic.get)

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from amqpbroker.broker.dead_letter import DELIVERY_LIMIT, EXPIRED, MAXLEN
+from amqpbroker.broker.flow import FLOW_HIGH, FLOW_LOW
 from amqpbroker.broker.journal import INLINE, Journal
 from amqpbroker.broker.message import Message
 from amqpbroker.broker.priority import PriorityReady
@@ -55,6 +56,7 @@ class Queue:
         "options", "host", "expiring", "last_used", "single_active", "_consumer_groups",
         "general_dispatch", "quorum", "delivery_limit", "delivery_counts",
         "completed", "sampler", "page_waiters",
+        "delivered", "dispatched_at", "flow_on", "flow_publishers",
     )
 
     def __init__(self, name: str, vhost: str, *, durable: bool = False, exclusive_owner: Any = None,
@@ -101,6 +103,13 @@ class Queue:
         # counted by the sequence numbers (``arrivals``)
         self.completed = 0
         self.sampler = Sampler()
+        # publisher flow control (flow.py): deliveries so far and when the last one went out;
+        # behind (``flow_on``) from above FLOW_HIGH ready (or paging) down to FLOW_LOW; how
+        # many publishers are held for it
+        self.delivered = 0
+        self.dispatched_at = 0.0
+        self.flow_on = False
+        self.flow_publishers = 0
         max_priority = self.arguments.get("x-max-priority")
         if max_priority:
             self.ready = PriorityReady(max_priority)
@@ -154,13 +163,17 @@ class Queue:
             self.paged += 1
             self.paged_bytes += size
             journal.page_out(self, seq, message)
+            self.flow_on = True
         else:
-            self.ready.append((seq, message, False))
+            ready = self.ready
+            ready.append((seq, message, False))
             self.ready_bytes += size
             if self.queue_id is not None and message.persistent:
                 journal.store_entry(self, seq, message)
             if self.consumers:
                 self._mark_dirty(self)
+                if len(ready) > FLOW_HIGH:
+                    self.flow_on = True
         if options is not None and options.limited:
             self._drop_over_limits()
         return True
@@ -449,17 +462,20 @@ class Queue:
         if not ready or not consumers:
             if self.paged:
                 self._want_page()
+            elif self.flow_on and len(ready) <= FLOW_LOW:
+                self.flow_on = False
             return
         count = len(consumers)
         turn = self._turn % count
         idle = 0
-        sent_bytes = 0
+        sent = sent_bytes = 0
         popleft = ready.popleft
         while ready and idle < count:
             consumer = consumers[turn]
             turn = turn + 1 if turn + 1 < count else 0
             if consumer.has_credit():
                 entry = popleft()
+                sent += 1
                 sent_bytes += len(entry[1].body)
                 consumer.channel.deliver(consumer, self, entry)
                 idle = 0
@@ -467,8 +483,16 @@ class Queue:
                 idle += 1
         self._turn = turn
         self.ready_bytes -= sent_bytes
+        if sent:
+            self._delivered(sent)
         if self.paged:
             self._want_page()
+        elif self.flow_on and len(ready) <= FLOW_LOW:
+            self.flow_on = False
+
+    def _delivered(self, count: int) -> None:
+        self.delivered += count
+        self.dispatched_at = time.monotonic()
 
     def _dispatch_general(self) -> None:
         """``dispatch`` for a queue that may hold messages with a TTL (the head is checked before
@@ -492,8 +516,11 @@ class Queue:
             entry = ready.popleft()
             self.ready_bytes -= len(entry[1].body)
             consumer.channel.deliver(consumer, self, entry, self.delivery_header(entry))
+            self._delivered(1)
         if self.paged:
             self._want_page()
+        elif self.flow_on and len(ready) <= FLOW_LOW:
+            self.flow_on = False
 
     def _next_consumer(self, groups: list[list[Consumer]]) -> Consumer | None:
         """The next consumer with credit: from the highest priority group that has one, taking

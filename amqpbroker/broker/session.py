@@ -22,6 +22,7 @@ from pamqp import commands
 from amqpbroker.broker.arguments import MAX_EXPIRY
 from amqpbroker.broker.channel import Channel
 from amqpbroker.broker.consumer import Consumer
+from amqpbroker.broker.flow import PublisherFlow
 from amqpbroker.broker.message import Message
 from amqpbroker.broker.queue import Queue
 from amqpbroker.codec.methods import Ack, Publish, encode_method, method_frame
@@ -98,6 +99,7 @@ class Session:
         self.exclusive_queues: list[Queue] = []
         self.published = False  # it publishes: the memory alarm blocks it
         self.blocked = False  # connection.blocked was sent
+        self.flow = PublisherFlow()  # how much of its input each turn of the loop takes
         self._held_notifications: list[tuple[Channel, Any]] | None = None
 
     # ------------------------------------------------------------ ConnectionHandler
@@ -161,6 +163,7 @@ class Session:
                         self.vhost.delete_queue(queue.name, if_unused=False, if_empty=False, owner=self)
             self.exclusive_queues.clear()
         finally:
+            self.flow.release()
             self.broker.sessions.discard(self)
 
     def on_method(self, number: int, method: Any) -> None:
@@ -221,6 +224,8 @@ class Session:
             # a durable queue journals a persistent message (durable set); a full one may refuse
             if not queue.enqueue(message):
                 refused = True
+            if queue.flow_on:
+                self.flow.published_into(queue)
         if not queues:
             self.broker.totals.count_unroutable(returned=mandatory)
         if not queues and mandatory:

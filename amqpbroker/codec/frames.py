@@ -1,9 +1,9 @@
 """Frame splitting and frame building.
 
-A :class:`FrameReader` keeps one ``bytearray`` of unread input. ``feed()`` appends what the
-socket gave, ``read_frames()`` splits every complete frame with ``struct.unpack_from`` at an
-offset and drops the consumed prefix once per call, so the cost is O(bytes consumed), never
-O(frames x buffer).
+A :class:`FrameReader` keeps the unread input as one ``bytes`` object and an offset. ``feed()``
+adds what the socket gave (copying only a partial frame left over from before), ``read_frames()``
+splits complete frames with ``struct.unpack_from`` at the offset and slices each payload out
+once, so the cost is O(bytes consumed), never O(frames x buffer).
 """
 
 from __future__ import annotations
@@ -47,32 +47,59 @@ class FrameReader:
     ``frame_max`` is the negotiated maximum frame size, header and frame-end included
     (0 means no limit, as the spec allows). A frame over it, or a frame whose last octet is
     not 0xCE, raises a 501 FRAME_ERROR connection error.
+
+    The unread input is one ``bytes`` object and an offset into it: a payload is one slice of it
+    (one copy, no intermediate view), and what was read is dropped only when more input comes.
+    A large frame that arrives in many small pieces is collected as a list and joined once it is
+    complete, so a client trickling bytes costs linear time, not a copy of the frame per piece.
     """
 
-    __slots__ = ("_buffer", "frame_max")
+    __slots__ = ("_buffer", "_offset", "_need", "_pieces", "_pieces_size", "frame_max")
 
     def __init__(self, frame_max: int = FRAME_MIN_SIZE) -> None:
-        self._buffer = bytearray()
+        self._buffer = b""
+        self._offset = 0
+        self._need = 0  # bytes (from the offset) that complete the frame under way, when known
+        self._pieces: list[bytes] = []
+        self._pieces_size = 0
         self.frame_max = frame_max
 
     def feed(self, data: bytes) -> None:
-        self._buffer += data
+        pieces = self._pieces
+        if pieces:
+            pieces.append(data)
+            self._pieces_size += len(data)
+            if self._pieces_size >= self._need:
+                self._buffer = b"".join(pieces)
+                pieces.clear()
+            return
+        offset = self._offset
+        rest = len(self._buffer) - offset
+        self._offset = 0
+        if not rest:
+            self._buffer = bytes(data)
+        elif rest + len(data) < self._need:  # still not the whole frame: collect, join later
+            pieces += (self._buffer[offset:], data)
+            self._pieces_size = rest + len(data)
+            self._buffer = b""
+        else:
+            self._buffer = self._buffer[offset:] + data
 
     @property
     def buffered(self) -> int:
-        return len(self._buffer)
+        return len(self._buffer) - self._offset + (self._pieces_size if self._pieces else 0)
 
     def take_bytes(self, count: int) -> bytes | None:
         """The first ``count`` raw bytes (the protocol header), or None until they arrived."""
-        if len(self._buffer) < count:
+        if self.buffered < count:
             return None
-        data = bytes(self._buffer[:count])
-        del self._buffer[:count]
-        return data
+        start = self._offset
+        self._offset = start + count
+        return self._buffer[start:start + count]
 
-    def read_frames(self) -> list[tuple[int, int, bytes]]:
-        """Every complete frame buffered so far; an invalid frame raises once those before it
-        have been returned."""
+    def read_frames(self, max_frames: int = 0) -> list[tuple[int, int, bytes]]:
+        """Every complete frame buffered so far (at most ``max_frames`` if given; the rest stay
+        buffered); an invalid frame raises once those before it have been returned."""
         buffer = self._buffer
         end_of_data = len(buffer)
         # RabbitMQ tolerates frames up to 8 bytes over (clients disagree on whether frame_max
@@ -81,8 +108,8 @@ class FrameReader:
         unpack_head = FRAME_HEAD.unpack_from
         frames: list[tuple[int, int, bytes]] = []
         append = frames.append
-        offset = 0
-        view = memoryview(buffer)
+        offset = self._offset
+        self._need = 0
         try:
             while end_of_data - offset >= 7:  # a header is enough to check the size
                 frame_type, channel, size = unpack_head(buffer, offset)
@@ -92,15 +119,16 @@ class FrameReader:
                     raise frame_error(f"frame size {size} larger than negotiated maximum {limit}")
                 end = offset + 7 + size
                 if end >= end_of_data:
+                    self._need = end + 1 - offset
                     break
                 if buffer[end] != FRAME_END:
                     if frames:
                         break
                     raise frame_error(f"invalid frame end byte 0x{buffer[end]:02x}, expected 0xce")
-                append((frame_type, channel, bytes(view[offset + 7:end])))
+                append((frame_type, channel, buffer[offset + 7:end]))
                 offset = end + 1
+                if len(frames) == max_frames:
+                    break
         finally:
-            view.release()
-            if offset:
-                del buffer[:offset]
+            self._offset = offset
         return frames

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import struct
 
-from amqpbroker.codec.frames import FRAME_BODY, FRAME_END_BYTE, FRAME_HEAD, FRAME_HEADER, FRAME_METHOD
+from amqpbroker.codec.frames import FRAME_BODY, FRAME_END, FRAME_END_BYTE, FRAME_HEAD, FRAME_HEADER, FRAME_METHOD
 from amqpbroker.codec.methods import shortstr
 
 __all__ = ["deliver_prefix", "append_deliver", "append_content", "get_ok_payload", "return_payload"]
@@ -17,6 +17,7 @@ _DELIVER_TAIL = struct.Struct(">QB")
 _GET_OK = struct.Struct(">HHQB")
 _RETURN_HEAD = struct.Struct(">HHH")
 _LONG = struct.Struct(">I")
+_END_AND_HEAD = struct.Struct(">BBHI")  # the previous frame's end octet, then a frame header
 _pack_head = FRAME_HEAD.pack
 
 
@@ -54,9 +55,10 @@ def append_deliver(out: list[bytes], channel: int, prefix: bytes, delivery_tag: 
     method_head = _pack_head(FRAME_METHOD, channel, len(prefix) + 9 + len(routing_raw))
     size = len(body)
     if 0 < size <= frame_max - 8:  # the usual case: the body fits one frame
-        out += (method_head + prefix + _DELIVER_TAIL.pack(delivery_tag, redelivered) + routing_raw
-                + FRAME_END_BYTE + _pack_head(FRAME_HEADER, channel, len(header_payload)),
-                header_payload, FRAME_END_BYTE + _pack_head(FRAME_BODY, channel, size), body,
+        # pieces as they are (the writer joins them once): no intermediate bytes per delivery
+        out += (method_head, prefix, _DELIVER_TAIL.pack(delivery_tag, redelivered), routing_raw,
+                _END_AND_HEAD.pack(FRAME_END, FRAME_HEADER, channel, len(header_payload)),
+                header_payload, _END_AND_HEAD.pack(FRAME_END, FRAME_BODY, channel, size), body,
                 FRAME_END_BYTE)
         return
     out.append(method_head + prefix + _DELIVER_TAIL.pack(delivery_tag, redelivered) + routing_raw

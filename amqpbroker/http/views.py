@@ -95,6 +95,7 @@ def queue_view(vhost: str, queue: Queue) -> dict[str, Any]:
         "messages": queue.message_count + queue.unacked_count, "messages_ready": queue.message_count,
         "messages_unacknowledged": queue.unacked_count,
         "messages_paged_out": queue.paged,
+        "message_bytes_paged_out": queue.paged_bytes, "messages_ready_ram": len(queue.ready),
         "message_bytes_ready": queue.ready_bytes + queue.paged_bytes,
         "consumers": len(queue.consumers),
         "exclusive_consumer_tag": queue.exclusive_consumer.tag if queue.exclusive_consumer else None,
@@ -152,13 +153,21 @@ def connection_view(session: Session) -> dict[str, Any]:
     peer_host, _, peer_port = session.peer.rpartition(":")
     return {
         "name": session.name, "node": NODE, "vhost": session.vhost.name if session.vhost else None,
-        "user": session.user, "state": "blocked" if session.blocked else "running",
+        "user": session.user, "state": _connection_state(session),
         "channels": len(session.channels), "protocol": "AMQP 0-9-1", "auth_mechanism": "PLAIN",
         "peer_host": peer_host, "peer_port": int(peer_port) if peer_port.isdigit() else None,
         "client_properties": properties, "user_provided_name": properties.get("connection_name"),
         "connected_at": int(session.connected_at * 1000), "frame_max": connection.frame_max,
         "channel_max": connection.channel_max, "timeout": connection.heartbeat, "type": "network",
     }
+
+
+def _connection_state(session: Session) -> str:
+    """As RabbitMQ: ``blocked`` by a resource alarm, ``flow`` while read less for its queues'
+    consumers (flow.py), else ``running``."""
+    if session.blocked:
+        return "blocked"
+    return "flow" if session.flow.in_flow else "running"
 
 
 def channel_views(broker: Broker) -> list[dict[str, Any]]:

@@ -129,6 +129,11 @@ class Connection:
         self.paused = False
         self._pauses = 0  # reasons holding the input back (each resume() releases one)
         self._held: list[tuple[int, int, bytes]] = []
+        # frames handled per turn (0: all that came in): the transport sets it so that one busy
+        # publisher's large read cannot keep the loop from everyone else; what is left over
+        # waits in the reader and ``input_pending`` says so
+        self.slice_frames = 0
+        self.input_pending = False
         self.client_closes = False  # close-ok was sent: the client is the one to close the socket
 
     # ----------------------------------------------------------------- public API
@@ -175,13 +180,23 @@ class Connection:
             self.paused = False
             self._process()
 
+    def receive_more(self) -> None:
+        """Go on with input left over by the last turn (``input_pending``)."""
+        if self.state is not State.CLOSED and not self.paused:
+            self._process()
+
     def _process(self) -> None:
+        budget = self.slice_frames
+        self.input_pending = False
         while self.state is not State.CLOSED and not self.paused:
+            if budget < 0:
+                self.input_pending = True  # the rest on the next turn
+                return
             if self._held:
                 frames, self._held = self._held, []
             else:
                 try:
-                    frames = self._reader.read_frames()
+                    frames = self._reader.read_frames(budget)
                 except ConnectionError as exc:
                     if self.state in (State.OPEN, State.CLOSING):
                         self._connection_error(exc)  # (once: closing discards the rest)
@@ -191,6 +206,8 @@ class Connection:
                     return
                 if not frames:
                     return
+            if budget:
+                budget = budget - len(frames) or -1
             self._handle_frames(frames)
 
     def close(self, reply_code: int, text: str) -> None:

@@ -13,6 +13,7 @@ import socket
 import time
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import SocketAttribute, SocketStream
 
 from amqpbroker.broker.auth import is_loopback_address
@@ -27,6 +28,7 @@ __all__ = ["serve_connection", "HANDSHAKE_TIMEOUT", "CLOSE_TIMEOUT"]
 log = logging.getLogger("amqpbroker.transport")
 
 READ_SIZE = 256 * 1024
+SLICE_FRAMES = 60  # frames handled per turn of the loop (about 100 publishes)
 BLOCKED_POLL = 0.05  # seconds between looks at the alarms while a publisher is blocked
 HANDSHAKE_TIMEOUT = 10.0  # seconds to complete connection.open, as RabbitMQ
 CLOSE_TIMEOUT = 3.0  # seconds to wait for close-ok after the broker sent connection.close
@@ -80,6 +82,7 @@ class _Transport:
         session = self.session
         receive = self.stream.receive
         broker = self.broker
+        flow = session.flow
         while not connection.closed:
             try:
                 data = await receive(READ_SIZE)
@@ -88,24 +91,33 @@ class _Transport:
             if broker.alarms and (session.published or connection.mid_content()):
                 await self._blocked()  # what it sent waits, unprocessed, until the alarm clears
             self.last_read = time.monotonic()
-            try:
-                connection.receive_data(data)
-                session.end_of_batch()
-            except Exception as exc:  # a bug of ours for this connection: it goes, the broker stays
-                log_internal_error(log, f"connection {self.peer}", exc)
-                connection.close(ReplyCode.INTERNAL_ERROR, "internal error")
-                if not connection.closed:
-                    await self._flush_and_wait()  # the close frame goes out before the socket
+            connection.slice_frames = flow.frames_for_turn()
+            if not self._handled(connection.receive_data, data):
+                await self._flush_and_wait()  # the close frame goes out before the socket
                 return
-            # a deferred reply (basic.get waiting for a page, tx.commit for a sync, answers the
-            # client does not read): read no more until it is resumed; the held input is handled
-            # then, in whichever task resumed it, so a close among it is seen just below. The
-            # peer is not expected to send heartbeats meanwhile (they wait unread)
-            while connection.paused and not connection.closed:
-                with anyio.move_on_after(PAUSED_POLL):
-                    await self._resumed.wait()
-                self._resumed = anyio.Event() if self._resumed.is_set() else self._resumed
-                self.last_read = time.monotonic()
+            while True:
+                # a deferred reply (basic.get waiting for a page, tx.commit for a sync, answers
+                # the client does not read): read no more until it is resumed; the held input is
+                # handled then, in whichever task resumed it, so a close among it is seen just
+                # below. The peer is not expected to send heartbeats meanwhile (they wait unread)
+                while connection.paused and not connection.closed:
+                    with anyio.move_on_after(PAUSED_POLL):
+                        await self._resumed.wait()
+                    self._resumed = anyio.Event() if self._resumed.is_set() else self._resumed
+                    self.last_read = time.monotonic()
+                if not connection.input_pending or connection.closed:
+                    break
+                # the rest of a large read waits one turn of the loop: consumers' acks and
+                # deliveries go between a publisher's slices
+                if connection.out:
+                    self.wake()
+                await anyio.lowlevel.checkpoint()
+                if broker.alarms and session.published:
+                    await self._blocked()
+                connection.slice_frames = flow.frames_for_turn()
+                if not self._handled(connection.receive_more):
+                    await self._flush_and_wait()
+                    return
             if connection.out:
                 self.wake()
             if connection.closed:
@@ -113,6 +125,18 @@ class _Transport:
                 if connection.client_closes:
                     await self._wait_for_client_to_close()
                 return
+
+    def _handled(self, handle, *args) -> bool:
+        """Feed input to the connection machine and dispatch what it changed; False when a bug of
+        ours for this connection closed it (the broker stays)."""
+        try:
+            handle(*args)
+            self.session.end_of_batch()
+            return True
+        except Exception as exc:
+            log_internal_error(log, f"connection {self.peer}", exc)
+            self.connection.close(ReplyCode.INTERNAL_ERROR, "internal error")
+            return False
 
     async def _blocked(self) -> None:
         """A publisher while a resource alarm is on: tell it (``connection.blocked``) and take

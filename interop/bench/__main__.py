@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from . import loadgen
 from .procstat import listener_pid, process_name
-from .runner import WORKLOADS, BenchError, RunOptions, run_workload
+from .runner import DEFAULT_WORKLOADS, WORKLOADS, BenchError, RunOptions, run_workload
 
 DEFAULT_REFERENCE = "amqp://guest:guest@127.0.0.1:5682/"
 
@@ -45,7 +45,7 @@ def _auto_pid(url: str) -> int | None:
 
 def _workloads(values: list[str] | None) -> list[str]:
     names: list[str] = []
-    for value in values or [",".join(WORKLOADS)]:
+    for value in values or [",".join(DEFAULT_WORKLOADS)]:
         for name in value.split(","):
             name = name.strip()
             if not name:
@@ -72,7 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "'auto' (default) finds the local process listening on the URL's port, 'none' skips")
     p.add_argument("--reference-pid", default="auto", help="pid of the reference broker (default: auto)")
     p.add_argument("--workload", action="append",
-                   help=f"comma-separated subset of {','.join(WORKLOADS)} (default: all)")
+                   help=f"comma-separated subset of {','.join(WORKLOADS)} "
+                        f"(default: {','.join(DEFAULT_WORKLOADS)})")
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds per run (default 10)")
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each run (default 2)")
     p.add_argument("--repeat", type=int, default=1,
@@ -80,12 +81,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=1024, help="message body bytes (default 1024)")
     p.add_argument("--producers", type=int, default=1)
     p.add_argument("--consumers", type=int, default=1)
+    p.add_argument("--queues", type=int, default=1,
+                   help="queues per run (default 1): producer i publishes to queue i %% N, consumer j "
+                        "consumes queue j %% N; throughput-fanout binds all N to its fanout exchange. "
+                        "Needs at least N consumers")
     p.add_argument("--prefetch", type=int, default=100, help="basic.qos prefetch for manual ack (default 100)")
     p.add_argument("--ack-every", type=int, default=0,
                    help="manual ack: 0 (default) acks once per socket read with multiple=True up to the "
                         "last delivery tag read; N acks (multiple) every N deliveries")
-    p.add_argument("--max-inflight", type=int, default=2000,
-                   help="producers pause while published - consumed >= this (default 2000)")
+    p.add_argument("--max-inflight", type=int, default=0,
+                   help="0 (default): no cap, producers write as fast as TCP back-pressure lets them "
+                        "(as RabbitMQ PerfTest); N: producers pause while N deliveries are unconsumed")
     p.add_argument("--batch", type=int, default=100, help="messages per publisher write (default 100)")
     p.add_argument("--rate", type=float, default=10_000.0,
                    help="latency workload: total publish rate in msg/s (default 10000)")
@@ -103,8 +109,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("give at least one --url (or --reference)")
     if args.ack_every and args.ack_every > args.prefetch:
         p.error("--ack-every larger than --prefetch would stall the consumer")
-    if args.max_inflight < args.batch:
-        p.error("--max-inflight must be at least --batch")
+    if args.max_inflight < 0:
+        p.error("--max-inflight must be 0 (no cap) or positive")
+    if 0 < args.max_inflight < args.batch:
+        p.error("--max-inflight must be 0 (no cap) or at least --batch")
+    if args.queues < 1 or args.consumers < args.queues:
+        p.error("--queues N needs N >= 1 and at least N --consumers (a queue nobody consumes grows without bound)")
     return args
 
 
@@ -239,14 +249,16 @@ def main(argv: list[str] | None = None) -> int:
     workloads = _workloads(args.workload)
     targets = _targets(args)
     opts = RunOptions(duration=args.duration, warmup=args.warmup, body_size=args.size,
-                      producers=args.producers, consumers=args.consumers, prefetch=args.prefetch,
+                      producers=args.producers, consumers=args.consumers, queues=args.queues,
+                      prefetch=args.prefetch,
                       ack_every=args.ack_every, max_inflight=args.max_inflight, batch=args.batch,
                       rate=args.rate, latency_ack=args.latency_ack, layout=args.layout)
     for t in targets:
         who = f"pid {t.pid} ({process_name(t.pid)})" if t.pid else "CPU not measured (no pid)"
         print(f"# {t.label}: {loadgen.parse_url(t.url).display} — {who}", file=sys.stderr)
-    print(f"# {args.producers} producer(s), {args.consumers} consumer(s), {args.size} B bodies, "
-          f"warm-up {args.warmup} s, measure {args.duration} s, max in flight {args.max_inflight}, "
+    inflight = f"max in flight {args.max_inflight}" if args.max_inflight else "no in-flight cap"
+    print(f"# {args.producers} producer(s), {args.consumers} consumer(s), {args.queues} queue(s), "
+          f"{args.size} B bodies, warm-up {args.warmup} s, measure {args.duration} s, {inflight}, "
           f"layout {args.layout}", file=sys.stderr)
 
     results: dict[tuple[str, str], list[dict]] = {}

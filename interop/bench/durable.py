@@ -33,7 +33,7 @@ from pamqp import frame as pframe
 from pamqp import header as pheader
 
 from interop.bench.loadgen import CHANNEL, BenchProtocol, _run, connect, parse_url
-from interop.bench.procstat import listener_pid
+from interop.bench.procstat import listener_pid, rss_kb
 
 REFERENCE_URL = "amqp://guest:guest@127.0.0.1:5682/"
 
@@ -105,8 +105,7 @@ async def _delete(url: str, queue: str) -> None:
 
 
 async def _message_count(proto: BenchProtocol, queue: str) -> int:
-    ok = await proto.rpc(commands.Queue.Declare(queue=queue, durable=True, passive=True),
-                         commands.Queue.DeclareOk)
+    ok = await proto.rpc(commands.Queue.Declare(queue=queue, passive=True), commands.Queue.DeclareOk)
     return ok.message_count
 
 
@@ -116,10 +115,7 @@ async def _confirming_publisher(url: str, queue: str, window: int, size: int, st
                                 measuring: asyncio.Event, rate: float = 0.0) -> ConfirmingProtocol:
     """Publish with at most ``window`` unconfirmed, as fast as confirms come back, or at ``rate``
     msg/s (sent every millisecond, as many as are due)."""
-    loop = asyncio.get_running_loop()
-    parsed = parse_url(url)
-    _, proto = await loop.create_connection(ConfirmingProtocol, parsed.host, parsed.port)
-    await _handshake(proto, parsed)
+    proto = await connect(parse_url(url), protocol_factory=ConfirmingProtocol)
     await proto.rpc(commands.Confirm.Select(), commands.Confirm.SelectOk)
     message = persistent_message(queue, bytes(size), proto.frame_max)
     seq = 0
@@ -149,23 +145,6 @@ async def _confirming_publisher(url: str, queue: str, window: int, size: int, st
         proto.transport.write(message * room)
         await asyncio.sleep(0)
     return proto
-
-
-async def _handshake(proto: BenchProtocol, parsed) -> None:
-    """``loadgen.connect`` for a protocol object created by the caller."""
-    from interop.bench import loadgen
-    proto.write(pframe.marshal(pheader.ProtocolHeader(), 0))
-    await proto.wait_for(commands.Connection.Start)
-    proto.send(commands.Connection.StartOk(
-        client_properties={"product": "amqpbroker-bench", "capabilities": {"basic.nack": True,
-                                                                          "publisher_confirms": True}},
-        mechanism="PLAIN", response=f"\0{parsed.user}\0{parsed.password}", locale="en_US"), 0)
-    tune = await proto.wait_for(commands.Connection.Tune)
-    proto.frame_max = min(tune.frame_max or loadgen.DEFAULT_FRAME_MAX, loadgen.DEFAULT_FRAME_MAX)
-    proto.send(commands.Connection.TuneOk(channel_max=tune.channel_max or 2047, frame_max=proto.frame_max,
-                                          heartbeat=0), 0)
-    await proto.rpc(commands.Connection.Open(virtual_host=parsed.vhost), commands.Connection.OpenOk, 0)
-    await proto.rpc(commands.Channel.Open(), commands.Channel.OpenOk)
 
 
 async def run_confirms(url: str, args: argparse.Namespace) -> dict:
@@ -212,15 +191,7 @@ class RssSampler:
         self.peak_kb = 0
 
     def sample(self) -> None:
-        if self.pid is None:
-            return
-        try:
-            with open(f"/proc/{self.pid}/status") as status:
-                for line in status:
-                    if line.startswith("VmRSS:"):
-                        self.peak_kb = max(self.peak_kb, int(line.split()[1]))
-        except OSError:
-            pass
+        self.peak_kb = max(self.peak_kb, rss_kb(self.pid) or 0)
 
     async def run(self) -> None:
         while True:
@@ -228,31 +199,42 @@ class RssSampler:
             await asyncio.sleep(0.1)
 
 
-async def run_backlog(url: str, args: argparse.Namespace, pid: int | None) -> dict:
-    queue = f"bench-backlog-{uuid.uuid4().hex[:8]}"
-    await _declare_durable(url, queue)
-    sampler = RssSampler(pid)
-    sampling = asyncio.create_task(sampler.run())
+async def fill_queue(url: str, queue: str, count: int, size: int, persistent: bool = False) -> tuple[float, float]:
+    """Publish ``count`` messages of ``size`` bytes to ``queue`` (default exchange, no consumer
+    needed) as fast as the broker reads them, then wait until the queue holds at least ``count``.
+
+    Returns the seconds that took and the longest time the broker stopped reading the publisher."""
     publisher = await connect(parse_url(url))
-    message = persistent_message(queue, bytes(args.size), publisher.frame_max, args.persistent)
+    message = persistent_message(queue, bytes(size), publisher.frame_max, persistent)
     batch = 100
     sent = 0
     longest_stall = 0.0
     started = time.perf_counter()
-    while sent < args.backlog:
-        count = min(batch, args.backlog - sent)
-        publisher.transport.write(message * count)
-        sent += count
+    while sent < count:
+        n = min(batch, count - sent)
+        publisher.transport.write(message * n)
+        sent += n
         if not publisher.can_write.is_set():  # the broker is not reading us: how long?
             stalled = time.perf_counter()
             await publisher.can_write.wait()
             longest_stall = max(longest_stall, time.perf_counter() - stalled)
         else:
             await asyncio.sleep(0)
-    while await _message_count(publisher, queue) < args.backlog:  # everything published arrived
+    while await _message_count(publisher, queue) < count:  # everything published arrived
+        if publisher.error:
+            raise RuntimeError(publisher.error)
         await asyncio.sleep(0.05)
-    publish_seconds = time.perf_counter() - started
+    seconds = time.perf_counter() - started
     await publisher.close()
+    return seconds, longest_stall
+
+
+async def run_backlog(url: str, args: argparse.Namespace, pid: int | None) -> dict:
+    queue = f"bench-backlog-{uuid.uuid4().hex[:8]}"
+    await _declare_durable(url, queue)
+    sampler = RssSampler(pid)
+    sampling = asyncio.create_task(sampler.run())
+    publish_seconds, longest_stall = await fill_queue(url, queue, args.backlog, args.size, args.persistent)
 
     consumer = await connect(parse_url(url))
     consumer.expect_size = args.size

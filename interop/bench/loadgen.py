@@ -15,8 +15,10 @@ never touch pamqp:
 
 Clients share counters with the coordinating process through ``multiprocessing`` shared memory
 (:class:`Shared`): producers publish a running "published" count, consumers a running
-"consumed" count, and a producer only writes while ``published - consumed`` (all clients summed)
-is below ``max_inflight``, so the queue cannot grow without bound.
+"consumed" count. By default (``max_inflight`` 0) a producer writes as fast as TCP back-pressure
+lets it, as RabbitMQ's PerfTest does; with ``max_inflight`` N > 0 it only writes a batch when
+the unconsumed deliveries (``published x copies - consumed``, all clients summed) stay at most N
+with it, so the queues cannot grow without bound.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ except ImportError:  # pragma: no cover
 
 __all__ = [
     "AMQPURL", "ClientConfig", "Shared", "parse_url", "encode_message", "worker_main",
-    "declare_queue", "delete_queue", "parser_selftest",
+    "declare_queue", "delete_queue", "declare_topology", "delete_topology", "parser_selftest",
     "PHASE_SETUP", "PHASE_WARMUP", "PHASE_MEASURE", "PHASE_STOP",
 ]
 
@@ -96,15 +98,21 @@ def parse_url(url: str) -> AMQPURL:
 
 @dataclass(frozen=True)
 class ClientConfig:
-    """What every client process of one workload run needs (picklable, for spawn)."""
+    """What every client process of one workload run needs (picklable, for spawn).
+
+    Producer i publishes to ``queues[i % len(queues)]`` through the default exchange, or, when
+    ``exchange`` is set, to that exchange with an empty routing key. Consumer j consumes
+    ``queues[j % len(queues)]``."""
 
     url: str
-    queue: str
+    queues: tuple[str, ...]
     body_size: int = 1024
     manual_ack: bool = False
     prefetch: int = 100
     ack_every: int = 0            # 0: one multiple-ack per read batch; N: every N deliveries
-    max_inflight: int = 20_000
+    max_inflight: int = 0         # 0: no cap; N: unconsumed deliveries allowed before pausing
+    copies: int = 1               # deliveries per publish (the number of queues a fanout feeds)
+    exchange: str = ""
     batch: int = 100              # messages per publisher write
     rate: float = 0.0             # total msg/s for a paced (latency) run, shared by producers
     n_producers: int = 1
@@ -157,8 +165,8 @@ class BenchProtocol(asyncio.BufferedProtocol):
     Frames other than Basic.Deliver / content frames / heartbeats go through the slow path:
     pamqp decodes them and they are queued for :meth:`wait_for` (or handled, for closes)."""
 
-    def __init__(self, frame_max: int = DEFAULT_FRAME_MAX) -> None:
-        size = max(1 << 20, 4 * (frame_max + 8))
+    def __init__(self, frame_max: int = DEFAULT_FRAME_MAX, buffer_size: int | None = None) -> None:
+        size = buffer_size or max(1 << 20, 4 * (frame_max + 8))
         self.buf = bytearray(size)
         self.mv = memoryview(self.buf)
         self.end = 0
@@ -170,6 +178,7 @@ class BenchProtocol(asyncio.BufferedProtocol):
         self.can_write = asyncio.Event()
         self.can_write.set()
         self.frame_max = frame_max
+        self.server_properties: dict = {}
         # consumer state (used by the fast path)
         self.count = 0
         self.reads = 0
@@ -361,12 +370,14 @@ class BenchProtocol(asyncio.BufferedProtocol):
         self.transport.close()
 
 
-async def connect(url: AMQPURL, timeout: float = 15.0) -> BenchProtocol:
+async def connect(url: AMQPURL, timeout: float = 15.0, protocol_factory=BenchProtocol) -> BenchProtocol:
+    """Open a connection and channel 1; ``protocol_factory`` makes the (BenchProtocol) protocol."""
     loop = asyncio.get_running_loop()
     _, proto = await asyncio.wait_for(
-        loop.create_connection(BenchProtocol, url.host, url.port), timeout)
+        loop.create_connection(protocol_factory, url.host, url.port), timeout)
     proto.write(pframe.marshal(pheader.ProtocolHeader(), 0))
-    await proto.wait_for(commands.Connection.Start, timeout)
+    start = await proto.wait_for(commands.Connection.Start, timeout)
+    proto.server_properties = start.server_properties or {}
     proto.send(commands.Connection.StartOk(
         client_properties={
             "product": "amqpbroker-bench",
@@ -399,7 +410,8 @@ async def _consumer(cfg: ClientConfig, idx: int, shared: Shared, report) -> dict
         if cfg.record_latency:
             proto.phase = shared.phase
             proto.lat = []
-        await proto.rpc(commands.Basic.Consume(queue=cfg.queue, consumer_tag=f"bench-c{idx}",
+        queue = cfg.queues[idx % len(cfg.queues)]
+        await proto.rpc(commands.Basic.Consume(queue=queue, consumer_tag=f"bench-c{idx}",
                                                no_ack=not cfg.manual_ack), commands.Basic.ConsumeOk)
         report.put(("ready", "consumer", idx, os.getpid()))
         phase = shared.phase
@@ -419,7 +431,8 @@ async def _producer(cfg: ClientConfig, idx: int, shared: Shared, report) -> dict
     proto = await connect(parse_url(cfg.url), cfg.connect_timeout)
     try:
         body = bytes(cfg.body_size)
-        msg, ts_offset = encode_message(cfg.queue, body, proto.frame_max)
+        routing_key = "" if cfg.exchange else cfg.queues[idx % len(cfg.queues)]
+        msg, ts_offset = encode_message(routing_key, body, proto.frame_max, cfg.exchange)
         if cfg.record_latency and cfg.body_size < 8:
             raise ValueError("latency runs need a body of at least 8 bytes")
         report.put(("ready", "producer", idx, os.getpid()))
@@ -428,8 +441,10 @@ async def _producer(cfg: ClientConfig, idx: int, shared: Shared, report) -> dict
             await asyncio.sleep(0.001)
         if cfg.rate > 0:
             published = await _publish_paced(proto, cfg, idx, shared, msg, ts_offset)
+        elif cfg.max_inflight > 0:
+            published = await _publish_capped(proto, cfg, idx, shared, msg)
         else:
-            published = await _publish_flood(proto, cfg, idx, shared, msg)
+            published = await _publish_uncapped(proto, cfg, idx, shared, msg)
         while phase.value < PHASE_STOP and proto.error is None:
             await asyncio.sleep(0.01)
         return {"role": "producer", "idx": idx, "count": published, "error": proto.error}
@@ -437,18 +452,46 @@ async def _producer(cfg: ClientConfig, idx: int, shared: Shared, report) -> dict
         await proto.close()
 
 
-async def _publish_flood(proto: BenchProtocol, cfg: ClientConfig, idx: int, shared: Shared, msg: bytes) -> int:
-    """As fast as the broker takes it, keeping at most ``max_inflight`` unconsumed messages."""
-    batch = max(1, min(cfg.batch, cfg.max_inflight))
+async def _publish_uncapped(proto: BenchProtocol, cfg: ClientConfig, idx: int, shared: Shared,
+                            msg: bytes) -> int:
+    """As fast as the broker reads: one batch per write, then yield to the loop (so it reads what
+    the broker sends), or wait while the transport's write buffer is over its high-water mark."""
+    batch = max(1, cfg.batch)
     batch_bytes = msg * batch
-    phase, pub, consumed = shared.phase, shared.published, shared.consumed
+    phase, pub = shared.phase, shared.published
+    can_write = proto.can_write
+    write = proto.transport.write
+    published = 0
+    sleep = asyncio.sleep
+    while phase.value < PHASE_STOP and proto.error is None:
+        write(batch_bytes)
+        published += batch
+        pub[idx] = published
+        if can_write.is_set():
+            await sleep(0)
+        else:
+            await _drained(proto, phase)
+    return published
+
+
+def _in_flight(shared: Shared, copies: int) -> int:
+    """Deliveries published (all producers) but not yet consumed (all consumers)."""
+    return sum(shared.published) * copies - sum(shared.consumed)
+
+
+async def _publish_capped(proto: BenchProtocol, cfg: ClientConfig, idx: int, shared: Shared, msg: bytes) -> int:
+    """As fast as the broker takes it, keeping at most ``max_inflight`` unconsumed deliveries."""
+    batch = max(1, min(cfg.batch, cfg.max_inflight // cfg.copies))
+    batch_bytes = msg * batch
+    phase, pub = shared.phase, shared.published
+    room_needed = batch * cfg.copies
     max_inflight = cfg.max_inflight
     can_write = proto.can_write
     write = proto.transport.write
     published = 0
     sleep = asyncio.sleep
     while phase.value < PHASE_STOP and proto.error is None:
-        if max_inflight - (sum(pub) - sum(consumed)) < batch:
+        if max_inflight - _in_flight(shared, cfg.copies) < room_needed:
             await sleep(0.001)  # consumers are behind: let them catch up
             continue
         write(batch_bytes)
@@ -470,15 +513,16 @@ async def _drained(proto: BenchProtocol, phase) -> None:
 
 async def _publish_paced(proto: BenchProtocol, cfg: ClientConfig, idx: int, shared: Shared,
                          msg: bytes, ts_offset: int) -> int:
-    """A fixed rate (``cfg.rate / n_producers``), each message stamped with perf_counter_ns()."""
+    """A fixed rate (``cfg.rate / n_producers``), each message stamped with perf_counter_ns();
+    with ``max_inflight`` > 0, no more than that many unconsumed deliveries."""
     rate = cfg.rate / cfg.n_producers
     size = len(msg)
-    batch = max(1, min(cfg.batch, cfg.max_inflight))
+    capped = cfg.max_inflight > 0
+    batch = max(1, min(cfg.batch, cfg.max_inflight) if capped else cfg.batch)
     buf = bytearray(msg * batch)
     offsets = [i * size + ts_offset for i in range(batch)]
     pack = _I64.pack_into
-    phase, pub, consumed = shared.phase, shared.published, shared.consumed
-    max_inflight = cfg.max_inflight
+    phase, pub = shared.phase, shared.published
     write = proto.transport.write
     clock = time.perf_counter_ns
     start = clock()
@@ -486,7 +530,9 @@ async def _publish_paced(proto: BenchProtocol, cfg: ClientConfig, idx: int, shar
     while phase.value < PHASE_STOP and proto.error is None:
         due = (clock() - start) * rate // 1e9 - published
         if due >= 1:
-            n = int(min(due, batch, max_inflight - (sum(pub) - sum(consumed))))
+            n = int(min(due, batch))
+            if capped:
+                n = min(n, (cfg.max_inflight - _in_flight(shared, cfg.copies)) // cfg.copies)
             if n > 0:
                 stamp = clock()
                 for o in offsets[:n]:
@@ -554,6 +600,43 @@ def declare_queue(url: str, queue: str) -> None:
 
 def delete_queue(url: str, queue: str) -> None:
     _run(_delete(url, queue))
+
+
+async def _declare_topology(url: str, queues: tuple[str, ...], exchange: str) -> None:
+    proto = await connect(parse_url(url))
+    try:
+        for queue in queues:
+            await proto.rpc(commands.Queue.Declare(queue=queue, durable=False, auto_delete=True),
+                            commands.Queue.DeclareOk)
+        if exchange:
+            await proto.rpc(commands.Exchange.Declare(exchange=exchange, exchange_type="fanout", durable=False),
+                            commands.Exchange.DeclareOk)
+            for queue in queues:
+                await proto.rpc(commands.Queue.Bind(queue=queue, exchange=exchange), commands.Queue.BindOk)
+    finally:
+        await proto.close()
+
+
+async def _delete_topology(url: str, queues: tuple[str, ...], exchange: str, timeout: float) -> None:
+    proto = await connect(parse_url(url))
+    try:
+        if exchange:
+            await proto.rpc(commands.Exchange.Delete(exchange=exchange), commands.Exchange.DeleteOk, timeout=timeout)
+        for queue in queues:
+            await proto.rpc(commands.Queue.Delete(queue=queue), commands.Queue.DeleteOk, timeout=timeout)
+    finally:
+        await proto.close()
+
+
+def declare_topology(url: str, queues: tuple[str, ...], exchange: str = "") -> None:
+    """Transient queues (non-durable, auto-delete) and, when ``exchange`` is given, a transient
+    fanout exchange of that name bound to every queue."""
+    _run(_declare_topology(url, queues, exchange))
+
+
+def delete_topology(url: str, queues: tuple[str, ...], exchange: str = "", timeout: float = 120.0) -> None:
+    """Delete what :func:`declare_topology` made (a queue holding a deep backlog can take a while)."""
+    _run(_delete_topology(url, queues, exchange, timeout))
 
 
 # ------------------------------------------------------------------------------------ self-test

@@ -1,4 +1,4 @@
-"""CPU accounting from /proc (Linux): a process's CPU seconds and the owner of a listening port."""
+"""From /proc (Linux): a process's CPU seconds and resident memory, and the owner of a listening port."""
 
 from __future__ import annotations
 
@@ -21,6 +21,20 @@ def cpu_seconds(pid: int | None) -> float | None:
     fields = stat[stat.rindex(")") + 2:].split()
     # fields[0] is field 3 (state); utime and stime are fields 14 and 15
     return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def rss_kb(pid: int | None) -> int | None:
+    """Resident memory of ``pid`` in KB (``VmRSS`` of /proc/PID/status), or None when unreadable."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 def system_cpu() -> dict[str, float] | None:

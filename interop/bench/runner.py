@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import queue as queue_mod
 import time
@@ -10,10 +11,12 @@ from array import array
 from dataclasses import asdict, dataclass
 
 from . import loadgen
+from .durable import fill_queue
 from .loadgen import PHASE_MEASURE, PHASE_STOP, PHASE_WARMUP, ClientConfig, Shared
 from .procstat import cpu_seconds, system_cpu
 
-WORKLOADS = ("throughput-autoack", "throughput-ack", "latency")
+WORKLOADS = ("throughput-autoack", "throughput-ack", "latency", "throughput-fanout")
+DEFAULT_WORKLOADS = ("throughput-autoack", "throughput-ack", "latency")
 
 
 @dataclass
@@ -23,10 +26,12 @@ class RunOptions:
     body_size: int = 1024
     producers: int = 1
     consumers: int = 1
+    queues: int = 1                  # producer i -> queue i % queues, consumer j <- queue j % queues
     prefetch: int = 100
     ack_every: int = 0
-    max_inflight: int = 20_000
+    max_inflight: int = 0            # 0: no cap; N: producers pause at N unconsumed deliveries
     batch: int = 100
+    prefill: int = 0                 # messages put in each queue before the clients start
     rate: float = 10_000.0
     latency_ack: str = "manual"      # manual (qos prefetch) or auto
     layout: str = "split"            # split: a process per client; single: all in one process
@@ -37,19 +42,44 @@ class BenchError(Exception):
     pass
 
 
-def client_config(url: str, queue: str, workload: str, opts: RunOptions) -> ClientConfig:
+@dataclass(frozen=True)
+class Topology:
+    """The queues (and, for fan-out, the exchange) of one run, with names unique to the run."""
+
+    queues: tuple[str, ...]
+    exchange: str = ""
+
+    @classmethod
+    def for_run(cls, workload: str, n_queues: int) -> "Topology":
+        base = f"amqpbroker-bench-{workload}-{uuid.uuid4().hex[:8]}"
+        queues = (base,) if n_queues == 1 else tuple(f"{base}-{i}" for i in range(n_queues))
+        return cls(queues, f"{base}-fanout" if workload == "throughput-fanout" else "")
+
+
+def check_options(opts: RunOptions) -> None:
+    """Raise ValueError for options that would leave a queue without a consumer."""
+    if opts.queues < 1:
+        raise ValueError("queues must be at least 1")
+    if opts.consumers < opts.queues:
+        raise ValueError(f"{opts.queues} queues need at least {opts.queues} consumers "
+                         "(consumer j consumes queue j % queues); a queue nobody consumes grows without bound")
+
+
+def client_config(url: str, topology: Topology, workload: str, opts: RunOptions) -> ClientConfig:
     if workload == "throughput-autoack":
         manual, rate, latency = False, 0.0, False
-    elif workload == "throughput-ack":
+    elif workload in ("throughput-ack", "throughput-fanout"):
         manual, rate, latency = True, 0.0, False
     elif workload == "latency":
         manual, rate, latency = opts.latency_ack == "manual", opts.rate, True
     else:
         raise ValueError(f"unknown workload {workload!r} (known: {', '.join(WORKLOADS)})")
     return ClientConfig(
-        url=url, queue=queue, body_size=opts.body_size, manual_ack=manual, prefetch=opts.prefetch,
-        ack_every=opts.ack_every, max_inflight=opts.max_inflight, batch=opts.batch, rate=rate,
-        n_producers=opts.producers, record_latency=latency, connect_timeout=opts.setup_timeout)
+        url=url, queues=topology.queues, exchange=topology.exchange,
+        copies=len(topology.queues) if topology.exchange else 1, body_size=opts.body_size,
+        manual_ack=manual, prefetch=opts.prefetch, ack_every=opts.ack_every, max_inflight=opts.max_inflight,
+        batch=opts.batch, rate=rate, n_producers=opts.producers, record_latency=latency,
+        connect_timeout=opts.setup_timeout)
 
 
 def _percentile(sorted_values, q: float) -> float:
@@ -72,22 +102,40 @@ def latency_stats(samples_ns: array) -> dict:
     }
 
 
+def _prefill(url: str, topology: Topology, opts: RunOptions) -> float | None:
+    """Put ``opts.prefill`` messages in every queue (no consumer yet); returns the seconds it took
+    (None without a prefill)."""
+    if not opts.prefill:
+        return None
+    started = time.perf_counter()
+    try:
+        for queue in topology.queues:
+            loadgen._run(fill_queue(url, queue, opts.prefill, opts.body_size))
+    except Exception as exc:  # noqa: BLE001 - report it like any other setup failure
+        with contextlib.suppress(Exception):
+            loadgen.delete_topology(url, topology.queues, topology.exchange)
+        raise BenchError(f"cannot fill the queue: {type(exc).__name__}: {exc}") from exc
+    return time.perf_counter() - started
+
+
 def run_workload(url: str, workload: str, opts: RunOptions, broker_pid: int | None = None,
                  label: str | None = None) -> dict:
     """One measured run. Raises BenchError when the clients fail before or during measurement."""
+    check_options(opts)
     ctx = mp.get_context("spawn")
-    queue_name = f"amqpbroker-bench-{workload}-{uuid.uuid4().hex[:8]}"
-    cfg = client_config(url, queue_name, workload, opts)
+    topology = Topology.for_run(workload, opts.queues)
+    cfg = client_config(url, topology, workload, opts)
     shared = Shared(ctx, opts.producers, opts.consumers)
     report = ctx.Queue()
     roles = [("consumer", i) for i in range(opts.consumers)] + [("producer", i) for i in range(opts.producers)]
     groups = [[role] for role in roles] if opts.layout == "split" else [roles]
 
     try:
-        loadgen.declare_queue(url, queue_name)
+        loadgen.declare_topology(url, topology.queues, topology.exchange)
     except Exception as exc:  # noqa: BLE001 - refused, bad credentials, unknown vhost, timeout...
-        raise BenchError(f"cannot set up the queue on {loadgen.parse_url(url).display}: "
+        raise BenchError(f"cannot set up the queues on {loadgen.parse_url(url).display}: "
                          f"{type(exc).__name__}: {exc}") from exc
+    prefill_seconds = _prefill(url, topology, opts)
     procs = [ctx.Process(target=loadgen.worker_main, args=(group, cfg, shared, report), daemon=True)
              for group in groups]
     pids: dict[tuple[str, int], int] = {}
@@ -163,9 +211,9 @@ def run_workload(url: str, workload: str, opts: RunOptions, broker_pid: int | No
                 proc.terminate()
                 proc.join(2)
         try:
-            loadgen.delete_queue(url, queue_name)
-        except Exception as exc:  # noqa: BLE001 - best effort: the queue is auto-delete anyway
-            errors.append(f"queue.delete: {exc}")
+            loadgen.delete_topology(url, topology.queues, topology.exchange)
+        except Exception as exc:  # noqa: BLE001 - best effort: the queues are auto-delete anyway
+            errors.append(f"delete: {exc}")
 
     if measured_errors:
         raise BenchError("; ".join(measured_errors))
@@ -182,7 +230,10 @@ def run_workload(url: str, workload: str, opts: RunOptions, broker_pid: int | No
         "published": published,
         "consumed_rate": consumed / elapsed,
         "published_rate": published / elapsed,
-        "backlog_at_end": after["published"] - after["consumed"],
+        "queues": len(topology.queues),
+        "prefill_s": prefill_seconds,
+        # deliveries not yet consumed when measurement ended, all queues, as the clients counted them
+        "backlog_at_end": opts.prefill * len(topology.queues) + after["published"] * cfg.copies - after["consumed"],
         "broker_pid": broker_pid,
         "broker_cpu_s": None,
         "broker_cpu_util": None,
