@@ -82,8 +82,9 @@ class FrameReader:
             pieces += (self._buffer[offset:], data)
             self._pieces_size = rest + len(data)
             self._buffer = b""
-        else:
-            self._buffer = self._buffer[offset:] + data
+        else:  # the partial frame left over, then the new input: one copy
+            with memoryview(self._buffer) as view:
+                self._buffer = b"".join((view[offset:], data))
 
     @property
     def buffered(self) -> int:
