@@ -3,6 +3,7 @@ CONNECTION_FORCED, give them ``shutdown_timeout`` seconds to go, then stop."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -166,7 +167,16 @@ def free_bytes(path: str) -> int:
     return stats.f_bavail * stats.f_frsize
 
 
+# The cyclic garbage collector's thresholds: CPython's default (700 allocations per young
+# collection) had it scanning survivors over and over once a few thousand connections were open
+# (1,000 idle connections accepted at 434/s instead of 583/s, with it off 726/s). Refcounting
+# frees a message and its queue entry; what the collector is for here is the occasional cycle.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
 def run(config: Config) -> int:
+    gc.set_threshold(*GC_THRESHOLDS)
+    gc.freeze()  # what the imports made lives for ever: never scan it again
     backend_options = {}
     try:
         import uvloop  # noqa: F401

@@ -115,6 +115,7 @@ class _Transport:
                 if broker.alarms and session.published:
                     await self._blocked()
                 connection.slice_frames = flow.frames_for_turn()
+                self.last_read = time.monotonic()  # its input (heartbeats too) is being read
                 if not self._handled(connection.receive_more):
                     await self._flush_and_wait()
                     return
