@@ -185,3 +185,32 @@ def test_a_large_frame_trickled_in_small_pieces_costs_linear_time() -> None:
         got += reader.read_frames()
     assert time.perf_counter() - started < 5  # quadratic copying took minutes
     assert got == [(3, 1, b"z" * 131_000)] and reader.buffered == 0
+
+
+@pytest.mark.parametrize("consumers", [1, 2])
+def test_a_consumer_connection_that_does_not_read_holds_bounded_output(consumers: int) -> None:
+    """A consumer whose connection's output is not taken by the socket stops getting messages
+    at the output bound (pieces or bytes) and is served again once the transport sent it."""
+    from amqpbroker.broker.channel import OUTPUT_BYTES_HIGH_WATER, OUTPUT_HIGH_WATER
+
+    broker = Broker()
+    publisher, consumer = FakeClient(broker), FakeClient(broker)
+    publisher.open_channel()
+    consumer.open_channel()
+    publisher.declare_queue("q")
+    for index in range(consumers):
+        consumer.consume("q", f"c{index}", no_ack=True)
+    body = b"x" * 4000
+    publisher.feed(b"".join(publisher.publish_frames(1, "", "q", body) for _ in range(3000)))
+    queue = broker.vhosts["/"].queues["q"]
+    delivered = 0
+    while delivered < 3000:
+        out = consumer.session.out
+        assert len(out) <= OUTPUT_HIGH_WATER + 9
+        assert consumer.session.out_bytes <= OUTPUT_BYTES_HIGH_WATER + len(body)
+        got = len(consumer.received_bytes()) // (len(body) + 60)
+        assert got > 0, "a consumer with drained output must be served again"
+        delivered = 3000 - queue.message_count
+        consumer.session.out_bytes = 0
+        consumer.session.output_drained()  # as the transport's writer, once the socket took it
+    assert queue.message_count == 0

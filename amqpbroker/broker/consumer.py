@@ -12,6 +12,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Consumer"]
 
+UNLIMITED = 1 << 62
+
 
 class Consumer:
     __slots__ = ("tag", "queue", "channel", "no_ack", "exclusive", "prefetch", "unacked", "prefix",
@@ -42,6 +44,21 @@ class Consumer:
             return False
         limit = channel.global_prefetch
         return not limit or len(channel.unacked) < limit
+
+    def credit(self) -> int:
+        """How many messages this consumer may take now, before its connection's output is
+        looked at again (the caller checks that per message): prefetch and global limits."""
+        channel = self.channel
+        if not channel.can_send():
+            return 0
+        room = UNLIMITED
+        if not self.no_ack:
+            if self.prefetch:
+                room = self.prefetch - self.unacked
+            limit = channel.global_prefetch
+            if limit:
+                room = min(room, limit - len(channel.unacked))
+        return room
 
     def __repr__(self) -> str:
         return f"<Consumer {self.tag!r} on {self.queue.name!r} unacked={self.unacked}>"
