@@ -73,3 +73,9 @@ def test_quick_suite_writes_table_json_markdown_and_plots(amqp_url: str, tmp_pat
     for name in ("throughput_vs_size.png", "latency.png"):
         assert (tmp_path / name).read_bytes().startswith(PNG_MAGIC), name
         assert f"]({name})" in markdown
+
+
+def test_the_in_process_micro_benchmark_runs() -> None:
+    from interop.bench.micro import run
+
+    assert 0 < run(20) < 0.01  # seconds per message: publish, deliver and ack, in process
