@@ -82,3 +82,32 @@ async def test_a_close_sent_behind_a_deferred_get_gets_the_get_ok_and_the_close_
         store.close()
     kinds = [type(frame).__name__ for _, frame in decode_frames(got)]
     assert kinds[0] == "GetOk" and kinds[-1] == "CloseOk", kinds
+
+
+async def test_one_large_write_handled_in_slices_is_all_handled_without_more_input() -> None:
+    """1,000 publishes with confirms in one write: the transport handles them a slice per turn
+    of the loop; every one must be confirmed although the client sends nothing more (a
+    publisher waiting for its confirms would otherwise wait for ever)."""
+    broker = Broker()
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    publish = FakeClient(broker, handshake=False).publish_frames(1, "", "sliced", b"x" * 100)
+    async with anyio.create_task_group() as group:
+        group.start_soon(listener.serve, lambda stream: serve_connection(stream, broker))
+        stream = await anyio.connect_tcp("127.0.0.1", port)
+        await _handshake(stream)
+        await stream.send(pamqp_frame.marshal(commands.Queue.Declare(queue="sliced"), 1)
+                          + pamqp_frame.marshal(commands.Confirm.Select(), 1))
+        await stream.receive()
+        await stream.send(publish * 1000)
+        confirmed = 0
+        got = b""
+        with anyio.move_on_after(10):
+            while confirmed < 1000:
+                got += await stream.receive()
+                acks = [frame for _, frame in decode_frames(got) if isinstance(frame, commands.Basic.Ack)]
+                confirmed = max((ack.delivery_tag for ack in acks), default=0)
+        await stream.aclose()
+        group.cancel_scope.cancel()
+    assert confirmed == 1000
+    assert broker.vhosts["/"].queues["sliced"].message_count == 1000

@@ -10,12 +10,14 @@ A queue is *behind* when it has consumers, holds more ready messages than ``FLOW
 out), and its consumers are taking messages (it delivered within ``FLOW_ACTIVE`` seconds); it
 stays so until it is down to ``FLOW_LOW`` ready messages in memory. A connection that publishes
 into a behind queue is in *flow* (the state the management API shows): each of its turns gets
-credit for what those queues delivered since its previous turn (shared among their publishers in
-flow), at least ``FLOW_FLOOR`` publishes, at most the normal slice. So the publisher runs at the
-rate its consumers drain, the queue stays in memory instead of paging, and acks and deliveries
-get their share of the loop. A queue without consumers (a backlog being built), or whose
-consumers are stalled or slow on their own, does not slow its publishers: holding them would not
-make those consumers any faster.
+credit for 3/4 of what those queues delivered since its previous turn (shared among their
+publishers in flow), at most the normal slice; with no credit it waits ``FLOW_WAIT`` and then
+gets at least ``FLOW_FLOOR`` publishes. So the publisher runs a little slower than its consumers
+drain, the queue stays in memory instead of paging, and acks and deliveries get their share of
+the loop. A queue without consumers (a backlog being built), or whose consumers delivered
+nothing for ``FLOW_ACTIVE`` (stalled), does not slow its publishers: holding them would not make
+those consumers any faster. A connection that stopped publishing into a queue is no longer
+counted among its publishers at its next turn.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ SLICE_FRAMES = 300  # frames handled per turn of the loop (about 100 publishes)
 FRAMES_PER_PUBLISH = 3  # method, header, body: what a publish costs of the slice
 FLOW_HIGH = 1000  # ready messages in memory above which a queue with busy consumers is behind
 FLOW_LOW = 250  # ... and below which it has caught up
-FLOW_FLOOR = 2  # publishes per turn a publisher in flow always gets
+FLOW_WAIT = 0.001  # seconds a publisher without credit waits before it looks again
+FLOW_FLOOR = 2  # publishes a publisher in flow gets after such a wait, whatever was delivered
 FLOW_SHARE = 0.75  # of a queue's deliveries, as credit for its publishers: the backlog drains
 FLOW_ACTIVE = 0.1  # seconds: a queue that delivered nothing for this long does not hold publishers
 FLOW_SHOWN = 1.0  # seconds a connection shows as in flow after its last throttled turn
@@ -41,42 +44,55 @@ FLOW_SHOWN = 1.0  # seconds a connection shows as in flow after its last throttl
 class PublisherFlow:
     """One connection's view of the behind queues it publishes into, and its credit per turn."""
 
-    __slots__ = ("queues", "throttled_at")
+    __slots__ = ("queues", "published", "throttled_at")
 
     def __init__(self) -> None:
         self.queues: dict[Queue, int] = {}  # behind queue -> its deliveries at our last turn
+        self.published: set[Queue] = set()  # behind queues published into since our last turn
         self.throttled_at = 0.0  # monotonic time of the last turn that was cut short
 
     def published_into(self, queue: Queue) -> None:
         """A publish went into ``queue``, which is behind (the caller checked ``flow_on``)."""
-        if queue not in self.queues and queue.consumers:
-            self.queues[queue] = queue.delivered
-            queue.flow_publishers += 1
+        if queue not in self.published and queue.consumers:
+            self.published.add(queue)
+            if queue not in self.queues:
+                self.queues[queue] = queue.delivered
+                queue.flow_publishers += 1
 
     @property
     def in_flow(self) -> bool:
         """Was a turn of this connection cut short for its queues lately?"""
         return bool(self.throttled_at) and time.monotonic() - self.throttled_at < FLOW_SHOWN
 
-    def frames_for_turn(self) -> int:
-        """How many frames the next turn may handle."""
+    def frames_for_turn(self, waited: bool = False) -> int:
+        """How many frames the next turn may handle: 0 when the queues it is held for delivered
+        nothing since its last turn (the transport waits ``FLOW_WAIT`` and asks again with
+        ``waited``, which gets at least ``FLOW_FLOOR`` publishes)."""
         queues = self.queues
         if not queues:
             return SLICE_FRAMES
         now = time.monotonic()
+        published = self.published
         credit = SLICE_FRAMES // FRAMES_PER_PUBLISH
         for queue, seen in list(queues.items()):
-            if (not queue.flow_on or queue.deleted or not queue.consumers
+            if (queue not in published or not queue.flow_on or queue.deleted or not queue.consumers
                     or now - queue.dispatched_at > FLOW_ACTIVE):
-                self._forget(queue)
+                self._forget(queue)  # it no longer holds this publisher
                 continue
-            delivered = queue.delivered
-            queues[queue] = delivered
-            credit = min(credit, (delivered - seen) * FLOW_SHARE // max(queue.flow_publishers, 1))
+            credit = min(credit, int((queue.delivered - seen) * FLOW_SHARE / max(queue.flow_publishers, 1)))
         if not queues:
+            self.published = set()
+            return SLICE_FRAMES
+        if credit <= 0 and not waited:
+            self.throttled_at = now
+            return 0  # not a turn: what was delivered and published is counted at the next one
+        for queue in queues:
+            queues[queue] = queue.delivered
+        self.published = set()
+        if credit >= SLICE_FRAMES // FRAMES_PER_PUBLISH:
             return SLICE_FRAMES
         self.throttled_at = now
-        return max(int(credit), FLOW_FLOOR) * FRAMES_PER_PUBLISH
+        return max(credit, FLOW_FLOOR) * FRAMES_PER_PUBLISH
 
     def _forget(self, queue: Queue) -> None:
         del self.queues[queue]
@@ -84,5 +100,6 @@ class PublisherFlow:
 
     def release(self) -> None:
         """The connection is gone: it holds no place among any queue's publishers."""
+        self.published.clear()
         for queue in list(self.queues):
             self._forget(queue)

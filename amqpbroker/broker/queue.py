@@ -537,6 +537,7 @@ class Queue:
         groups = [consumers[:1]] if self.single_active else (self._consumer_groups or [consumers])
         now = self.host.clock() if self.expiring else 0.0
         ready = self.ready
+        sent = 0
         while True:
             if self.expiring:
                 self._drop_expired_head(now)
@@ -548,7 +549,9 @@ class Queue:
             entry = ready.popleft()
             self.ready_bytes -= len(entry[1].body)
             consumer.channel.deliver(consumer, self, entry, self.delivery_header(entry))
-            self._delivered(1)
+            sent += 1
+        if sent:
+            self._delivered(sent)
         if self.paged:
             self._want_page()
         elif self.flow_on and len(ready) <= FLOW_LOW:

@@ -101,6 +101,8 @@ class FrameReader:
     def read_frames(self, max_frames: int = 0) -> list[tuple[int, int, bytes]]:
         """Every complete frame buffered so far (at most ``max_frames`` if given; the rest stay
         buffered); an invalid frame raises once those before it have been returned."""
+        if self._pieces:  # a large frame is still being collected
+            return []
         buffer = self._buffer
         end_of_data = len(buffer)
         # RabbitMQ tolerates frames up to 8 bytes over (clients disagree on whether frame_max
@@ -131,5 +133,8 @@ class FrameReader:
                 if len(frames) == max_frames:
                     break
         finally:
-            self._offset = offset
+            if offset == end_of_data:  # all read: keep no reference to the last input
+                self._buffer, self._offset = b"", 0
+            else:
+                self._offset = offset
         return frames

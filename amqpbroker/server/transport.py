@@ -18,6 +18,7 @@ from anyio.abc import SocketAttribute, SocketStream
 
 from amqpbroker.broker.auth import is_loopback_address
 from amqpbroker.broker.broker import Broker
+from amqpbroker.broker.flow import FLOW_WAIT
 from amqpbroker.broker.session import Session
 from amqpbroker.codec.frames import HEARTBEAT_FRAME
 from amqpbroker.errors import ReplyCode, log_internal_error
@@ -28,7 +29,6 @@ __all__ = ["serve_connection", "HANDSHAKE_TIMEOUT", "CLOSE_TIMEOUT"]
 log = logging.getLogger("amqpbroker.transport")
 
 READ_SIZE = 256 * 1024
-SLICE_FRAMES = 60  # frames handled per turn of the loop (about 100 publishes)
 BLOCKED_POLL = 0.05  # seconds between looks at the alarms while a publisher is blocked
 HANDSHAKE_TIMEOUT = 10.0  # seconds to complete connection.open, as RabbitMQ
 CLOSE_TIMEOUT = 3.0  # seconds to wait for close-ok after the broker sent connection.close
@@ -82,7 +82,6 @@ class _Transport:
         session = self.session
         receive = self.stream.receive
         broker = self.broker
-        flow = session.flow
         while not connection.closed:
             try:
                 data = await receive(READ_SIZE)
@@ -91,7 +90,7 @@ class _Transport:
             if broker.alarms and (session.published or connection.mid_content()):
                 await self._blocked()  # what it sent waits, unprocessed, until the alarm clears
             self.last_read = time.monotonic()
-            connection.slice_frames = flow.frames_for_turn()
+            connection.slice_frames = await self._frames_for_turn()
             if not self._handled(connection.receive_data, data):
                 await self._flush_and_wait()  # the close frame goes out before the socket
                 return
@@ -112,9 +111,9 @@ class _Transport:
                 if connection.out:
                     self.wake()
                 await anyio.lowlevel.checkpoint()
-                if broker.alarms and session.published:
+                if broker.alarms and (session.published or connection.mid_content()):
                     await self._blocked()
-                connection.slice_frames = flow.frames_for_turn()
+                connection.slice_frames = await self._frames_for_turn()
                 self.last_read = time.monotonic()  # its input (heartbeats too) is being read
                 if not self._handled(connection.receive_more):
                     await self._flush_and_wait()
@@ -126,6 +125,16 @@ class _Transport:
                 if connection.client_closes:
                     await self._wait_for_client_to_close()
                 return
+
+    async def _frames_for_turn(self) -> int:
+        """The frames this turn may handle (flow.py): a publisher whose queues delivered
+        nothing since its last turn waits for them, a millisecond at a time."""
+        flow = self.session.flow
+        frames = flow.frames_for_turn()
+        while not frames:
+            await anyio.sleep(FLOW_WAIT)
+            frames = flow.frames_for_turn(waited=True)
+        return frames
 
     def _handled(self, handle, *args) -> bool:
         """Feed input to the connection machine and dispatch what it changed; False when a bug of
