@@ -250,3 +250,12 @@ def test_a_consumer_connection_that_does_not_read_holds_bounded_output(consumers
         consumer.session.out_bytes = 0
         consumer.session.output_drained()  # as the transport's writer, once the socket took it
     assert queue.message_count == 0 and delivered == 3000
+
+
+def test_a_closed_connection_drops_the_input_it_had_not_handled() -> None:
+    client = FakeClient(Broker())
+    client.open_channel()
+    client.connection.receive_data(build_frame(3, 1, b"q" * 5000)[:4000])  # a partial frame
+    assert client.connection._reader.buffered == 4000
+    client.connection.lost()
+    assert client.connection._reader.buffered == 0

@@ -510,6 +510,10 @@ class Connection:
             return
         previous = self.state
         self.state = State.CLOSED
+        # input not handled yet (a partial frame, frames held behind a pause) is dropped now,
+        # not when the collector frees the session and its connection
+        self._reader = FrameReader(frame_max=self.frame_max)
+        self._held = []
         self._release_channels()
         if previous in (State.OPEN, State.CLOSING):
             self.handler.connection_closed()
