@@ -87,7 +87,7 @@ from pamqp import header as pheader
 from pamqp import heartbeat as pheartbeat
 
 from amqpbroker.testing import _free_port, _wait_for_port
-from interop.bench.procstat import cpu_seconds, listener_pid, system_cpu
+from interop.bench.procstat import cpu_seconds, listener_pid, rss_kb, system_cpu
 
 try:
     import uvloop
@@ -710,16 +710,8 @@ class Broker:
 
 
 def _rss_mb(pid: int | None) -> float | None:
-    if pid is None:
-        return None
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
+    kb = rss_kb(pid)
+    return None if kb is None else kb / 1024
 
 
 COLUMNS = ["t_s", "phase", "pool_target", "pool_open", "pool_connecting", "conns", "channels", "queues", "consumers",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from pamqp import commands
+from pamqp import frame as pamqp_frame
 
 from amqpbroker.broker import flow
 from amqpbroker.broker.broker import Broker
@@ -41,11 +42,16 @@ def _publisher_and_consumer(prefetch: int) -> tuple[Broker, FakeClient, FakeClie
     return broker, publisher, consumer
 
 
-def test_a_turn_handles_at_most_its_slice_and_the_rest_waits() -> None:
+def _one_client_with_a_queue() -> tuple[Broker, FakeClient]:
     broker = Broker()
     client = FakeClient(broker)
     client.open_channel()
     client.declare_queue("q")
+    return broker, client
+
+
+def test_a_turn_handles_at_most_its_slice_and_the_rest_waits() -> None:
+    broker, client = _one_client_with_a_queue()
     connection = client.connection
     connection.slice_frames = 6  # two publishes
     connection.receive_data(b"".join(client.publish_frames(1, "", "q", b"m%d" % n) for n in range(7)))
@@ -61,14 +67,10 @@ def test_a_turn_handles_at_most_its_slice_and_the_rest_waits() -> None:
 
 
 def test_a_slice_never_splits_the_order_of_a_close_after_publishes() -> None:
-    broker = Broker()
-    client = FakeClient(broker)
-    client.open_channel()
-    client.declare_queue("q")
+    broker, client = _one_client_with_a_queue()
     connection = client.connection
     connection.slice_frames = 3
     close = commands.Connection.Close(reply_code=200, reply_text="bye", class_id=0, method_id=0)
-    from pamqp import frame as pamqp_frame
     connection.receive_data(b"".join(client.publish_frames(1, "", "q", b"x") for _ in range(3))
                             + pamqp_frame.marshal(close, 0))
     while connection.input_pending:
@@ -79,10 +81,7 @@ def test_a_slice_never_splits_the_order_of_a_close_after_publishes() -> None:
 
 
 def test_a_queue_without_consumers_never_slows_its_publisher() -> None:
-    broker = Broker()
-    client = FakeClient(broker)
-    client.open_channel()
-    client.declare_queue("q")
+    _, client = _one_client_with_a_queue()
     client.feed(b"".join(client.publish_frames(1, "", "q", b"x") for _ in range(FLOW_HIGH + 50)))
     assert client.session.flow.queues == {}
     assert client.session.flow.frames_for_turn() == SLICE_FRAMES

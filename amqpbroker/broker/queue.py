@@ -461,10 +461,7 @@ class Queue:
         ready = self.ready
         consumers = self.consumers
         if not ready or not consumers:
-            if self.paged:
-                self._want_page()
-            elif self.flow_on and len(ready) <= FLOW_LOW:
-                self.flow_on = False
+            self._after_dispatch(0)
             return
         count = len(consumers)
         if count == 1:
@@ -487,12 +484,7 @@ class Queue:
                 idle += 1
         self._turn = turn
         self.ready_bytes -= sent_bytes
-        if sent:
-            self._delivered(sent)
-        if self.paged:
-            self._want_page()
-        elif self.flow_on and len(ready) <= FLOW_LOW:
-            self.flow_on = False
+        self._after_dispatch(sent)
 
     def _dispatch_to_one(self, consumer: Consumer) -> None:
         """``dispatch`` with one consumer: as many as its credit allows, in a row (its
@@ -512,19 +504,21 @@ class Queue:
                 deliver(consumer, self, entry)
                 if sent == room or len(out) >= OUTPUT_HIGH_WATER or session.out_bytes >= OUTPUT_BYTES_HIGH_WATER:
                     break
+        self.ready_bytes -= sent_bytes
+        if ready and 0 < sent < room:
+            session.output_saturated = True  # resumed when the transport took the output
+        self._after_dispatch(sent)
+
+    def _after_dispatch(self, sent: int) -> None:
+        """After a dispatch that handed out ``sent`` messages: count them for flow control, ask
+        for the next page, and end the queue's flow once it caught up."""
         if sent:
-            self.ready_bytes -= sent_bytes
-            self._delivered(sent)
-            if ready and sent < room:
-                session.output_saturated = True  # resumed when the transport took the output
+            self.delivered += sent
+            self.dispatched_at = time.monotonic()
         if self.paged:
             self._want_page()
-        elif self.flow_on and len(ready) <= FLOW_LOW:
+        elif self.flow_on and len(self.ready) <= FLOW_LOW:
             self.flow_on = False
-
-    def _delivered(self, count: int) -> None:
-        self.delivered += count
-        self.dispatched_at = time.monotonic()
 
     def _dispatch_general(self) -> None:
         """``dispatch`` for a queue that may hold messages with a TTL (the head is checked before
@@ -550,12 +544,7 @@ class Queue:
             self.ready_bytes -= len(entry[1].body)
             consumer.channel.deliver(consumer, self, entry, self.delivery_header(entry))
             sent += 1
-        if sent:
-            self._delivered(sent)
-        if self.paged:
-            self._want_page()
-        elif self.flow_on and len(ready) <= FLOW_LOW:
-            self.flow_on = False
+        self._after_dispatch(sent)
 
     def _next_consumer(self, groups: list[list[Consumer]]) -> Consumer | None:
         """The next consumer with credit: from the highest priority group that has one, taking
