@@ -3,16 +3,18 @@ the broker's own connection handler, an in-process broker and store."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import anyio
 import anyio.abc
 import pytest
-from pamqp import commands, frame as pamqp_frame, header as pamqp_header
+from pamqp import body as pamqp_body, commands, frame as pamqp_frame, header as pamqp_header
 
 from amqpbroker.broker.broker import Broker
 from amqpbroker.server.persistence import StoreWriter
-from amqpbroker.server.transport import serve_connection
+from amqpbroker.server import transport as transport_module
+from amqpbroker.server.transport import direct_transport, serve_connection
 from amqpbroker.store.rocks import RocksStore
 from tests.helpers import FakeClient, decode_frames, plain_response
 
@@ -111,3 +113,70 @@ async def test_one_large_write_handled_in_slices_is_all_handled_without_more_inp
         group.cancel_scope.cancel()
     assert confirmed == 1000
     assert broker.vhosts["/"].queues["sliced"].message_count == 1000
+
+
+async def test_a_plain_tcp_stream_is_written_to_directly() -> None:
+    """Output goes straight to the asyncio transport under anyio's stream (no task switch per
+    write): an anyio upgrade that hides it must fail here, not silently slow every delivery."""
+    found = []
+
+    async def handle(stream) -> None:
+        found.append(direct_transport(stream))
+        await stream.aclose()
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with anyio.create_task_group() as group:
+        group.start_soon(listener.serve, handle)
+        stream = await anyio.connect_tcp("127.0.0.1", port)
+        with anyio.fail_after(5):
+            while not found:
+                await anyio.sleep(0.01)
+        await stream.aclose()
+        group.cancel_scope.cancel()
+    assert isinstance(found[0], asyncio.WriteTransport)
+    assert direct_transport(object()) is None  # a stream without one: the writer task sends all
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "writer-only"])
+async def test_a_consumer_that_stops_reading_gets_every_delivery_once_in_order(monkeypatch, direct) -> None:
+    """Deliveries written straight to the socket while it has room, and by the writer once it is
+    full (the client not reading): none lost, none doubled, none out of order; the same with every
+    write going through the writer task."""
+    if not direct:
+        monkeypatch.setattr(transport_module, "direct_transport", lambda stream: None)
+    broker = Broker()
+    publisher = FakeClient(broker)
+    publisher.open_channel()
+    publisher.declare_queue("unread")
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    count, size = 500, 32768
+    async with anyio.create_task_group() as group:
+        group.start_soon(listener.serve, lambda stream: serve_connection(stream, broker))
+        stream = await anyio.connect_tcp("127.0.0.1", port)
+        await _handshake(stream)
+        await stream.send(pamqp_frame.marshal(commands.Basic.Consume(queue="unread", no_ack=True), 1))
+        got = bytearray(await stream.receive())
+        for index in range(count):  # 16 MB while the client reads nothing: the socket fills
+            publisher.publish(1, "", "unread", index.to_bytes(4, "big") * (size // 4))
+            if index % 50 == 0:
+                await anyio.sleep(0)
+        await anyio.sleep(0.2)
+        # the broker stopped writing (its output bounded), not buffering the queue for the socket
+        held_back = broker.vhosts["/"].queues["unread"].message_count
+        with anyio.fail_after(20):
+            while True:  # until the broker has nothing more to send for half a second
+                with anyio.move_on_after(0.5) as quiet:
+                    got += await stream.receive(1 << 20)
+                if quiet.cancel_called:
+                    break
+        await stream.aclose()
+        group.cancel_scope.cancel()
+    frames = [frame for _, frame in decode_frames(got)]
+    tags = [frame.delivery_tag for frame in frames if isinstance(frame, commands.Basic.Deliver)]
+    bodies = [frame.value for frame in frames if isinstance(frame, pamqp_body.ContentBody)]
+    assert held_back > count // 10  # (the kernel takes about 10 MB on loopback)
+    assert tags == list(range(1, count + 1))
+    assert [body[:4] for body in bodies] == [index.to_bytes(4, "big") for index in range(count)]
+    assert all(len(body) == size for body in bodies)

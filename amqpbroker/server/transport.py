@@ -1,13 +1,17 @@
 """One client connection on a socket: a reader, a writer and a timer in one task group.
 
 The reader takes one large ``receive()`` at a time, feeds it whole to the connection machine,
-then lets the broker dispatch once for the batch. The writer sleeps until woken, joins every
-pending output piece and sends once. The timer sends heartbeats and drops a peer that missed two
-heartbeat intervals (or did not finish its handshake in time).
+then lets the broker dispatch once for the batch. Output is written when the batch is done: at
+once, straight to the asyncio transport under the stream when nothing is waiting to be sent (no
+task switch between a publish and its delivery), otherwise by the writer, which sleeps until
+woken, joins every pending output piece, sends once and waits while the socket is full. The
+timer sends heartbeats and drops a peer that missed two heartbeat intervals (or did not finish
+its handshake in time).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import time
@@ -36,6 +40,15 @@ CLOSED_WAIT = 10.0  # seconds to wait for the client to close its socket after c
 PAUSED_POLL = 0.5  # seconds between looks at a paused connection (its heartbeat clock held)
 
 
+def direct_transport(stream: object) -> asyncio.WriteTransport | None:
+    """The asyncio transport under an anyio socket stream (anyio's asyncio backend keeps it as
+    ``_transport``), written to without a task switch; None where there is none (another
+    backend, a wrapping stream such as TLS): then every write goes through the writer task.
+    ``tests/test_transport.py`` checks that a plain TCP stream has one."""
+    transport = getattr(stream, "_transport", None)
+    return transport if isinstance(transport, asyncio.WriteTransport) else None
+
+
 class _Transport:
     def __init__(self, stream: SocketStream, broker: Broker) -> None:
         self.stream = stream
@@ -52,10 +65,31 @@ class _Transport:
         self._resumed = anyio.Event()
         self.connection = self.session.connection
         self._output_ready = anyio.Event()
+        self._direct = direct_transport(stream)
+        self._sending = False  # the writer holds output not yet handed to the transport
         self.last_read = self.last_write = time.monotonic()
         self.closing_since: float | None = None
 
     def wake(self) -> None:
+        """Output is pending: write it now if nothing is queued before it, else wake the writer."""
+        out = self.connection.out
+        direct = self._direct
+        if (out and direct is not None and not self._sending and not direct.get_write_buffer_size()
+                and not direct.is_closing()):
+            data = b"".join(out)
+            out.clear()
+            session = self.session
+            session.out_bytes = 0
+            try:
+                direct.write(data)
+            except (RuntimeError, OSError):  # the socket is going: the reader sees it
+                self._output_ready.set()
+                return
+            self.last_write = time.monotonic()
+            if (direct.get_write_buffer_size() or self.connection.closed or session.paused_for_output
+                    or session.output_saturated):
+                self._output_ready.set()  # the writer waits for the socket, then resumes output
+            return
         self._output_ready.set()
 
     def _on_resume(self) -> None:
@@ -186,17 +220,19 @@ class _Transport:
         while True:
             await self._output_ready.wait()
             self._output_ready = anyio.Event()
-            if not out:
-                continue
-            data = b"".join(out)
+            data = b"".join(out)  # (empty after a direct write: send waits for a full socket)
             out.clear()
             session.out_bytes = 0
+            self._sending = True
             try:
                 await send(data)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                 scope.cancel()
                 return
-            self.last_write = time.monotonic()
+            finally:
+                self._sending = False
+            if data:
+                self.last_write = time.monotonic()
             session.output_drained()
             if self.connection.closed and not out and not self.connection.client_closes:
                 scope.cancel()
