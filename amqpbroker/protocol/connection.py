@@ -23,6 +23,7 @@ or during the handshake, becomes ``connection.close`` (then everything but ``clo
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import platform
 from collections.abc import Mapping
@@ -85,6 +86,37 @@ class ConnectionHandler(Protocol):
 # AMQP 0-9 as some old clients announce it (class 1, instance 1): RabbitMQ serves them 0-9-1
 _LEGACY_0_9_HEADER = b"AMQP\x01\x01\x00\x09"
 FRAME_LIMIT_BEFORE_TUNE = 8192  # RabbitMQ 4.1+ (3.x: 4096); larger start-oks are dropped
+
+
+# the handshake's answers are the same for every connection: encoded once
+@functools.lru_cache(maxsize=8)
+def _start_frame(cluster_name: str) -> bytes:
+    properties = {
+        "capabilities": SERVER_CAPABILITIES,
+        "cluster_name": cluster_name,
+        "copyright": "amqpbroker contributors",
+        "information": "A RabbitMQ-compatible AMQP 0-9-1 broker in Python",
+        "platform": f"Python {platform.python_version()}",
+        "product": "amqpbroker",
+        "version": __version__,
+    }
+    return encode_method(0, commands.Connection.Start(
+        version_major=0, version_minor=9, server_properties=properties,
+        mechanisms="PLAIN AMQPLAIN", locales="en_US"))
+
+
+@functools.lru_cache(maxsize=8)
+def _tune_frame(channel_max: int, frame_max: int, heartbeat: int) -> bytes:
+    return encode_method(0, commands.Connection.Tune(channel_max=channel_max, frame_max=frame_max,
+                                                     heartbeat=heartbeat))
+
+
+@functools.lru_cache(maxsize=256)
+def _channel_open_ok_frame(number: int) -> bytes:
+    return encode_method(number, commands.Channel.OpenOk())
+
+
+_OPEN_OK_FRAME = encode_method(0, commands.Connection.OpenOk())
 
 
 def _check_frame_type(frame_type: int, number: int, payload: bytes = b"") -> None:
@@ -326,7 +358,7 @@ class Connection:
                                       f"the negotiated channel_max ({self.channel_max})", 20, 10)
             self.channels[number] = ChannelMachine(number, self.max_message_size)
             self.handler.channel_opened(number)
-            self.out.append(encode_method(number, commands.Channel.OpenOk()))
+            self.out.append(_channel_open_ok_frame(number))
             return
         class_id, method_id = method_ids(method)
         raise ConnectionError(ReplyCode.CHANNEL_ERROR, f"expected 'channel.open' on channel {number}",
@@ -366,18 +398,7 @@ class Connection:
 
     def _send_start(self) -> None:
         self.state = State.AWAIT_START_OK
-        properties = {
-            "capabilities": SERVER_CAPABILITIES,
-            "cluster_name": self.cluster_name,
-            "copyright": "amqpbroker contributors",
-            "information": "A RabbitMQ-compatible AMQP 0-9-1 broker in Python",
-            "platform": f"Python {platform.python_version()}",
-            "product": "amqpbroker",
-            "version": __version__,
-        }
-        start = commands.Connection.Start(version_major=0, version_minor=9, server_properties=properties,
-                                          mechanisms="PLAIN AMQPLAIN", locales="en_US")
-        self.out.append(encode_method(0, start))
+        self.out.append(_start_frame(self.cluster_name))
 
     def _handle_outside_open(self, frame_type: int, number: int, payload: bytes) -> None:
         try:
@@ -437,9 +458,7 @@ class Connection:
             return
         self._handshake_method = commands.Connection.TuneOk
         self.state = State.AWAIT_TUNE_OK
-        self.out.append(encode_method(0, commands.Connection.Tune(
-            channel_max=self.server_channel_max, frame_max=self.server_frame_max,
-            heartbeat=self.server_heartbeat)))
+        self.out.append(_tune_frame(self.server_channel_max, self.server_frame_max, self.server_heartbeat))
 
     def _on_tune_ok(self, tune_ok: commands.Connection.TuneOk) -> None:
         frame_max = tune_ok.frame_max
@@ -465,7 +484,7 @@ class Connection:
         self.vhost = vhost
         self._handshake_method = None
         self.state = State.OPEN
-        self.out.append(encode_method(0, commands.Connection.OpenOk()))
+        self.out.append(_OPEN_OK_FRAME)
         name = self.client_properties.get("connection_name")
         log.info("connection opened: user %r, vhost %r, client %s%s", self.user, vhost,
                  self.client_properties.get("product", "?"), f", name {name!r}" if name else "")

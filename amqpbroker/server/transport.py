@@ -18,6 +18,7 @@ import time
 
 import anyio
 import anyio.lowlevel
+import anyio.abc
 from anyio.abc import SocketAttribute, SocketStream
 
 from amqpbroker.broker.auth import is_loopback_address
@@ -62,11 +63,12 @@ class _Transport:
         self.session.name = f"{self.peer} -> {local_text}"  # as RabbitMQ names connections
         self.session.wake = self.wake
         self.session.on_resume = self._on_resume
-        self._resumed = anyio.Event()
+        self._resumed: anyio.Event | None = None  # made while the connection is paused
         self.connection = self.session.connection
-        self._output_ready = anyio.Event()
+        self._output_ready: anyio.Event | None = None  # made with the writer task
         self._direct = direct_transport(stream)
         self._sending = False  # the writer holds output not yet handed to the transport
+        self._group: anyio.abc.TaskGroup | None = None  # the connection's tasks, while it runs
         self.last_read = self.last_write = time.monotonic()
         self.closing_since: float | None = None
 
@@ -83,17 +85,29 @@ class _Transport:
             try:
                 direct.write(data)
             except (RuntimeError, OSError):  # the socket is going: the reader sees it
-                self._output_ready.set()
+                self._wake_writer()
                 return
             self.last_write = time.monotonic()
-            if (direct.get_write_buffer_size() or self.connection.closed or session.paused_for_output
-                    or session.output_saturated):
-                self._output_ready.set()  # the writer waits for the socket, then resumes output
+            connection = self.connection
+            if (direct.get_write_buffer_size() or session.paused_for_output or session.output_saturated
+                    or (connection.closed and not connection.client_closes)):
+                self._wake_writer()  # it waits for the socket and resumes output, or ends the connection
             return
+        self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        """The writer task starts the first time it is needed (a full socket, or no transport
+        to write to directly): most connections never need it."""
+        if self._output_ready is None:
+            if self._group is None:  # not running any more
+                return
+            self._output_ready = anyio.Event()
+            self._group.start_soon(self._write_loop, self._group.cancel_scope)
         self._output_ready.set()
 
     def _on_resume(self) -> None:
-        self._resumed.set()
+        if self._resumed is not None:
+            self._resumed.set()
         self.wake()
 
     async def run(self) -> None:
@@ -104,11 +118,14 @@ class _Transport:
             pass
         try:
             async with anyio.create_task_group() as group:
-                group.start_soon(self._write_loop, group.cancel_scope)
+                self._group = group
+                if self._direct is None:  # every write goes through the writer
+                    self._wake_writer()
                 group.start_soon(self._timer_loop, group.cancel_scope)
                 await self._read_loop()
                 group.cancel_scope.cancel()
         finally:
+            self._group = None
             self._lost()
 
     async def _read_loop(self) -> None:
@@ -134,9 +151,12 @@ class _Transport:
                 # handled then, in whichever task resumed it, so a close among it is seen just
                 # below. The peer is not expected to send heartbeats meanwhile (they wait unread)
                 while connection.paused and not connection.closed:
+                    if self._resumed is None:
+                        self._resumed = anyio.Event()
                     with anyio.move_on_after(PAUSED_POLL):
                         await self._resumed.wait()
-                    self._resumed = anyio.Event() if self._resumed.is_set() else self._resumed
+                    if self._resumed.is_set():
+                        self._resumed = None
                     self.last_read = time.monotonic()
                 if not connection.input_pending or connection.closed:
                     break
