@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from pamqp import commands
 
-from amqpbroker.broker import session as session_module
+from amqpbroker.broker import methods as methods_module
 from amqpbroker.broker.broker import Broker
 
 from tests.helpers import ClientPair, FakeClient, deliveries
@@ -706,14 +706,14 @@ def test_internal_error_closes_only_that_connection_with_541(pair, monkeypatch, 
     publish_many(a, "q", [b"m1", b"m2"])
     assert len(deliveries(b.received())) == 2
 
-    real_declare = session_module._HANDLERS[Queue.Declare]
+    real_declare = methods_module.HANDLERS[Queue.Declare]
 
     def buggy_declare(session, channel, method):
         if session is b.session:
             raise RuntimeError("a bug in queue.declare")
         return real_declare(session, channel, method)
 
-    monkeypatch.setitem(session_module._HANDLERS, Queue.Declare, buggy_declare)
+    monkeypatch.setitem(methods_module.HANDLERS, Queue.Declare, buggy_declare)
     b.send(Queue.Declare(queue="other"), 1)
     frames = b.received()
     assert len(frames) == 1

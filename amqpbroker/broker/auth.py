@@ -1,7 +1,8 @@
-"""Users and SASL mechanisms (PLAIN, AMQPLAIN).
+"""Users, their permissions, and SASL mechanisms (PLAIN, AMQPLAIN).
 
 Passwords are kept as RabbitMQ keeps them: a 4-byte salt followed by SHA-256(salt + password).
-``loopback_only`` users (guest, by default) may log in only from a loopback address.
+``loopback_only`` users (guest, by default) may log in only from a loopback address. A user may
+open a virtual host when it has a permission there (:mod:`amqpbroker.broker.access`).
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ import hashlib
 import hmac
 import ipaddress
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from pamqp import decode
 
+from amqpbroker.broker.access import Access, Permission, TopicPermission
 from amqpbroker.errors import ConnectionError, ReplyCode
 from amqpbroker.protocol.connection import AuthenticationFailed
 
@@ -47,7 +49,6 @@ class User:
     password_hash: bytes
     tags: tuple[str, ...] = ()
     loopback_only: bool = False
-    vhosts: set[str] = field(default_factory=lambda: {"/"})
 
 
 def parse_response(mechanism: str, response: bytes) -> tuple[str, str]:
@@ -73,14 +74,29 @@ def parse_response(mechanism: str, response: bytes) -> tuple[str, str]:
 
 
 class UserDatabase:
+    """Users, and their permissions per virtual host (``(user, vhost)`` keys)."""
+
     def __init__(self) -> None:
         self.users: dict[str, User] = {}
+        self.permissions: dict[tuple[str, str], Permission] = {}
+        self.topic_permissions: dict[tuple[str, str], dict[str, TopicPermission]] = {}
 
     def add(self, name: str, password: str, *, tags: tuple[str, ...] = (), loopback_only: bool = False,
-            vhosts: set[str] | None = None) -> User:
-        user = User(name, hash_password(password), tags, loopback_only, vhosts or {"/"})
+            vhosts: tuple[str, ...] = ("/",)) -> User:
+        """A user with its password, and full permissions on ``vhosts`` (tests and defaults)."""
+        user = User(name, hash_password(password), tags, loopback_only)
         self.users[name] = user
+        for vhost in vhosts:
+            self.permissions[(name, vhost)] = Permission()
         return user
+
+    def vhosts_of(self, name: str) -> list[str]:
+        """The virtual hosts ``name`` may open."""
+        return sorted(vhost for user, vhost in self.permissions if user == name)
+
+    def access(self, user: str, vhost: str) -> Access:
+        return Access(user, vhost, self.permissions.get((user, vhost)),
+                      dict(self.topic_permissions.get((user, vhost), {})))
 
     def authenticate(self, mechanism: str, response: bytes, *, from_loopback: bool) -> User:
         name, password = parse_response(mechanism, response)

@@ -282,12 +282,14 @@ class VirtualHost:
     # ------------------------------------------------------------ queues
 
     def declare_queue(self, name: str, *, passive: bool, durable: bool, exclusive: bool,
-                      auto_delete: bool, arguments: dict[str, Any], owner: Any) -> Queue:
+                      auto_delete: bool, arguments: dict[str, Any], owner: Any,
+                      server_named: bool = False) -> Queue:
+        """``server_named``: ``name`` was made by :func:`server_named_queue` for this declare."""
         if passive:
             if not name:
                 raise not_found(f"no queue '' in vhost '{self.name}'")
             return self.use_queue(name, owner)
-        if name.startswith("amq.") and name not in self.queues:
+        if name.startswith("amq.") and name not in self.queues and not server_named:
             raise access_refused(f"queue name '{name}' contains reserved prefix 'amq.*'")
         if not name:
             name = server_named_queue()

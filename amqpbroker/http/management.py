@@ -33,7 +33,7 @@ from amqpbroker import __version__
 from amqpbroker.broker.auth import is_loopback_address
 from amqpbroker.broker.broker import Broker
 from amqpbroker.broker.message import Message
-from amqpbroker.broker.session import message_ttl
+from amqpbroker.broker.publishing import message_ttl
 from amqpbroker.codec.content import encode_content_header
 from amqpbroker.codec.methods import shortstr
 from amqpbroker.codec.tables import TableError
@@ -250,8 +250,7 @@ class _Api:
 
     @_handler(admin=True)
     async def permissions(self, request: Request, user: Any) -> Any:
-        return [{"user": each.name, "vhost": vhost, "configure": ".*", "write": ".*", "read": ".*"}
-                for each in self.broker.users.users.values() for vhost in sorted(each.vhosts)]
+        return views.permission_views(self.broker.users)
 
     @_handler()
     async def policies(self, request: Request, user: Any) -> Any:
@@ -466,8 +465,7 @@ class _Api:
                 "users": [{"name": each.name, "tags": ",".join(each.tags), "limits": {}}
                           for each in self.broker.users.users.values()],
                 "vhosts": [{"name": name} for name in self.broker.vhosts],
-                "permissions": [{"user": each.name, "vhost": vhost, "configure": ".*", "write": ".*", "read": ".*"}
-                                for each in self.broker.users.users.values() for vhost in sorted(each.vhosts)],
+                "permissions": views.permission_views(self.broker.users),
                 "policies": [], "queues": queues, "exchanges": exchanges, "bindings": bindings}
 
     def _import(self, definitions: dict[str, Any]) -> None:

@@ -216,6 +216,11 @@ def user_view(user: Any) -> dict[str, Any]:
             "hashing_algorithm": "rabbit_password_hashing_sha256", "limits": {}}
 
 
+def permission_views(users: Any) -> list[dict[str, Any]]:
+    return [{"user": user, "vhost": vhost, "configure": permission.configure, "write": permission.write,
+             "read": permission.read} for (user, vhost), permission in sorted(users.permissions.items())]
+
+
 def node_view(broker: Broker, memory_used: int | None, memory_limit: int | None) -> dict[str, Any]:
     return {"name": NODE, "type": "disc", "running": True, "mem_used": memory_used or 0,
             "mem_limit": memory_limit or 0, "mem_alarm": broker.memory_alarm, "disk_free_alarm": broker.disk_alarm,
