@@ -43,6 +43,9 @@ def password_matches(password_hash: bytes, password: str) -> bool:
     return hmac.compare_digest(hash_password(password, password_hash[:4]), password_hash)
 
 
+_NO_USER_HASH = hash_password("", b"\x00\x00\x00\x00")
+
+
 @dataclass
 class User:
     name: str
@@ -105,7 +108,8 @@ class UserDatabase:
     def check(self, name: str, password: str, *, from_loopback: bool) -> User:
         """The user, if the password is right and it may log in from there (AMQP and HTTP)."""
         user = self.users.get(name)
-        if user is None or not password_matches(user.password_hash, password):
+        # an unknown name costs the same hash as a wrong password (no enumeration by timing)
+        if not password_matches(user.password_hash if user is not None else _NO_USER_HASH, password) or user is None:
             raise AuthenticationFailed(f"invalid credentials for user '{name}'")
         if user.loopback_only and not from_loopback:
             raise AuthenticationFailed(f"user '{name}' can only connect via localhost")

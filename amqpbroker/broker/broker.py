@@ -86,6 +86,8 @@ class Broker:
                  paging_window: tuple[int, int] = (0, 0)) -> None:
         self.limits = limits
         self.users = UserDatabase()
+        # users who may log in from loopback addresses only (RabbitMQ's loopback_users)
+        self.loopback_users: set[str] = {default_user} if default_user_loopback_only else set()
         self.users.add(default_user, default_password, tags=("administrator",),
                        loopback_only=default_user_loopback_only)
         self.vhosts: dict[str, VirtualHost] = {}
@@ -99,7 +101,7 @@ class Broker:
         # (time, MessageTotals.including()) once a second: the overview's message rates
         self.total_samples: deque[tuple[float, dict[str, int]]] = deque(maxlen=RATE_SAMPLES + 1)
         self.journal = Journal(window_messages=paging_window[0], window_bytes=paging_window[1])
-        self.add_vhost("/")
+        self.add_vhost("/").description = "Default virtual host"
 
     def add_vhost(self, name: str) -> VirtualHost:
         vhost = VirtualHost(name, journal=self.journal, mark_dirty=self._dirty.add,
@@ -107,6 +109,12 @@ class Broker:
         vhost.max_queues = self.limits.queue_max_per_vhost
         self.vhosts[name] = vhost
         return vhost
+
+    def access_changed(self, user: str, vhost: str) -> None:
+        """A permission changed: the user's sessions in that vhost check against it from now on."""
+        for session in self.sessions:
+            if session.user == user and session.vhost is not None and session.vhost.name == vhost:
+                session.access = self.users.access(user, vhost)
 
     @property
     def memory_alarm(self) -> bool:

@@ -32,6 +32,8 @@ for the next sync, which keeps confirms in order.
 ``("entries-", queue_id, from_seq)``                    a durable queue's paged-out entries dropped
 ``("delayed", id, vhost, exchange, due, message)``      a message held by a delayed exchange
 ``("delayed-", id)``                                    it was routed (or dropped)
+``("meta", kind, key, value)``                          a user, vhost or permission set (tenancy.py)
+``("meta-", kind, key)``                                removed
 =====================================================  ========================================
 
 Transient page operations (``pages``, written without the WAL: they never need to survive):

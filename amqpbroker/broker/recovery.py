@@ -1,4 +1,5 @@
-"""Rebuild the broker from what the store held: topology through ``VirtualHost.apply`` (the same
+"""Rebuild the broker from what the store held: users, vhosts and permissions first
+(:func:`amqpbroker.broker.tenancy.restore_metadata`), topology through ``VirtualHost.apply`` (the same
 path live declares take), then each durable queue's messages in their original order; messages
 that had been delivered come back with ``redelivered`` set.
 
@@ -12,11 +13,12 @@ Transient messages that had been paged out of a durable queue are dropped, as Ra
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import Iterator
 from typing import Any
 
-from amqpbroker.broker import ops
+from amqpbroker.broker import ops, tenancy
 from amqpbroker.broker.broker import Broker
 from amqpbroker.broker.journal import INLINE
 from amqpbroker.broker.message import Message
@@ -45,11 +47,24 @@ def restore(broker: Broker, store: Any) -> None:
     disabled, and drop from the store what no queue holds any more. Blocking: call before serving."""
     recovered = store.recover()
     journal = broker.journal
-    vhost = broker.vhosts["/"]
+    if not tenancy.restore_metadata(broker, recovered.metadata):
+        # a first start (or a data directory from before users and vhosts were stored): the
+        # defaults the broker was built with are written now, as RabbitMQ does on a new node
+        store.write(tenancy.metadata_records(broker))
     for problem in recovered.unreadable:
         log.error("skipped an unreadable definition record: %s", problem)
+
+    def vhost_of(definition: dict[str, Any]) -> Any:
+        name = definition.get("vhost", "/")
+        if name not in broker.vhosts:  # its record is missing: keep its entities reachable
+            log.warning("vhost '%s' has definitions but no record: created", name)
+            store.write([("meta", tenancy.VHOST, name, json.dumps({"name": name}).encode())])
+            broker.add_vhost(name)
+        return broker.vhosts[name]
+
     for definition in recovered.exchanges:
         with _skipped_if_bad("exchange", definition):
+            vhost = vhost_of(definition)
             if definition["name"] not in vhost.exchanges:
                 vhost.apply(ops.DeclareExchange(definition["name"], definition["type"], definition["durable"],
                                                 definition["auto_delete"], definition["internal"],
@@ -57,14 +72,14 @@ def restore(broker: Broker, store: Any) -> None:
     queues_by_id: dict[int, Queue] = {}
     for definition in recovered.queues:
         with _skipped_if_bad("queue", definition):
-            queue = vhost.apply(ops.DeclareQueue(definition["name"], definition["durable"],
+            queue = vhost_of(definition).apply(ops.DeclareQueue(definition["name"], definition["durable"],
                                                  definition["auto_delete"], dict(definition.get("arguments") or {}),
                                                  queue_id=int(definition["id"])))
             queues_by_id[definition["id"]] = queue
             journal.next_queue_id = max(journal.next_queue_id, definition["id"] + 1)
     for definition in recovered.bindings:
         with _skipped_if_bad("binding", definition):
-            _restore_binding(vhost, definition)
+            _restore_binding(vhost_of(definition), definition)
 
     messages: dict[int, Message] = {}
     for message_id, stored in recovered.messages.items():

@@ -145,6 +145,14 @@ class Session:
             self.flow.release()
             self.broker.sessions.discard(self)
 
+    def vhost_deleted(self) -> None:
+        """Its vhost is being deleted (connection.close 320 was sent): let go of its queues now,
+        without notifying the client of anything more."""
+        for number in list(self.channels):
+            with _released(f"channel {number}"):
+                self.channel_closed(number)
+        self.exclusive_queues.clear()
+
     def on_method(self, number: int, method: Any) -> None:
         handler = HANDLERS.get(type(method))
         if handler is None:

@@ -93,6 +93,9 @@ class VirtualHost:
                  on_queue_deleted: Callable[[Queue], None] = lambda queue: None,
                  clock: Callable[[], float] = time.time) -> None:
         self.name = name
+        self.description = ""
+        self.tags: tuple[str, ...] = ()
+        self.default_queue_type: str | None = None
         self.clock = clock  # wall-clock seconds, for TTLs and x-death times
         self.timed: set[Queue] = set()  # queues with TTLs or x-expires: ticked by the broker
         self.reply_queues: dict[str, Queue] = {}  # direct reply-to: one hidden queue per consumer
@@ -180,6 +183,23 @@ class VirtualHost:
                 journal.definition(("exchange-", self.name, op.name))
             return exchange
         raise TypeError(f"unknown topology operation {op!r}")
+
+    def delete_everything(self) -> None:
+        """The vhost is being deleted: every queue (with its messages), exchange and delayed
+        message goes, from the store too."""
+        for queue in list(self.queues.values()):
+            if not queue.deleted:
+                self._delete_queue(queue)
+        for queue in list(self.reply_queues.values()):
+            self.drop_reply_queue(queue)
+        for name in list(self.exchanges):
+            if name in self.exchanges:  # (an auto-delete one may have gone with its last binding)
+                self.apply(ops.DeleteExchange(name))
+        for _, delay_id, _, message in self.delayed:
+            if message.has_stored_copy:
+                self.journal.definition(("delayed-", delay_id))
+        self.delayed.clear()
+        self.timed.clear()
 
     @staticmethod
     def _stored_binding(source: Exchange, destination: Any) -> bool:

@@ -17,9 +17,7 @@ import base64
 import binascii
 import logging
 import os
-from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import unquote
 
 import anyio
 import anyio.lowlevel
@@ -30,36 +28,32 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from amqpbroker import __version__
-from amqpbroker.broker.auth import is_loopback_address
 from amqpbroker.broker.broker import Broker
 from amqpbroker.broker.message import Message
 from amqpbroker.broker.publishing import message_ttl
 from amqpbroker.codec.content import encode_content_header
 from amqpbroker.codec.methods import shortstr
-from amqpbroker.codec.tables import TableError
-from amqpbroker.errors import AMQPError, ReplyCode, access_refused, log_internal_error, precondition_failed
+from amqpbroker.errors import AMQPError, ReplyCode, access_refused, precondition_failed
 from amqpbroker.http import bodies, views
+from amqpbroker.http.admin import AdminApi, admin_routes, by_method
 from amqpbroker.http.errors import HTTPError, bad_request, not_found, refused
-from amqpbroker.http.listing import Lister
-from amqpbroker.protocol.connection import AuthenticationFailed
+from amqpbroker.http.handlers import ADMIN, ApiBase, handler
 from amqpbroker.server.memory import resident_bytes
 
 __all__ = ["management_app"]
 
 log = logging.getLogger("amqpbroker.http")
 
-ADMIN = "administrator"
 _SLICE = 500  # queues turned into JSON between two looks at other work
 GET_LIMIT = 10_000  # messages one POST .../get takes at most
 PAGE_IN_WAIT = 1.0  # seconds a /get waits for a queue's paged-out messages to come in
 _ACKMODES = ("ack_requeue_true", "ack_requeue_false", "reject_requeue_true", "reject_requeue_false")
 _PAGE = os.path.join(os.path.dirname(__file__), "static", "index.html")  # the web UI
-_MONITORING_TAGS = {"administrator", "monitoring", "management", "policymaker"}
-Handler = Callable[[Request], Awaitable[Response]]
 
 
 def management_app(broker: Broker, listeners: list[dict[str, Any]], memory_limit: int | None = None) -> Any:
     api = _Api(broker, listeners, memory_limit)
+    admin = AdminApi(broker, listeners, memory_limit)
     async def page(request: Request) -> Response:
         return FileResponse(_PAGE, media_type="text/html")
 
@@ -69,9 +63,12 @@ def management_app(broker: Broker, listeners: list[dict[str, Any]], memory_limit
         Route("/api/whoami", api.whoami),
         Route("/api/nodes", api.nodes),
         Route("/api/vhosts", api.vhosts),
-        Route("/api/vhosts/{vhost}", api.vhost),
+        Route("/api/vhosts/{vhost}", by_method(GET=api.vhost, PUT=admin.put_vhost, DELETE=admin.delete_vhost),
+              methods=["GET", "PUT", "DELETE"]),
         Route("/api/users", api.users),
-        Route("/api/users/{name}", api.user),
+        Route("/api/users/{name}", by_method(GET=api.user, PUT=admin.put_user, DELETE=admin.delete_user),
+              methods=["GET", "PUT", "DELETE"]),
+        *admin_routes(admin),
         Route("/api/permissions", api.permissions),
         Route("/api/policies", api.policies),
         Route("/api/policies/{vhost}", api.policies),
@@ -121,144 +118,51 @@ async def _starlette_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": name, "reason": reason}, status)
 
 
-def _handler(*, admin: bool = False) -> Callable[[Callable[..., Any]], Handler]:
-    """Authenticate (HTTP Basic), check the tag, turn errors into RabbitMQ's JSON answers."""
-
-    def wrap(method: Callable[..., Any]) -> Handler:
-        async def handle(self: _Api, request: Request) -> Response:
-            try:
-                user = self._login(request)
-                if admin and ADMIN not in user.tags:
-                    raise HTTPError(401, "not_authorised", "Not administrator user")
-                result = await method(self, request, user)
-                if not isinstance(result, Response):
-                    result = JSONResponse(await self.lister.shape(result, request.query_params))
-            except HTTPError as exc:
-                return _error_response(request, exc)
-            except AMQPError as exc:  # what an AMQP client would have got as a channel or connection close
-                return _error_response(request, _amqp_error(exc))
-            except TableError as exc:  # a value AMQP cannot carry (too deep, an integer past 64 bits)
-                return _error_response(request, bad_request(str(exc)))
-            except Exception as exc:  # a bug: logged, answered, and the broker goes on
-                log_internal_error(log, f"management API {request.method} {request.url.path}", exc)
-                return JSONResponse({"error": "internal_server_error", "reason": "Internal Server Error"}, 500)
-            finally:
-                self.broker.run_pending()
-            return result
-        return handle
-    return wrap
-
-
-def _error_response(request: Request, exc: HTTPError) -> Response:
-    # a script (the web UI) handles a 401 itself: no browser login prompt for it
-    challenge = exc.status == 401 and "x-requested-with" not in request.headers
-    headers = {"WWW-Authenticate": 'Basic realm="RabbitMQ Management"'} if challenge else None
-    return JSONResponse({"error": exc.error, "reason": exc.reason}, exc.status, headers)
-
-
-def _amqp_error(exc: AMQPError) -> HTTPError:
-    if exc.reply_code == ReplyCode.NOT_FOUND:
-        return HTTPError(404, "Object Not Found", exc.reply_text.partition(" - ")[2] or exc.reply_text)
-    return bad_request(exc.reply_text.partition(" - ")[2] or exc.reply_text)
-
-
-class _Api:
-    def __init__(self, broker: Broker, listeners: list[dict[str, Any]], memory_limit: int | None) -> None:
-        self.broker = broker
-        self.listeners = listeners
-        self.memory_limit = memory_limit
-        self.lister = Lister()
-
-    # ------------------------------------------------------------ helpers
-
-    def _login(self, request: Request) -> Any:
-        header = request.headers.get("authorization", "")
-        scheme, _, encoded = header.partition(" ")
-        if scheme.lower() != "basic":
-            raise HTTPError(401, "not_authorised", "Not_Authorized")
-        try:
-            name, _, password = base64.b64decode(encoded).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            raise HTTPError(401, "not_authorised", "Not_Authorized") from None
-        host = request.client.host if request.client else ""
-        try:
-            user = self.broker.users.check(name, password, from_loopback=is_loopback_address(host))
-        except AuthenticationFailed:
-            raise HTTPError(401, "not_authorised", "Login failed") from None
-        if not _MONITORING_TAGS & set(user.tags):
-            raise HTTPError(401, "not_authorised", "Not management user")
-        return user
-
-    def _vhost(self, request: Request) -> Any:
-        vhost = self.broker.vhosts.get(unquote(request.path_params["vhost"]))
-        if vhost is None:
-            raise not_found()
-        return vhost
-
-    def _vhosts(self, request: Request) -> list[Any]:
-        return [self._vhost(request)] if "vhost" in request.path_params else list(self.broker.vhosts.values())
-
-    @staticmethod
-    def _name(request: Request, key: str = "name") -> str:
-        return unquote(request.path_params[key])
-
-    def _exchange_name(self, request: Request, key: str = "name") -> str:
-        """``amq.default`` stands for the default exchange (whose name is empty) in paths."""
-        name = self._name(request, key)
-        return "" if name == "amq.default" else name
-
-    def _queue(self, request: Request) -> tuple[Any, Any]:
-        """The vhost and queue a path names; 404 when either is missing."""
-        vhost = self._vhost(request)
-        queue = vhost.queues.get(self._name(request))
-        if queue is None:
-            raise not_found()
-        return vhost, queue
-
+class _Api(ApiBase):
     # ------------------------------------------------------------ overview, node, users
 
-    @_handler()
+    @handler()
     async def overview(self, request: Request, user: Any) -> Any:
         return views.overview(self.broker, self.listeners)
 
-    @_handler()
+    @handler()
     async def whoami(self, request: Request, user: Any) -> Any:
         return {"name": user.name, "tags": list(user.tags)}
 
-    @_handler()
+    @handler()
     async def nodes(self, request: Request, user: Any) -> Any:
         return [views.node_view(self.broker, resident_bytes(), self.memory_limit)]
 
-    @_handler()
+    @handler()
     async def vhosts(self, request: Request, user: Any) -> Any:
         return [views.vhost_view(self.broker, name) for name in self.broker.vhosts]
 
-    @_handler()
+    @handler()
     async def vhost(self, request: Request, user: Any) -> Any:
         return views.vhost_view(self.broker, self._vhost(request).name)
 
-    @_handler(admin=True)
+    @handler(admin=True)
     async def users(self, request: Request, user: Any) -> Any:
         return [views.user_view(each) for each in self.broker.users.users.values()]
 
-    @_handler(admin=True)
+    @handler(admin=True)
     async def user(self, request: Request, user: Any) -> Any:
         found = self.broker.users.users.get(self._name(request))
         if found is None:
             raise not_found()
         return views.user_view(found)
 
-    @_handler(admin=True)
+    @handler(admin=True)
     async def permissions(self, request: Request, user: Any) -> Any:
         return views.permission_views(self.broker.users)
 
-    @_handler()
+    @handler()
     async def policies(self, request: Request, user: Any) -> Any:
         return []  # policies are not supported yet: none are in effect
 
     # ------------------------------------------------------------ queues
 
-    @_handler()
+    @handler()
     async def queues(self, request: Request, user: Any) -> Any:
         """Every queue; built in slices, letting AMQP traffic in between, so that ten thousand
         queues do not stall the broker."""
@@ -270,7 +174,7 @@ class _Api:
             await anyio.lowlevel.checkpoint()
         return result
 
-    @_handler()
+    @handler()
     async def queue(self, request: Request, user: Any) -> Any:
         vhost, name = self._vhost(request), self._name(request)
         if request.method == "PUT":
@@ -289,13 +193,13 @@ class _Api:
             return Response(status_code=204)
         return views.queue_view(vhost.name, queue)
 
-    @_handler(admin=True)
+    @handler(admin=True)
     async def purge(self, request: Request, user: Any) -> Any:
         vhost, queue = self._queue(request)
         vhost.purge_queue(queue.name, owner=None)  # refuses another connection's exclusive queue
         return Response(status_code=204)
 
-    @_handler(admin=True)
+    @handler(admin=True)
     async def get_messages(self, request: Request, user: Any) -> Any:
         """``POST .../get``: take up to ``count`` messages, then requeue or drop them (``ackmode``)."""
         vhost, queue = self._queue(request)
@@ -320,7 +224,7 @@ class _Api:
                 queue.discard(entry, reason="rejected" if ackmode.startswith("reject") else None)
         return answers
 
-    @_handler()
+    @handler()
     async def queue_bindings(self, request: Request, user: Any) -> Any:
         vhost = self._vhost(request)
         name = self._name(request)
@@ -331,12 +235,12 @@ class _Api:
 
     # ------------------------------------------------------------ exchanges and bindings
 
-    @_handler()
+    @handler()
     async def exchanges(self, request: Request, user: Any) -> Any:
         return [views.exchange_view(vhost.name, exchange) for vhost in self._vhosts(request)
                 for exchange in vhost.exchanges.values()]
 
-    @_handler()
+    @handler()
     async def exchange(self, request: Request, user: Any) -> Any:
         vhost, name = self._vhost(request), self._exchange_name(request)
         if request.method == "PUT":
@@ -354,7 +258,7 @@ class _Api:
             return Response(status_code=204)
         return views.exchange_view(vhost.name, exchange)
 
-    @_handler(admin=True)
+    @handler(admin=True)
     async def publish(self, request: Request, user: Any) -> Any:
         """``POST .../publish``: one message, refused where RabbitMQ's channel would refuse it."""
         vhost, name = self._vhost(request), self._exchange_name(request)
@@ -386,11 +290,11 @@ class _Api:
             self.broker.totals.count_unroutable(returned=False)
         return bool(queues)
 
-    @_handler()
+    @handler()
     async def bindings(self, request: Request, user: Any) -> Any:
         return views.binding_views(self.broker, self._vhost(request).name if "vhost" in request.path_params else None)
 
-    @_handler()
+    @handler()
     async def bind(self, request: Request, user: Any) -> Any:
         vhost = self._vhost(request)
         source, destination = self._name(request, "source"), self._name(request, "destination")
@@ -413,11 +317,11 @@ class _Api:
 
     # ------------------------------------------------------------ connections, channels, consumers
 
-    @_handler()
+    @handler()
     async def connections(self, request: Request, user: Any) -> Any:
         return [views.connection_view(session) for session in self.broker.sessions]
 
-    @_handler()
+    @handler()
     async def connection(self, request: Request, user: Any) -> Any:
         name = self._name(request)
         session = next((each for each in self.broker.sessions if each.name == name), None)
@@ -430,11 +334,11 @@ class _Api:
             return Response(status_code=204)
         return views.connection_view(session)
 
-    @_handler()
+    @handler()
     async def channels(self, request: Request, user: Any) -> Any:
         return views.channel_views(self.broker)
 
-    @_handler()
+    @handler()
     async def consumers(self, request: Request, user: Any) -> Any:
         vhost = self._vhost(request).name if "vhost" in request.path_params else None
         return [view for view in views.consumer_views(self.broker)
@@ -442,7 +346,7 @@ class _Api:
 
     # ------------------------------------------------------------ definitions and health
 
-    @_handler(admin=True)
+    @handler(admin=True)
     async def definitions(self, request: Request, user: Any) -> Any:
         if request.method == "POST":
             self._import(await bodies.json_object(request))
@@ -462,9 +366,11 @@ class _Api:
                                                  "routing_key", "arguments")}
                     for view in views.binding_views(self.broker) if view["source"]]
         return {"rabbit_version": __version__, "product_name": "amqpbroker",
-                "users": [{"name": each.name, "tags": ",".join(each.tags), "limits": {}}
+                "users": [{**views.user_view(each), "tags": ",".join(each.tags)}
                           for each in self.broker.users.users.values()],
-                "vhosts": [{"name": name} for name in self.broker.vhosts],
+                "vhosts": [{"name": name, "description": vhost.description, "tags": list(vhost.tags),
+                            "limits": []} for name, vhost in self.broker.vhosts.items()],
+                "topic_permissions": views.topic_permission_views(self.broker.users),
                 "permissions": views.permission_views(self.broker.users),
                 "policies": [], "queues": queues, "exchanges": exchanges, "bindings": bindings}
 
@@ -490,7 +396,7 @@ class _Api:
             raise HTTPError(400, "bad_request", f"vhost '{name}' does not exist")
         return vhost
 
-    @_handler()
+    @handler()
     async def alarms(self, request: Request, user: Any) -> Any:
         if self.broker.alarms:
             return JSONResponse({"status": "failed", "reason": "resource alarm(s) in effect in the cluster",
@@ -498,7 +404,7 @@ class _Api:
                                             for resource in sorted(self.broker.alarms)]}, 503)
         return {"status": "ok"}
 
-    @_handler()
+    @handler()
     async def aliveness(self, request: Request, user: Any) -> Any:
         """Declare ``aliveness-test``, publish to it through the default exchange, get it back."""
         vhost = self._vhost(request)

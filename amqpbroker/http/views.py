@@ -206,19 +206,27 @@ def vhost_view(broker: Broker, name: str) -> dict[str, Any]:
     queues = vhost.queues.values()
     ready = sum(queue.message_count for queue in queues)
     unacked = sum(queue.unacked_count for queue in queues)
-    return {"name": name, "description": "Default virtual host" if name == "/" else "", "tags": [],
+    return {"name": name, "description": vhost.description, "tags": list(vhost.tags),
+            "default_queue_type": vhost.default_queue_type or "classic",
             "tracing": False, "messages": ready + unacked, "messages_ready": ready,
             "messages_unacknowledged": unacked, "cluster_state": {NODE: "running"}}
 
 
 def user_view(user: Any) -> dict[str, Any]:
-    return {"name": user.name, "tags": list(user.tags), "password_hash": "",
+    return {"name": user.name, "tags": list(user.tags),
+            "password_hash": base64.b64encode(user.password_hash).decode(),
             "hashing_algorithm": "rabbit_password_hashing_sha256", "limits": {}}
 
 
 def permission_views(users: Any) -> list[dict[str, Any]]:
     return [{"user": user, "vhost": vhost, "configure": permission.configure, "write": permission.write,
              "read": permission.read} for (user, vhost), permission in sorted(users.permissions.items())]
+
+
+def topic_permission_views(users: Any) -> list[dict[str, Any]]:
+    return [{"user": user, "vhost": vhost, "exchange": exchange, "write": permission.write, "read": permission.read}
+            for (user, vhost), held in sorted(users.topic_permissions.items())
+            for exchange, permission in sorted(held.items())]
 
 
 def node_view(broker: Broker, memory_used: int | None, memory_limit: int | None) -> dict[str, Any]:

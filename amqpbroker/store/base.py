@@ -42,6 +42,8 @@ class Recovered:
     delivered_marks: set[tuple[int, int]] = field(default_factory=set)  # (queue id, seq) of inline entries
     # messages held by delayed exchanges: (delay id, vhost, exchange, due time, message)
     delayed: list[tuple[int, str, str, float, StoredMessage]] = field(default_factory=list)
+    # access metadata records: (kind, key, value), the broker's encoding
+    metadata: list[tuple[str, str, bytes]] = field(default_factory=list)
     # definition records that could not be read, each named for the operator (they are skipped)
     unreadable: list[str] = field(default_factory=list)
 

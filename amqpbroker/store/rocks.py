@@ -15,6 +15,8 @@ key                                            value
 ``t`` page id (8) seq (8)                       a paged-out message of a non-durable queue
 ``w`` delay id (8)                              a message held by a delayed exchange: vhost and
                                                 exchange (shortstrs), due time (double), message
+``a`` kind (1) key                              access metadata (users, vhosts, permissions): the
+                                                broker's own encoding, opaque here
 =============================================  ==================================================
 
 Entries of a queue are contiguous and in arrival order, so recovery reads each queue in order with
@@ -126,9 +128,13 @@ class RocksStore:
                                  (b"b", recovered.bindings)):
                 for key, value in self._scan(prefix):
                     try:
-                        kind.append(_untable(value))
+                        definition = _untable(value)
+                        definition["vhost"] = key[1:].partition(b"\x00")[0].decode()
+                        kind.append(definition)
                     except (TableError, IndexError, struct.error) as exc:
                         recovered.unreadable.append(f"{_KINDS[prefix]} {_describe_key(key)}: {exc}")
+            for key, value in self._scan(b"a"):
+                recovered.metadata.append((key[1:2].decode(), key[2:].decode(), value))
             for key, value in self._scan(b"m"):
                 recovered.messages[_U64.unpack_from(key, 1)[0]] = _stored_message(value)
             for key, value in self._scan(b"w"):
@@ -168,7 +174,7 @@ class RocksStore:
             iterator.seek_to_first()
             while iterator.valid():
                 key = iterator.key()
-                if key[:1] not in (b"x", b"q", b"b", b"m", b"e", b"d", b"w"):
+                if key[:1] not in (b"x", b"q", b"b", b"m", b"e", b"d", b"w", b"a"):
                     raise StoreError(f"unknown key {key[:16]!r} in the data directory {self.path}")
                 iterator.seek(bytes([key[0] + 1]))
         finally:
@@ -270,6 +276,10 @@ class RocksStore:
                 put(_text_key(b"b", op[1], op[2]), op[3])
             elif tag == "binding-":
                 delete(_text_key(b"b", op[1], op[2]))
+            elif tag == "meta":
+                put(b"a" + op[1].encode() + op[2].encode(), op[3])
+            elif tag == "meta-":
+                delete(b"a" + op[1].encode() + op[2].encode())
             else:
                 raise ValueError(f"unknown journal operation {tag!r}")
         self._write(batch, self._unsynced)

@@ -1,0 +1,264 @@
+"""Users, virtual hosts and permissions: the one way they change.
+
+The management API, the definitions import and recovery all go through these functions, which
+check the request, change the broker and journal the durable record (``("meta", kind, key,
+value)``, JSON values in RabbitMQ's definitions shape) in one step. Live sessions see a
+permission change at their next check.
+
+Records: kind ``u`` (key: user name), ``v`` (vhost name), ``p`` (vhost NUL user), ``k`` (vhost
+NUL user NUL exchange).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from amqpbroker.broker.access import Permission, TopicPermission, check_regex
+from amqpbroker.broker.auth import User, hash_password
+from amqpbroker.errors import ReplyCode
+
+if TYPE_CHECKING:
+    from amqpbroker.broker.broker import Broker
+
+__all__ = ["TenancyError", "HASHING_ALGORITHM", "put_user", "delete_user", "put_vhost", "delete_vhost",
+           "set_permission", "clear_permission", "set_topic_permission", "clear_topic_permission",
+           "restore_metadata", "metadata_records"]
+
+log = logging.getLogger("amqpbroker.tenancy")
+
+HASHING_ALGORITHM = "rabbit_password_hashing_sha256"
+USER, VHOST, PERMISSION, TOPIC_PERMISSION = "u", "v", "p", "k"
+VHOST_DELETED_TEXT = "vhost '{}' is deleted"
+
+
+class TenancyError(Exception):
+    """A request that cannot be applied (unknown user or vhost, a bad regex or hash): the API's 400
+    or 404, the definitions import's message."""
+
+    def __init__(self, reason: str, *, missing: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.missing = missing  # the API answers 404
+
+
+def _record(broker: Broker, kind: str, key: str, value: dict[str, Any] | None) -> None:
+    if value is None:
+        broker.journal.definition(("meta-", kind, key))
+    else:
+        broker.journal.definition(("meta", kind, key, json.dumps(value, sort_keys=True).encode()))
+
+
+# ------------------------------------------------------------ users
+
+def user_record(user: User) -> dict[str, Any]:
+    return {"name": user.name, "password_hash": base64.b64encode(user.password_hash).decode(),
+            "hashing_algorithm": HASHING_ALGORITHM, "tags": list(user.tags)}
+
+
+def decode_password_hash(text: str) -> bytes:
+    """A definitions file's ``password_hash`` (base64 of salt + SHA-256; empty: no password)."""
+    try:
+        value = base64.b64decode(text, validate=True)
+    except ValueError:
+        raise TenancyError("password_hash is not base64") from None
+    if value and len(value) != 36:
+        raise TenancyError("password_hash is not a salted SHA-256 hash (rabbit_password_hashing_sha256)")
+    return value
+
+
+def parse_tags(tags: Any) -> tuple[str, ...]:
+    """Tags as RabbitMQ takes them: a comma-separated string or a list."""
+    if isinstance(tags, str):
+        items = tags.split(",")
+    elif isinstance(tags, list) and all(isinstance(tag, str) for tag in tags):
+        items = tags
+    else:
+        raise TenancyError("tags must be a string or a list of strings")
+    return tuple(dict.fromkeys(tag.strip() for tag in items if tag.strip()))
+
+
+def put_user(broker: Broker, name: str, *, password: str | None = None, password_hash: bytes | None = None,
+             tags: tuple[str, ...] = ()) -> User:
+    """Create or replace a user. Without a password or hash the user cannot log in with a
+    password (RabbitMQ's passwordless users); an existing user keeps its hash if neither is given."""
+    if not name:
+        raise TenancyError("user name must not be empty")
+    users = broker.users
+    existing = users.users.get(name)
+    if password is not None:
+        stored = hash_password(password)
+    elif password_hash is not None:
+        stored = password_hash
+    else:
+        stored = existing.password_hash if existing is not None else b""
+    user = User(name, stored, tags, loopback_only=name in broker.loopback_users)
+    users.users[name] = user
+    _record(broker, USER, name, user_record(user))
+    return user
+
+
+def delete_user(broker: Broker, name: str) -> None:
+    users = broker.users
+    if name not in users.users:
+        raise TenancyError(f"no user '{name}'", missing=True)
+    del users.users[name]
+    _record(broker, USER, name, None)
+    for user, vhost in [key for key in users.permissions if key[0] == name]:
+        clear_permission(broker, user, vhost)
+    for user, vhost in [key for key in users.topic_permissions if key[0] == name]:
+        clear_topic_permission(broker, user, vhost)
+
+
+# ------------------------------------------------------------ virtual hosts
+
+def put_vhost(broker: Broker, name: str, *, description: str = "", tags: tuple[str, ...] = (),
+              default_queue_type: str | None = None) -> Any:
+    """Create a virtual host (with its ``amq.*`` exchanges), or update its description and tags."""
+    if not name:
+        raise TenancyError("vhost name must not be empty")
+    vhost = broker.vhosts.get(name) or broker.add_vhost(name)
+    vhost.description = description
+    vhost.tags = tags
+    vhost.default_queue_type = default_queue_type
+    record: dict[str, Any] = {"name": name, "description": description, "tags": list(tags)}
+    if default_queue_type:
+        record["default_queue_type"] = default_queue_type
+    _record(broker, VHOST, name, record)
+    return vhost
+
+
+def delete_vhost(broker: Broker, name: str) -> None:
+    """Close its connections (320), delete its queues (and their messages) and exchanges, and
+    the permissions on it, as RabbitMQ does."""
+    vhost = broker.vhosts.get(name)
+    if vhost is None:
+        raise TenancyError(f"no vhost '{name}'", missing=True)
+    for session in [session for session in broker.sessions if session.vhost is vhost]:
+        session.close(ReplyCode.CONNECTION_FORCED, VHOST_DELETED_TEXT.format(name))
+        session.vhost_deleted()
+    vhost.delete_everything()
+    del broker.vhosts[name]
+    users = broker.users
+    for user, vhost_name in [key for key in users.permissions if key[1] == name]:
+        clear_permission(broker, user, vhost_name)
+    for user, vhost_name in [key for key in users.topic_permissions if key[1] == name]:
+        clear_topic_permission(broker, user, vhost_name)
+    _record(broker, VHOST, name, None)
+    log.info("deleted vhost '%s'", name)
+
+
+# ------------------------------------------------------------ permissions
+
+def _check_user_and_vhost(broker: Broker, user: str, vhost: str) -> None:
+    if user not in broker.users.users:
+        raise TenancyError(f"no user '{user}'")
+    if vhost not in broker.vhosts:
+        raise TenancyError(f"no vhost '{vhost}'")
+
+
+def _check_regexes(*regexes: str) -> None:
+    for regex in regexes:
+        problem = check_regex(regex)
+        if problem:
+            raise TenancyError(problem)
+
+
+def set_permission(broker: Broker, user: str, vhost: str, permission: Permission) -> None:
+    _check_user_and_vhost(broker, user, vhost)
+    _check_regexes(permission.configure, permission.write, permission.read)
+    broker.users.permissions[(user, vhost)] = permission
+    _record(broker, PERMISSION, f"{vhost}\0{user}",
+            {"user": user, "vhost": vhost, "configure": permission.configure, "write": permission.write,
+             "read": permission.read})
+    broker.access_changed(user, vhost)
+
+
+def clear_permission(broker: Broker, user: str, vhost: str) -> None:
+    if broker.users.permissions.pop((user, vhost), None) is None:
+        raise TenancyError(f"no permission for user '{user}' in vhost '{vhost}'", missing=True)
+    _record(broker, PERMISSION, f"{vhost}\0{user}", None)
+    broker.access_changed(user, vhost)
+
+
+def set_topic_permission(broker: Broker, user: str, vhost: str, permission: TopicPermission) -> None:
+    _check_user_and_vhost(broker, user, vhost)
+    _check_regexes(permission.write, permission.read)
+    broker.users.topic_permissions.setdefault((user, vhost), {})[permission.exchange] = permission
+    _record(broker, TOPIC_PERMISSION, f"{vhost}\0{user}\0{permission.exchange}",
+            {"user": user, "vhost": vhost, "exchange": permission.exchange, "write": permission.write,
+             "read": permission.read})
+    broker.access_changed(user, vhost)
+
+
+def clear_topic_permission(broker: Broker, user: str, vhost: str, exchange: str | None = None) -> None:
+    """One exchange's topic permission, or all of the user's in the vhost (``exchange`` None)."""
+    held = broker.users.topic_permissions.get((user, vhost), {})
+    names = list(held) if exchange is None else [exchange]
+    if exchange is not None and exchange not in held:
+        raise TenancyError(f"no topic permission for user '{user}' in vhost '{vhost}' on exchange "
+                           f"'{exchange}'", missing=True)
+    for name in names:
+        del held[name]
+        _record(broker, TOPIC_PERMISSION, f"{vhost}\0{user}\0{name}", None)
+    if not held:
+        broker.users.topic_permissions.pop((user, vhost), None)
+    broker.access_changed(user, vhost)
+
+
+# ------------------------------------------------------------ recovery
+
+def metadata_records(broker: Broker) -> list[tuple]:
+    """Every user, vhost and permission as journal records (the first start writes the defaults)."""
+    users = broker.users
+    records: list[tuple] = []
+    dump = lambda value: json.dumps(value, sort_keys=True).encode()  # noqa: E731
+    for user in users.users.values():
+        records.append(("meta", USER, user.name, dump(user_record(user))))
+    for name, vhost in broker.vhosts.items():
+        records.append(("meta", VHOST, name, dump({"name": name, "description": vhost.description,
+                                                   "tags": list(vhost.tags)})))
+    for (user, vhost), permission in users.permissions.items():
+        records.append(("meta", PERMISSION, f"{vhost}\0{user}", dump(
+            {"user": user, "vhost": vhost, "configure": permission.configure, "write": permission.write,
+             "read": permission.read})))
+    for (user, vhost), held in users.topic_permissions.items():
+        for exchange, permission in held.items():
+            records.append(("meta", TOPIC_PERMISSION, f"{vhost}\0{user}\0{exchange}", dump(
+                {"user": user, "vhost": vhost, "exchange": exchange, "write": permission.write,
+                 "read": permission.read})))
+    return records
+
+
+def restore_metadata(broker: Broker, records: list[tuple[str, str, bytes]]) -> bool:
+    """Replace the broker's users, vhosts and permissions with the stored ones (journal off).
+    Returns False when there are none (a first start: the defaults stay and are to be written)."""
+    if not records:
+        return False
+    decoded: dict[str, list[dict[str, Any]]] = {USER: [], VHOST: [], PERMISSION: [], TOPIC_PERMISSION: []}
+    for kind, key, value in records:
+        try:
+            decoded[kind].append(json.loads(value))
+        except (KeyError, ValueError) as exc:
+            log.error("skipped an unreadable access record %s %r: %s", kind, key, exc)
+    users = broker.users
+    users.users.clear()
+    users.permissions.clear()
+    users.topic_permissions.clear()
+    stored_vhosts = {item["name"] for item in decoded[VHOST]}
+    for name in [name for name in broker.vhosts if name not in stored_vhosts]:
+        del broker.vhosts[name]  # (the default "/", deleted by an operator before the restart)
+    for item in decoded[VHOST]:
+        put_vhost(broker, item["name"], description=item.get("description", ""),
+                  tags=tuple(item.get("tags", ())), default_queue_type=item.get("default_queue_type"))
+    for item in decoded[USER]:
+        put_user(broker, item["name"], password_hash=base64.b64decode(item.get("password_hash", "")),
+                 tags=tuple(item.get("tags", ())))
+    for item in decoded[PERMISSION]:
+        users.permissions[(item["user"], item["vhost"])] = Permission(item["configure"], item["write"], item["read"])
+    for item in decoded[TOPIC_PERMISSION]:
+        users.topic_permissions.setdefault((item["user"], item["vhost"]), {})[item["exchange"]] = \
+            TopicPermission(item["exchange"], item["write"], item["read"])
+    return True

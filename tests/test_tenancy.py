@@ -1,0 +1,162 @@
+"""Users, vhosts and permissions through the management API, enforced over AMQP (pika), and
+kept across a kill -9: a broker subprocess with its management API."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+import pika
+import pika.exceptions
+import pytest
+
+from amqpbroker.testing import _free_port
+from tests.broker_process import BrokerProcess
+from tests.test_management import call
+
+
+@pytest.fixture
+def managed(start_broker) -> BrokerProcess:
+    return start_broker(management_port=_free_port())
+
+
+def _connect(broker: BrokerProcess, user: str, password: str, vhost: str = "/") -> pika.BlockingConnection:
+    return pika.BlockingConnection(pika.ConnectionParameters(
+        "127.0.0.1", broker.port, vhost, pika.PlainCredentials(user, password)))
+
+
+def _add_app_user(broker: BrokerProcess, vhost: str = "/", **permission: str) -> None:
+    assert call(broker, "PUT", "/api/users/app", {"password": "s3cret", "tags": ""})[0] == 201
+    path = f"/api/permissions/{vhost.replace('/', '%2F')}/app"
+    assert call(broker, "PUT", path, {"configure": "", "write": "", "read": "", **permission})[0] == 201
+
+
+def test_users_are_created_replaced_listed_and_deleted(managed) -> None:
+    assert call(managed, "PUT", "/api/users/ops", {"password": "pw", "tags": "monitoring,management"})[0] == 201
+    assert call(managed, "PUT", "/api/users/ops", {"password": "pw2", "tags": ["monitoring"]})[0] == 204
+    status, user = call(managed, "GET", "/api/users/ops")
+    assert status == 200 and user["tags"] == ["monitoring"]
+    assert user["hashing_algorithm"] == "rabbit_password_hashing_sha256"
+    salted = base64.b64decode(user["password_hash"])
+    assert salted[4:] == hashlib.sha256(salted[:4] + b"pw2").digest()  # RabbitMQ's scheme
+    assert call(managed, "GET", "/api/whoami", user="ops", password="pw2")[0] == 200
+    assert call(managed, "GET", "/api/whoami", user="ops", password="pw")[0] == 401
+    assert call(managed, "DELETE", "/api/users/ops")[0] == 204
+    assert call(managed, "GET", "/api/users/ops")[0] == 404
+    assert call(managed, "DELETE", "/api/users/ops")[0] == 404
+
+
+def test_a_user_given_by_password_hash_logs_in_with_that_password(managed) -> None:
+    salt = b"\x01\x02\x03\x04"
+    password_hash = base64.b64encode(salt + hashlib.sha256(salt + b"imported").digest()).decode()
+    assert call(managed, "PUT", "/api/users/moved", {"password_hash": password_hash, "tags": "administrator"})[0] == 201
+    assert call(managed, "GET", "/api/whoami", user="moved", password="imported")[0] == 200
+    status, body = call(managed, "PUT", "/api/users/bad", {"password_hash": "not base64!", "tags": ""})
+    assert status == 400
+
+
+def test_only_administrators_change_users(managed) -> None:
+    call(managed, "PUT", "/api/users/watcher", {"password": "pw", "tags": "monitoring"})
+    status, _ = call(managed, "PUT", "/api/users/x", {"password": "pw", "tags": ""}, user="watcher", password="pw")
+    assert status == 401
+
+
+def test_permissions_are_enforced_on_amqp_connections(managed) -> None:
+    with managed.connect() as admin:
+        admin.channel().queue_declare("owned")
+    _add_app_user(managed, configure="^app\\.", write="^$", read="^owned$")
+    with _connect(managed, "app", "s3cret") as connection:
+        channel = connection.channel()
+        channel.queue_declare("app.mine")
+        channel.basic_get("owned")
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
+            channel.basic_publish("", "owned", b"x")
+            channel.queue_declare("after", passive=True)  # (the publish's close arrives by then)
+        assert refused.value.reply_code == 403
+        assert "access to exchange 'amq.default' in vhost '/' refused for user 'app'" in refused.value.reply_text
+    status, permission = call(managed, "GET", "/api/permissions/%2F/app")
+    assert status == 200 and permission["configure"] == "^app\\."
+
+
+def test_a_permission_change_applies_to_open_connections(managed) -> None:
+    _add_app_user(managed, configure=".*", write=".*", read=".*")
+    with _connect(managed, "app", "s3cret") as connection:
+        channel = connection.channel()
+        channel.queue_declare("live")
+        assert call(managed, "PUT", "/api/permissions/%2F/app", {"configure": "", "write": "", "read": ""})[0] == 204
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
+            channel.queue_declare("live2")
+        assert refused.value.reply_code == 403
+
+
+def test_a_vhost_isolates_its_queues_and_needs_a_permission(managed) -> None:
+    assert call(managed, "PUT", "/api/vhosts/tenant-a", {"description": "team a"})[0] == 201
+    assert call(managed, "PUT", "/api/vhosts/tenant-a", {"description": "team A"})[0] == 204
+    status, vhost = call(managed, "GET", "/api/vhosts/tenant-a")
+    assert status == 200 and vhost["description"] == "team A"
+    with _connect(managed, "guest", "guest", "tenant-a") as connection:  # its creator may use it
+        channel = connection.channel()
+        channel.queue_declare("shared-name")
+        channel.basic_publish("", "shared-name", b"in a")
+        channel.exchange_declare("amq.topic", "topic", passive=True, durable=True)  # predeclared
+    with managed.connect() as connection:
+        assert connection.channel().queue_declare("shared-name").method.message_count == 0
+    _add_app_user(managed, configure=".*", write=".*", read=".*")
+    with pytest.raises(pika.exceptions.ProbableAccessDeniedError, match="530.*access to vhost 'tenant-a' refused"):
+        _connect(managed, "app", "s3cret", "tenant-a")
+    with pytest.raises(pika.exceptions.ProbableAccessDeniedError, match="530"):
+        _connect(managed, "guest", "guest", "no-such-vhost")
+
+
+def test_deleting_a_vhost_closes_its_connections_with_320_and_removes_everything(managed) -> None:
+    call(managed, "PUT", "/api/vhosts/doomed", {})
+    connection = _connect(managed, "guest", "guest", "doomed")
+    channel = connection.channel()
+    channel.queue_declare("durable-q", durable=True)
+    channel.basic_publish("", "durable-q", b"x", pika.BasicProperties(delivery_mode=2))
+    assert call(managed, "DELETE", "/api/vhosts/doomed")[0] == 204
+    with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as closed:
+        connection.process_data_events(time_limit=2)
+        connection.process_data_events(time_limit=2)
+    assert closed.value.reply_code == 320
+    assert call(managed, "GET", "/api/vhosts/doomed")[0] == 404
+    assert call(managed, "GET", "/api/queues/doomed")[0] == 404
+    managed.restart(crash=True)
+    assert call(managed, "GET", "/api/vhosts/doomed")[0] == 404
+    call(managed, "PUT", "/api/vhosts/doomed", {})  # a new one of the same name starts empty
+    assert call(managed, "GET", "/api/queues/doomed")[1] == []
+
+
+def test_users_vhosts_and_permissions_survive_kill_9(managed) -> None:
+    call(managed, "PUT", "/api/vhosts/kept", {"description": "survives"})
+    _add_app_user(managed, "kept", configure="^c", write="^w", read="^r")
+    call(managed, "PUT", "/api/topic-permissions/kept/app", {"exchange": "amq.topic", "write": "^a", "read": ".*"})
+    with _connect(managed, "guest", "guest", "kept") as connection:
+        connection.channel().queue_declare("kept-q", durable=True)
+    assert call(managed, "PUT", "/api/users/root", {"password": "r00t", "tags": "administrator"})[0] == 201
+    assert call(managed, "DELETE", "/api/users/guest", user="root", password="r00t")[0] == 204
+    call(managed, "PUT", "/api/permissions/kept/root", {"configure": ".*", "write": ".*", "read": ".*"},
+         user="root", password="r00t")
+    managed.restart(crash=True)
+    assert call(managed, "GET", "/api/whoami")[0] == 401  # guest stays deleted: defaults only on a first start
+    status, vhost = call(managed, "GET", "/api/vhosts/kept", user="root", password="r00t")
+    assert status == 200 and vhost["description"] == "survives"
+    status, permission = call(managed, "GET", "/api/permissions/kept/app", user="root", password="r00t")
+    assert (permission["configure"], permission["write"], permission["read"]) == ("^c", "^w", "^r")
+    status, topics = call(managed, "GET", "/api/topic-permissions/kept/app", user="root", password="r00t")
+    assert topics == [{"user": "app", "vhost": "kept", "exchange": "amq.topic", "write": "^a", "read": ".*"}]
+    status, queues = call(managed, "GET", "/api/queues/kept", user="root", password="r00t")
+    assert [queue["name"] for queue in queues] == ["kept-q"]  # entities of a vhost other than /
+    with _connect(managed, "app", "s3cret", "kept") as connection:
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
+            connection.channel().queue_declare("not-c")
+        assert refused.value.reply_code == 403
+
+
+def test_bad_permission_requests_are_400_or_404(managed) -> None:
+    call(managed, "PUT", "/api/users/app", {"password": "pw", "tags": ""})
+    assert call(managed, "PUT", "/api/permissions/%2F/app", {"configure": "(", "write": "", "read": ""})[0] == 400
+    assert call(managed, "PUT", "/api/permissions/%2F/app", {"configure": ".*"})[0] == 400
+    assert call(managed, "PUT", "/api/permissions/%2F/nobody", {"configure": "", "write": "", "read": ""})[0] == 404
+    assert call(managed, "PUT", "/api/permissions/no-vhost/app", {"configure": "", "write": "", "read": ""})[0] == 404
+    assert call(managed, "DELETE", "/api/permissions/%2F/app")[0] == 404
