@@ -23,7 +23,7 @@ from collections.abc import Iterator
 
 import pytest
 
-__all__ = ["run_broker", "amqp_broker"]
+__all__ = ["run_broker", "amqp_broker", "amqp_broker_with_management"]
 
 
 def _free_port() -> int:
@@ -68,7 +68,25 @@ def run_broker(*extra_args: str, port: int | None = None, data_dir: str | None =
 
 
 @pytest.fixture(scope="session")
-def amqp_broker() -> Iterator[str]:
+def amqp_broker_with_management() -> Iterator[tuple[str, str]]:
+    """An amqpbroker started for this test session: its AMQP URL and its management API's base
+    URL (``http://127.0.0.1:PORT``, guest/guest), both on free ports."""
+    management_port = _free_port()
+    with run_broker("--management-port", str(management_port)) as url:
+        _wait_for_management(management_port)
+        yield url, f"http://127.0.0.1:{management_port}"
+
+
+@pytest.fixture(scope="session")
+def amqp_broker(amqp_broker_with_management: tuple[str, str]) -> str:
     """The URL of an amqpbroker started for this test session on a free port."""
-    with run_broker() as url:
-        yield url
+    return amqp_broker_with_management[0]
+
+
+def _wait_for_management(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"amqpbroker's management API did not listen on port {port} within {timeout} s")

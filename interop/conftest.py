@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -16,6 +17,22 @@ def amqp_url(request: pytest.FixtureRequest) -> str:
     if url:
         return url
     return request.getfixturevalue("amqp_broker")
+
+
+@pytest.fixture(scope="session")
+def management_url(request: pytest.FixtureRequest) -> str:
+    """The management API of the broker under test (``http://user:pass@host:port``):
+    ``MANAGEMENT_URL`` when set; with ``AMQP_URL``, the AMQP port + 10000 (5682 -> 15682, as
+    RabbitMQ's defaults); else the one of the amqpbroker we start."""
+    url = os.environ.get("MANAGEMENT_URL")
+    if url:
+        return url.rstrip("/")
+    amqp = os.environ.get("AMQP_URL")
+    if amqp:
+        parsed = urlsplit(amqp)
+        return f"http://{parsed.username or 'guest'}:{parsed.password or 'guest'}@{parsed.hostname}:{(parsed.port or 5672) + 10000}"
+    base = request.getfixturevalue("amqp_broker_with_management")[1]
+    return base.replace("http://", "http://guest:guest@")
 
 
 @pytest.fixture
