@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
+from pathlib import Path
 
 import pika
 import pika.exceptions
@@ -13,6 +15,8 @@ import pytest
 from amqpbroker.testing import _free_port
 from tests.broker_process import BrokerProcess
 from tests.test_management import call
+
+DATA = Path(__file__).parent / "data"
 
 
 @pytest.fixture
@@ -160,3 +164,44 @@ def test_bad_permission_requests_are_400_or_404(managed) -> None:
     assert call(managed, "PUT", "/api/permissions/%2F/nobody", {"configure": "", "write": "", "read": ""})[0] == 404
     assert call(managed, "PUT", "/api/permissions/no-vhost/app", {"configure": "", "write": "", "read": ""})[0] == 404
     assert call(managed, "DELETE", "/api/permissions/%2F/app")[0] == 404
+
+
+def test_a_definitions_file_exported_by_rabbitmq_loads_and_its_users_log_in(managed) -> None:
+    """tests/data/rabbitmq-3.10.8-definitions.json is GET /api/definitions of the reference
+    RabbitMQ 3.10.8 after creating user 'moved-user' (password 'moved-pw'), vhost 'exported',
+    their permission, a topic permission and a durable queue."""
+    with open(DATA / "rabbitmq-3.10.8-definitions.json") as file:
+        definitions = json.load(file)
+    assert call(managed, "POST", "/api/definitions", definitions)[0] == 204
+    assert call(managed, "POST", "/api/definitions", definitions)[0] == 204  # idempotent
+    assert call(managed, "GET", "/api/whoami", user="moved-user", password="moved-pw")[0] == 200
+    status, permission = call(managed, "GET", "/api/permissions/exported/moved-user")
+    assert permission["configure"] == "^mv\\."
+    status, topics = call(managed, "GET", "/api/topic-permissions/exported/moved-user")
+    assert topics[0]["exchange"] == "amq.topic" and topics[0]["write"] == "^mv\\."
+    assert [queue["name"] for queue in call(managed, "GET", "/api/queues/exported")[1]] == ["mv.q"]
+    with _connect(managed, "moved-user", "moved-pw", "exported") as connection:
+        channel = connection.channel()
+        channel.queue_declare("mv.mine")
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker):
+            channel.queue_declare("not-mine")
+
+
+def test_our_definitions_load_into_a_fresh_broker(managed, start_broker) -> None:
+    call(managed, "PUT", "/api/vhosts/team", {"description": "the team"})
+    _add_app_user(managed, "team", configure="^t", write="^t", read="^t")
+    status, exported = call(managed, "GET", "/api/definitions")
+    fresh = start_broker(management_port=_free_port())
+    assert call(fresh, "POST", "/api/definitions", exported)[0] == 204
+    assert call(fresh, "GET", "/api/vhosts/team")[1]["description"] == "the team"
+    with _connect(fresh, "app", "s3cret", "team") as connection:
+        connection.channel().queue_declare("t.q")
+
+
+def test_a_bad_definitions_entry_is_a_400_naming_it(managed) -> None:
+    status, body = call(managed, "POST", "/api/definitions",
+                        {"users": [{"name": "x", "password_hash": "abc", "hashing_algorithm": "rabbit_password_hashing_md5"}]})
+    assert status == 400 and "unsupported hashing_algorithm" in body["reason"] and "'x'" in body["reason"]
+    status, body = call(managed, "POST", "/api/definitions", {"permissions": [{"user": "nobody", "vhost": "/",
+                                                                               "configure": "", "write": "", "read": ""}]})
+    assert status == 400 and "nobody" in body["reason"]

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = ["TenancyError", "HASHING_ALGORITHM", "put_user", "delete_user", "put_vhost", "delete_vhost",
            "set_permission", "clear_permission", "set_topic_permission", "clear_topic_permission",
-           "restore_metadata", "metadata_records"]
+           "restore_metadata", "metadata_records", "import_definitions"]
 
 log = logging.getLogger("amqpbroker.tenancy")
 
@@ -206,6 +206,49 @@ def clear_topic_permission(broker: Broker, user: str, vhost: str, exchange: str 
     if not held:
         broker.users.topic_permissions.pop((user, vhost), None)
     broker.access_changed(user, vhost)
+
+
+# ------------------------------------------------------------ definitions
+
+def import_definitions(broker: Broker, definitions: dict[str, Any]) -> None:
+    """Users, vhosts, permissions and topic permissions of a definitions file (RabbitMQ's JSON,
+    3.x or 4.x), in RabbitMQ's order; idempotent. A bad entry raises TenancyError naming it;
+    the entries before it stay applied, as with RabbitMQ."""
+    def entries(key: str) -> list[dict[str, Any]]:
+        items = definitions.get(key) or []
+        if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+            raise TenancyError(f"{key} must be a list of objects")
+        return items
+
+    def text(item: dict[str, Any], key: str, default: str | None = None) -> str:
+        value = item.get(key, default)
+        if not isinstance(value, str):
+            raise TenancyError(f"{key} missing or not a string in {json.dumps(item)[:200]}")
+        return value
+
+    for item in entries("users"):
+        name = text(item, "name")
+        algorithm = item.get("hashing_algorithm", HASHING_ALGORITHM)
+        if "password" in item:
+            put_user(broker, name, password=text(item, "password"), tags=parse_tags(item.get("tags", "")))
+            continue
+        if algorithm != HASHING_ALGORITHM:
+            raise TenancyError(f"user '{name}': unsupported hashing_algorithm {algorithm!r} "
+                               f"(only {HASHING_ALGORITHM})")
+        put_user(broker, name, password_hash=decode_password_hash(text(item, "password_hash", "")),
+                 tags=parse_tags(item.get("tags", "")))
+    for item in entries("vhosts"):
+        metadata = item.get("metadata") if isinstance(item.get("metadata"), dict) else {}
+        put_vhost(broker, text(item, "name"),
+                  description=str(item.get("description", metadata.get("description", "")) or ""),
+                  tags=parse_tags(item.get("tags", metadata.get("tags", []))),
+                  default_queue_type=item.get("default_queue_type", metadata.get("default_queue_type")))
+    for item in entries("permissions"):
+        set_permission(broker, text(item, "user"), text(item, "vhost"),
+                       Permission(text(item, "configure"), text(item, "write"), text(item, "read")))
+    for item in entries("topic_permissions"):
+        set_topic_permission(broker, text(item, "user"), text(item, "vhost"),
+                             TopicPermission(text(item, "exchange"), text(item, "write"), text(item, "read")))
 
 
 # ------------------------------------------------------------ recovery

@@ -28,6 +28,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from amqpbroker import __version__
+from amqpbroker.broker import tenancy
 from amqpbroker.broker.broker import Broker
 from amqpbroker.broker.message import Message
 from amqpbroker.broker.publishing import message_ttl
@@ -375,7 +376,11 @@ class _Api(ApiBase):
                 "policies": [], "queues": queues, "exchanges": exchanges, "bindings": bindings}
 
     def _import(self, definitions: dict[str, Any]) -> None:
-        """Exchanges, queues, then bindings, as RabbitMQ imports them (users and vhosts: later)."""
+        """Users, vhosts, permissions, topic permissions, then exchanges, queues and bindings."""
+        try:
+            tenancy.import_definitions(self.broker, definitions)
+        except tenancy.TenancyError as exc:
+            raise bad_request(exc.reason) from None
         for item in _entries(definitions, "exchanges"):
             _declare_exchange(self._vhost_named(item), bodies.text(item, "name", None), item)
         for item in _entries(definitions, "queues"):
