@@ -44,6 +44,9 @@ class Config:
     prometheus_host: str | None = None  # None: every interface
     management_port: int = 15672  # the management HTTP API, as rabbitmq_management; 0: off
     management_host: str | None = "127.0.0.1"
+    # host names browsers may reach the management API by, besides IP addresses, localhost and
+    # this machine's name (comma-separated; "*": any): a guard against DNS rebinding
+    management_allowed_hosts: str = ""
 
 
 _FIELDS = {field.name: field for field in dataclasses.fields(Config)}

@@ -25,6 +25,7 @@ from amqpbroker.broker.broker import Broker
 from amqpbroker.codec.tables import TableError
 from amqpbroker.errors import AMQPError, ReplyCode, log_internal_error
 from amqpbroker.http.errors import HTTPError, bad_request, not_found
+from amqpbroker.http.guard import RequestGuard
 from amqpbroker.http.listing import Lister
 from amqpbroker.protocol.connection import AuthenticationFailed
 
@@ -43,6 +44,8 @@ def handler(*, admin: bool = False) -> Callable[[Callable[..., Any]], Handler]:
     def wrap(method: Callable[..., Any]) -> Handler:
         async def handle(self: ApiBase, request: Request) -> Response:
             try:
+                self.guard.check_request(request)
+                self.guard.check_body(request)
                 user = self._login(request)
                 if admin and ADMIN not in user.tags:
                     raise HTTPError(401, "not_authorised", "Not administrator user")
@@ -79,7 +82,9 @@ def amqp_error(exc: AMQPError) -> HTTPError:
 
 
 class ApiBase:
-    def __init__(self, broker: Broker, listeners: list[dict[str, Any]], memory_limit: int | None) -> None:
+    def __init__(self, broker: Broker, listeners: list[dict[str, Any]], memory_limit: int | None,
+                 guard: RequestGuard | None = None) -> None:
+        self.guard = guard if guard is not None else RequestGuard()
         self.broker = broker
         self.listeners = listeners
         self.memory_limit = memory_limit
@@ -97,9 +102,12 @@ class ApiBase:
         except (binascii.Error, UnicodeDecodeError):
             raise HTTPError(401, "not_authorised", "Not_Authorized") from None
         host = request.client.host if request.client else ""
+        self.guard.check_login_rate(host)
         try:
             user = self.broker.users.check(name, password, from_loopback=is_loopback_address(host))
         except AuthenticationFailed:
+            self.guard.login_failed(host)
+            log.warning("management API login refused from %s", host)
             raise HTTPError(401, "not_authorised", "Login failed") from None
         if not MONITORING_TAGS & set(user.tags):
             raise HTTPError(401, "not_authorised", "Not management user")

@@ -38,6 +38,7 @@ from amqpbroker.errors import AMQPError, ReplyCode, access_refused, precondition
 from amqpbroker.http import bodies, views
 from amqpbroker.http.admin import AdminApi, admin_routes, by_method
 from amqpbroker.http.errors import HTTPError, bad_request, not_found, refused
+from amqpbroker.http.guard import RequestGuard
 from amqpbroker.http.handlers import ADMIN, ApiBase, handler
 from amqpbroker.server.memory import resident_bytes
 
@@ -52,9 +53,11 @@ _ACKMODES = ("ack_requeue_true", "ack_requeue_false", "reject_requeue_true", "re
 _PAGE = os.path.join(os.path.dirname(__file__), "static", "index.html")  # the web UI
 
 
-def management_app(broker: Broker, listeners: list[dict[str, Any]], memory_limit: int | None = None) -> Any:
-    api = _Api(broker, listeners, memory_limit)
-    admin = AdminApi(broker, listeners, memory_limit)
+def management_app(broker: Broker, listeners: list[dict[str, Any]], memory_limit: int | None = None, *,
+                   allowed_hosts: str = "") -> Any:
+    guard = RequestGuard(allowed_hosts)
+    api = _Api(broker, listeners, memory_limit, guard)
+    admin = AdminApi(broker, listeners, memory_limit, guard)
     async def page(request: Request) -> Response:
         return FileResponse(_PAGE, media_type="text/html")
 

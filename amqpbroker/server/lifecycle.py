@@ -83,7 +83,8 @@ async def _serve(config: Config, broker: Broker, writer: StoreWriter, task_statu
                           "Prometheus metrics"))
     if config.management_port:
         listeners = _listeners(config)
-        http_apps.append((management_app(broker, listeners, watermark_bytes(config.memory_high_watermark)),
+        http_apps.append((management_app(broker, listeners, watermark_bytes(config.memory_high_watermark),
+                                         allowed_hosts=config.management_allowed_hosts),
                           config.management_host, config.management_port, "the management API"))
     http_done = [anyio.Event() for _ in http_apps]
     async with anyio.create_task_group() as group:
