@@ -34,7 +34,9 @@ class Config:
     queue_max_per_vhost: int = 0  # (0: no limit)
     default_user: str = "guest"
     default_password: str = "guest"
-    loopback_users: bool = True  # the default user may connect from loopback only
+    # who may log in from loopback addresses only: user names, comma-separated ("none" or
+    # "false": nobody; "true": the default user), as RabbitMQ's loopback_users (default guest)
+    loopback_users: str = "guest"
     log_level: str = "info"
     shutdown_timeout: float = 5.0
     queue_window_messages: int = 2048  # ready messages a queue keeps in memory before paging out
@@ -47,6 +49,14 @@ class Config:
     # host names browsers may reach the management API by, besides IP addresses, localhost and
     # this machine's name (comma-separated; "*": any): a guard against DNS rebinding
     management_allowed_hosts: str = ""
+
+    def loopback_user_names(self) -> tuple[str, ...]:
+        value = self.loopback_users.strip()
+        if value.lower() in ("", "none", "false", "no", "off", "0"):
+            return ()
+        if value.lower() in ("true", "yes", "on", "1"):
+            return (self.default_user,)
+        return tuple(name.strip() for name in value.split(",") if name.strip())
 
 
 _FIELDS = {field.name: field for field in dataclasses.fields(Config)}

@@ -15,7 +15,7 @@ def test_defaults_match_rabbitmq() -> None:
     config = load_config(env={})
     assert (config.port, config.heartbeat, config.frame_max, config.channel_max) == (5672, 60, 131072, 2047)
     assert config.host is None  # every interface
-    assert config.default_user == "guest" and config.loopback_users
+    assert config.default_user == "guest" and config.loopback_user_names() == ("guest",)
 
 
 def test_file_then_environment_then_flags(tmp_path) -> None:
@@ -35,7 +35,7 @@ def test_unknown_file_setting_is_an_error(tmp_path) -> None:
 
 def test_environment_booleans_and_empty_host() -> None:
     config = load_config(env={"AMQPBROKER_LOOPBACK_USERS": "false", "AMQPBROKER_HOST": ""})
-    assert config.loopback_users is False and config.host is None
+    assert config.loopback_user_names() == () and config.host is None
 
 
 def test_help_explains_each_option() -> None:
@@ -50,3 +50,10 @@ def test_module_entry_point_prints_help() -> None:
                             text=True, timeout=30)
     assert result.returncode == 0
     assert "--data-dir" in result.stdout
+
+
+def test_loopback_users_is_a_list_of_names_as_rabbitmq_s() -> None:
+    assert load_config(env={"AMQPBROKER_LOOPBACK_USERS": "guest, ops"}).loopback_user_names() == ("guest", "ops")
+    assert load_config(env={"AMQPBROKER_LOOPBACK_USERS": "none"}).loopback_user_names() == ()
+    assert load_config(env={"AMQPBROKER_LOOPBACK_USERS": "true", "AMQPBROKER_DEFAULT_USER": "admin"}
+                       ).loopback_user_names() == ("admin",)

@@ -1,7 +1,7 @@
 """Users, their permissions, and SASL mechanisms (PLAIN, AMQPLAIN).
 
 Passwords are kept as RabbitMQ keeps them: a 4-byte salt followed by SHA-256(salt + password).
-``loopback_only`` users (guest, by default) may log in only from a loopback address. A user may
+Users named in ``loopback_users`` (guest, by default) may log in only from a loopback address. A user may
 open a virtual host when it has a permission there (:mod:`amqpbroker.broker.access`).
 """
 
@@ -51,7 +51,6 @@ class User:
     name: str
     password_hash: bytes
     tags: tuple[str, ...] = ()
-    loopback_only: bool = False
 
 
 def parse_response(mechanism: str, response: bytes) -> tuple[str, str]:
@@ -81,13 +80,13 @@ class UserDatabase:
 
     def __init__(self) -> None:
         self.users: dict[str, User] = {}
+        self.loopback_users: set[str] = set()  # who may log in from loopback addresses only
         self.permissions: dict[tuple[str, str], Permission] = {}
         self.topic_permissions: dict[tuple[str, str], dict[str, TopicPermission]] = {}
 
-    def add(self, name: str, password: str, *, tags: tuple[str, ...] = (), loopback_only: bool = False,
-            vhosts: tuple[str, ...] = ("/",)) -> User:
+    def add(self, name: str, password: str, *, tags: tuple[str, ...] = (), vhosts: tuple[str, ...] = ("/",)) -> User:
         """A user with its password, and full permissions on ``vhosts`` (tests and defaults)."""
-        user = User(name, hash_password(password), tags, loopback_only)
+        user = User(name, hash_password(password), tags)
         self.users[name] = user
         for vhost in vhosts:
             self.permissions[(name, vhost)] = Permission()
@@ -111,6 +110,6 @@ class UserDatabase:
         # an unknown name costs the same hash as a wrong password (no enumeration by timing)
         if not password_matches(user.password_hash if user is not None else _NO_USER_HASH, password) or user is None:
             raise AuthenticationFailed(f"invalid credentials for user '{name}'")
-        if user.loopback_only and not from_loopback:
+        if name in self.loopback_users and not from_loopback:
             raise AuthenticationFailed(f"user '{name}' can only connect via localhost")
         return user

@@ -82,14 +82,13 @@ class MessageTotals:
 
 class Broker:
     def __init__(self, limits: Limits = Limits(), *, default_user: str = "guest",
-                 default_password: str = "guest", default_user_loopback_only: bool = True,
+                 default_password: str = "guest", loopback_users: tuple[str, ...] = ("guest",),
                  paging_window: tuple[int, int] = (0, 0)) -> None:
         self.limits = limits
         self.users = UserDatabase()
         # users who may log in from loopback addresses only (RabbitMQ's loopback_users)
-        self.loopback_users: set[str] = {default_user} if default_user_loopback_only else set()
-        self.users.add(default_user, default_password, tags=("administrator",),
-                       loopback_only=default_user_loopback_only)
+        self.users.loopback_users.update(loopback_users)
+        self.users.add(default_user, default_password, tags=("administrator",))
         self.vhosts: dict[str, VirtualHost] = {}
         self.sessions: set[Session] = set()
         self.output_pending: list[Session] = []

@@ -94,7 +94,7 @@ def put_user(broker: Broker, name: str, *, password: str | None = None, password
         stored = password_hash
     else:
         stored = existing.password_hash if existing is not None else b""
-    user = User(name, stored, tags, loopback_only=name in broker.loopback_users)
+    user = User(name, stored, tags)
     users.users[name] = user
     _record(broker, USER, name, user_record(user))
     return user

@@ -42,7 +42,7 @@ def build_broker(config: Config) -> Broker:
                          consumer_max_per_channel=config.consumer_max_per_channel,
                          queue_max_per_vhost=config.queue_max_per_vhost),
                   default_user=config.default_user, default_password=config.default_password,
-                  default_user_loopback_only=config.loopback_users,
+                  loopback_users=config.loopback_user_names(),
                   paging_window=(config.queue_window_messages, config.queue_window_bytes))
 
 
