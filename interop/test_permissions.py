@@ -190,3 +190,46 @@ def test_deleting_a_vhost_closes_its_connections_with_320(amqp_url, admin, tenan
 def test_a_user_without_any_permission_cannot_open_the_vhost(amqp_url, tenant) -> None:
     with pytest.raises(pika.exceptions.ProbableAccessDeniedError, match="530"):
         _connect(amqp_url, tenant, "/")
+
+
+def _limit(admin: Admin, path: str, value: int) -> None:
+    assert admin.call("PUT", path, {"value": value}) in (201, 204)
+
+
+def test_vhost_limits_refuse_connections_and_queues(amqp_url, admin, tenant) -> None:
+    vhost = tenant["vhost"]
+    assert admin.call("PUT", f"/api/vhosts/{quote(vhost, safe='')}", {}) in (201, 204)
+    _permit(admin, tenant, vhost, configure=".*", write=".*", read=".*")
+    _limit(admin, f"/api/vhost-limits/{quote(vhost, safe='')}/max-connections", 1)
+    _limit(admin, f"/api/vhost-limits/{quote(vhost, safe='')}/max-queues", 1)
+    with _connect(amqp_url, tenant, vhost) as connection:
+        with pytest.raises((pika.exceptions.ProbableAccessDeniedError,
+                            pika.exceptions.ConnectionClosedByBroker)) as refused:
+            _connect(amqp_url, tenant, vhost)
+        assert "530" in str(refused.value) and "connection limit (1) is reached" in str(refused.value)
+        channel = connection.channel()
+        channel.queue_declare("first")
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as full:
+            channel.queue_declare("second")
+        assert full.value.reply_code == 406
+        assert f"cannot declare queue 'second': queue limit in vhost '{vhost}' (1) is reached" in full.value.reply_text
+    assert admin.call("DELETE", f"/api/vhost-limits/{quote(vhost, safe='')}/max-connections") == 204
+    with _connect(amqp_url, tenant, vhost), _connect(amqp_url, tenant, vhost):
+        pass
+
+
+def test_user_limits_refuse_connections_and_channels(amqp_url, admin, tenant) -> None:
+    _permit(admin, tenant, configure=".*", write=".*", read=".*")
+    _limit(admin, f"/api/user-limits/{tenant['user']}/max-connections", 1)
+    _limit(admin, f"/api/user-limits/{tenant['user']}/max-channels", 2)
+    with _connect(amqp_url, tenant) as connection:
+        with pytest.raises((pika.exceptions.ProbableAccessDeniedError,
+                            pika.exceptions.ConnectionClosedByBroker)) as refused:
+            _connect(amqp_url, tenant)
+        assert "530" in str(refused.value)
+        connection.channel()
+        connection.channel()
+        with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as closed:
+            connection.channel()
+        assert closed.value.reply_code == 530
+        assert "maximum allowed user limit of (2)" in closed.value.reply_text

@@ -304,7 +304,7 @@ def test_consumers_per_channel_and_queues_per_vhost_are_bounded() -> None:
     client.declare_queue("q2")
     client.send(commands.Queue.Declare(queue="q3"))
     close = only(client.methods(), commands.Channel.Close)
-    assert close.reply_code == 406 and "vhost queue limit (2)" in close.reply_text
+    assert close.reply_code == 406 and "queue limit in vhost '/' (2) is reached" in close.reply_text
     client.open_channel(2)
     client.consume("q1", "c1", channel=2)
     client.consume("q2", "c2", channel=2)

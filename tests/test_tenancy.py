@@ -205,3 +205,23 @@ def test_a_bad_definitions_entry_is_a_400_naming_it(managed) -> None:
     status, body = call(managed, "POST", "/api/definitions", {"permissions": [{"user": "nobody", "vhost": "/",
                                                                                "configure": "", "write": "", "read": ""}]})
     assert status == 400 and "nobody" in body["reason"]
+
+
+def test_limits_are_set_listed_kept_across_kill_9_and_exported(managed, start_broker) -> None:
+    call(managed, "PUT", "/api/vhosts/limited", {})
+    call(managed, "PUT", "/api/users/app", {"password": "pw", "tags": ""})
+    assert call(managed, "PUT", "/api/vhost-limits/limited/max-queues", {"value": 3})[0] == 204
+    assert call(managed, "PUT", "/api/user-limits/app/max-channels", {"value": 5})[0] == 204
+    assert call(managed, "PUT", "/api/vhost-limits/limited/max-bananas", {"value": 1})[0] == 400
+    assert call(managed, "PUT", "/api/user-limits/app/max-channels", {"value": "5"})[0] == 400
+    managed.restart(crash=True)
+    assert call(managed, "GET", "/api/vhost-limits")[1] == [{"vhost": "limited", "value": {"max-queues": 3}}]
+    assert call(managed, "GET", "/api/user-limits/app")[1] == [{"user": "app", "value": {"max-channels": 5}}]
+    status, exported = call(managed, "GET", "/api/definitions")
+    fresh = start_broker(management_port=_free_port())
+    assert call(fresh, "POST", "/api/definitions", exported)[0] == 204
+    assert call(fresh, "GET", "/api/vhost-limits/limited")[1] == [{"vhost": "limited", "value": {"max-queues": 3}}]
+    assert call(fresh, "GET", "/api/users/app")[1]["limits"] == {"max-channels": 5}
+    assert call(managed, "DELETE", "/api/vhost-limits/limited/max-queues")[0] == 204
+    assert call(managed, "DELETE", "/api/vhost-limits/limited/max-queues")[0] == 404
+    assert call(managed, "GET", "/api/vhost-limits")[1] == []

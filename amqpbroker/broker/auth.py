@@ -11,7 +11,7 @@ import hashlib
 import hmac
 import ipaddress
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pamqp import decode
 
@@ -51,6 +51,7 @@ class User:
     name: str
     password_hash: bytes
     tags: tuple[str, ...] = ()
+    limits: dict[str, int] = field(default_factory=dict)  # "max-connections", "max-channels"
 
 
 def parse_response(mechanism: str, response: bytes) -> tuple[str, str]:

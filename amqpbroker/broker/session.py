@@ -103,12 +103,31 @@ class Session:
                 session.user == self.user for session in self.broker.sessions) >= limits.connection_max_per_user:
             raise ConnectionError(ReplyCode.NOT_ALLOWED, f"Connection refused for user '{self.user}'. User "
                                   f"connection limit ({limits.connection_max_per_user}) is reached", 10, 40)
+        self._check_limits(vhost)
         self.vhost = vhost
         self.access = access
         self.broker.sessions.add(self)
         self.broker.totals.connections_opened += 1
 
+    def _check_limits(self, vhost: VirtualHost) -> None:
+        """The vhost's and the user's connection limits (RabbitMQ's vhost and user limits)."""
+        most = vhost.limits.get("max-connections")
+        if most is not None and sum(session.vhost is vhost for session in self.broker.sessions) >= most:
+            raise ConnectionError(ReplyCode.NOT_ALLOWED, f"access to vhost '{vhost.name}' refused for user "
+                                  f"'{self.user}': connection limit ({most}) is reached", 10, 40)
+        user = self.broker.users.users.get(self.user)
+        most = user.limits.get("max-connections") if user is not None else None
+        if most is not None and sum(session.user == self.user for session in self.broker.sessions) >= most:
+            raise ConnectionError(ReplyCode.NOT_ALLOWED, f"Connection refused for user '{self.user}'. User "
+                                  f"connection limit ({most}) is reached", 10, 40)
+
     def channel_opened(self, number: int) -> None:
+        user = self.broker.users.users.get(self.user)
+        most = user.limits.get("max-channels") if user is not None else None
+        if most is not None and sum(len(session.channels) for session in self.broker.sessions
+                                    if session.user == self.user) >= most:
+            raise ConnectionError(ReplyCode.NOT_ALLOWED, f"number of channels opened for user '{self.user}' "
+                                  f"has reached the maximum allowed user limit of ({most})", 20, 10)
         self.channels[number] = Channel(self, number)
         self.broker.totals.channels_opened += 1
 

@@ -55,7 +55,15 @@ def _record(broker: Broker, kind: str, key: str, value: dict[str, Any] | None) -
 
 def user_record(user: User) -> dict[str, Any]:
     return {"name": user.name, "password_hash": base64.b64encode(user.password_hash).decode(),
-            "hashing_algorithm": HASHING_ALGORITHM, "tags": list(user.tags)}
+            "hashing_algorithm": HASHING_ALGORITHM, "tags": list(user.tags), "limits": dict(user.limits)}
+
+
+def vhost_record(vhost: Any) -> dict[str, Any]:
+    record: dict[str, Any] = {"name": vhost.name, "description": vhost.description, "tags": list(vhost.tags),
+                              "limits": dict(vhost.limits)}
+    if vhost.default_queue_type:
+        record["default_queue_type"] = vhost.default_queue_type
+    return record
 
 
 def decode_password_hash(text: str) -> bytes:
@@ -81,7 +89,7 @@ def parse_tags(tags: Any) -> tuple[str, ...]:
 
 
 def put_user(broker: Broker, name: str, *, password: str | None = None, password_hash: bytes | None = None,
-             tags: tuple[str, ...] = ()) -> User:
+             tags: tuple[str, ...] = (), limits: dict[str, int] | None = None) -> User:
     """Create or replace a user. Without a password or hash the user cannot log in with a
     password (RabbitMQ's passwordless users); an existing user keeps its hash if neither is given."""
     if not name:
@@ -94,7 +102,9 @@ def put_user(broker: Broker, name: str, *, password: str | None = None, password
         stored = password_hash
     else:
         stored = existing.password_hash if existing is not None else b""
-    user = User(name, stored, tags)
+    if limits is None:
+        limits = dict(existing.limits) if existing is not None else {}
+    user = User(name, stored, tags, limits)
     users.users[name] = user
     _record(broker, USER, name, user_record(user))
     return user
@@ -115,7 +125,7 @@ def delete_user(broker: Broker, name: str) -> None:
 # ------------------------------------------------------------ virtual hosts
 
 def put_vhost(broker: Broker, name: str, *, description: str = "", tags: tuple[str, ...] = (),
-              default_queue_type: str | None = None) -> Any:
+              default_queue_type: str | None = None, limits: dict[str, int] | None = None) -> Any:
     """Create a virtual host (with its ``amq.*`` exchanges), or update its description and tags."""
     if not name:
         raise TenancyError("vhost name must not be empty")
@@ -123,10 +133,9 @@ def put_vhost(broker: Broker, name: str, *, description: str = "", tags: tuple[s
     vhost.description = description
     vhost.tags = tags
     vhost.default_queue_type = default_queue_type
-    record: dict[str, Any] = {"name": name, "description": description, "tags": list(tags)}
-    if default_queue_type:
-        record["default_queue_type"] = default_queue_type
-    _record(broker, VHOST, name, record)
+    if limits is not None:
+        vhost.limits = dict(limits)
+    _record(broker, VHOST, name, vhost_record(vhost))
     return vhost
 
 
@@ -148,6 +157,61 @@ def delete_vhost(broker: Broker, name: str) -> None:
         clear_topic_permission(broker, user, vhost_name)
     _record(broker, VHOST, name, None)
     log.info("deleted vhost '%s'", name)
+
+
+# ------------------------------------------------------------ limits
+
+VHOST_LIMITS = ("max-connections", "max-queues")
+USER_LIMITS = ("max-connections", "max-channels")
+
+
+def _limit_value(name: str, value: Any, known: tuple[str, ...]) -> int | None:
+    """A limit's value as RabbitMQ takes it: an integer; negative means no limit (None)."""
+    if name not in known:
+        raise TenancyError(f"unknown limit '{name}' (known: {', '.join(known)})")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TenancyError(f"limit '{name}' must be an integer, not {value!r}")
+    return None if value < 0 else value
+
+
+def set_vhost_limit(broker: Broker, vhost_name: str, name: str, value: Any) -> None:
+    vhost = broker.vhosts.get(vhost_name)
+    if vhost is None:
+        raise TenancyError(f"no vhost '{vhost_name}'", missing=True)
+    limit = _limit_value(name, value, VHOST_LIMITS)
+    if limit is None:
+        vhost.limits.pop(name, None)
+    else:
+        vhost.limits[name] = limit
+    _record(broker, VHOST, vhost_name, vhost_record(vhost))
+
+
+def clear_vhost_limit(broker: Broker, vhost_name: str, name: str) -> None:
+    vhost = broker.vhosts.get(vhost_name)
+    if vhost is None or name not in vhost.limits:
+        raise TenancyError(f"no limit '{name}' on vhost '{vhost_name}'", missing=True)
+    del vhost.limits[name]
+    _record(broker, VHOST, vhost_name, vhost_record(vhost))
+
+
+def set_user_limit(broker: Broker, user_name: str, name: str, value: Any) -> None:
+    user = broker.users.users.get(user_name)
+    if user is None:
+        raise TenancyError(f"no user '{user_name}'", missing=True)
+    limit = _limit_value(name, value, USER_LIMITS)
+    if limit is None:
+        user.limits.pop(name, None)
+    else:
+        user.limits[name] = limit
+    _record(broker, USER, user_name, user_record(user))
+
+
+def clear_user_limit(broker: Broker, user_name: str, name: str) -> None:
+    user = broker.users.users.get(user_name)
+    if user is None or name not in user.limits:
+        raise TenancyError(f"no limit '{name}' on user '{user_name}'", missing=True)
+    del user.limits[name]
+    _record(broker, USER, user_name, user_record(user))
 
 
 # ------------------------------------------------------------ permissions
@@ -229,14 +293,16 @@ def import_definitions(broker: Broker, definitions: dict[str, Any]) -> None:
     for item in entries("users"):
         name = text(item, "name")
         algorithm = item.get("hashing_algorithm", HASHING_ALGORITHM)
+        limits = import_limits(item.get("limits"), USER_LIMITS, f"user '{name}'")
         if "password" in item:
-            put_user(broker, name, password=text(item, "password"), tags=parse_tags(item.get("tags", "")))
+            put_user(broker, name, password=text(item, "password"), tags=parse_tags(item.get("tags", "")),
+                     limits=limits)
             continue
         if algorithm != HASHING_ALGORITHM:
             raise TenancyError(f"user '{name}': unsupported hashing_algorithm {algorithm!r} "
                                f"(only {HASHING_ALGORITHM})")
         put_user(broker, name, password_hash=decode_password_hash(text(item, "password_hash", "")),
-                 tags=parse_tags(item.get("tags", "")))
+                 tags=parse_tags(item.get("tags", "")), limits=limits)
     for item in entries("vhosts"):
         metadata = item.get("metadata") if isinstance(item.get("metadata"), dict) else {}
         put_vhost(broker, text(item, "name"),
@@ -249,6 +315,31 @@ def import_definitions(broker: Broker, definitions: dict[str, Any]) -> None:
     for item in entries("topic_permissions"):
         set_topic_permission(broker, text(item, "user"), text(item, "vhost"),
                              TopicPermission(text(item, "exchange"), text(item, "write"), text(item, "read")))
+    for item in entries("parameters"):  # vhost limits are RabbitMQ's "vhost-limits" parameters
+        if item.get("component") == "vhost-limits":
+            vhost = text(item, "vhost")
+            if vhost not in broker.vhosts:
+                raise TenancyError(f"vhost-limits for vhost '{vhost}', which does not exist")
+            limits = import_limits(item.get("value"), VHOST_LIMITS, f"vhost '{vhost}'")
+            put_vhost(broker, vhost, description=broker.vhosts[vhost].description, tags=broker.vhosts[vhost].tags,
+                      default_queue_type=broker.vhosts[vhost].default_queue_type, limits=limits)
+
+
+def import_limits(value: Any, known: tuple[str, ...], owner: str) -> dict[str, int]:
+    """A definitions entry's limits (a missing or empty one, or RabbitMQ's ``[]``: none)."""
+    if not value:
+        return {}
+    if not isinstance(value, dict):
+        raise TenancyError(f"limits of {owner} must be an object")
+    limits = {}
+    for name, number in value.items():
+        try:
+            limit = _limit_value(name, number, known)
+        except TenancyError as exc:
+            raise TenancyError(f"{owner}: {exc.reason}") from None
+        if limit is not None:
+            limits[name] = limit
+    return limits
 
 
 # ------------------------------------------------------------ recovery
@@ -261,8 +352,7 @@ def metadata_records(broker: Broker) -> list[tuple]:
     for user in users.users.values():
         records.append(("meta", USER, user.name, dump(user_record(user))))
     for name, vhost in broker.vhosts.items():
-        records.append(("meta", VHOST, name, dump({"name": name, "description": vhost.description,
-                                                   "tags": list(vhost.tags)})))
+        records.append(("meta", VHOST, name, dump(vhost_record(vhost))))
     for (user, vhost), permission in users.permissions.items():
         records.append(("meta", PERMISSION, f"{vhost}\0{user}", dump(
             {"user": user, "vhost": vhost, "configure": permission.configure, "write": permission.write,
@@ -295,10 +385,11 @@ def restore_metadata(broker: Broker, records: list[tuple[str, str, bytes]]) -> b
         del broker.vhosts[name]  # (the default "/", deleted by an operator before the restart)
     for item in decoded[VHOST]:
         put_vhost(broker, item["name"], description=item.get("description", ""),
-                  tags=tuple(item.get("tags", ())), default_queue_type=item.get("default_queue_type"))
+                  tags=tuple(item.get("tags", ())), default_queue_type=item.get("default_queue_type"),
+                  limits=dict(item.get("limits") or {}))
     for item in decoded[USER]:
         put_user(broker, item["name"], password_hash=base64.b64decode(item.get("password_hash", "")),
-                 tags=tuple(item.get("tags", ())))
+                 tags=tuple(item.get("tags", ())), limits=dict(item.get("limits") or {}))
     for item in decoded[PERMISSION]:
         users.permissions[(item["user"], item["vhost"])] = Permission(item["configure"], item["write"], item["read"])
     for item in decoded[TOPIC_PERMISSION]:

@@ -106,7 +106,9 @@ class VirtualHost:
         self.queues: dict[str, Queue] = {}
         self.exchange_bindings = 0  # exchange-to-exchange bindings; routing is simpler without
         self.dead_letter_failures = 0  # messages dead-lettered without x-death, or dropped, by a fault
-        self.max_queues = 0  # most queues it may hold (0: no limit), RabbitMQ's vhost max-queues
+        self.max_queues = 0  # most queues it may hold (0: no limit): the broker's queue_max_per_vhost
+        # RabbitMQ's vhost limits set on it: "max-connections", "max-queues" (0: none allowed)
+        self.limits: dict[str, int] = {}
         self._deleting: set[str] = set()  # exchanges being deleted
         self._mark_dirty = mark_dirty
         self._on_queue_deleted = on_queue_deleted
@@ -315,9 +317,10 @@ class VirtualHost:
             name = server_named_queue()
         existing = self.queues.get(name)
         if existing is None:
-            if self.max_queues and len(self.queues) >= self.max_queues:
-                raise precondition_failed(f"cannot declare queue '{name}' in vhost '{self.name}': "
-                                          f"vhost queue limit ({self.max_queues}) is reached")
+            most = self.limits.get("max-queues", self.max_queues or None)
+            if most is not None and len(self.queues) >= most:
+                raise precondition_failed(f"cannot declare queue '{name}': queue limit in vhost "
+                                          f"'{self.name}' ({most}) is reached")
             validate_queue_arguments(name, self.name, arguments)
             self._check_queue_type(name, arguments, durable=durable, exclusive=exclusive, auto_delete=auto_delete)
             return self.apply(ops.DeclareQueue(name, durable, auto_delete, arguments,

@@ -16,7 +16,7 @@ from amqpbroker.http import bodies, views
 from amqpbroker.http.errors import HTTPError, bad_request, not_found
 from amqpbroker.http.handlers import ApiBase, handler
 
-__all__ = ["AdminApi", "admin_routes", "by_method"]
+__all__ = ["AdminApi", "LimitsApi", "admin_routes", "by_method"]
 
 
 def _created(existed: bool) -> Response:
@@ -180,6 +180,58 @@ class AdminApi(ApiBase):
         return _created(existed)
 
 
+class LimitsApi(ApiBase):
+    """``/api/vhost-limits`` and ``/api/user-limits``: ``{"value": N}`` per limit name (a
+    negative value: no limit), listed as ``[{"vhost"|"user": name, "value": {limit: N}}]``."""
+
+    @handler(admin=True)
+    async def vhost_limits(self, request: Request, user: Any) -> Any:
+        vhosts = self._vhosts(request)
+        return [{"vhost": vhost.name, "value": dict(vhost.limits)} for vhost in vhosts if vhost.limits]
+
+    @handler(admin=True)
+    async def vhost_limit(self, request: Request, user: Any) -> Any:
+        vhost, name = self._vhost(request).name, self._name(request)
+        try:
+            if request.method == "DELETE":
+                tenancy.clear_vhost_limit(self.broker, vhost, name)
+            else:
+                body = await bodies.json_object(request)
+                if "value" not in body:
+                    raise bad_request("value not found")
+                tenancy.set_vhost_limit(self.broker, vhost, name, body["value"])
+        except tenancy.TenancyError as exc:
+            raise _tenancy_error(exc) from None
+        return Response(status_code=204)
+
+    @handler(admin=True)
+    async def user_limits(self, request: Request, user: Any) -> Any:
+        users = self.broker.users.users
+        if "user" in request.path_params:
+            name = self._name(request, "user")
+            if name not in users:
+                raise not_found()
+            selected = [users[name]]
+        else:
+            selected = list(users.values())
+        return [{"user": each.name, "value": dict(each.limits)} for each in selected if each.limits]
+
+    @handler(admin=True)
+    async def user_limit(self, request: Request, user: Any) -> Any:
+        name, limit = self._name(request, "user"), self._name(request)
+        try:
+            if request.method == "DELETE":
+                tenancy.clear_user_limit(self.broker, name, limit)
+            else:
+                body = await bodies.json_object(request)
+                if "value" not in body:
+                    raise bad_request("value not found")
+                tenancy.set_user_limit(self.broker, name, limit, body["value"])
+        except tenancy.TenancyError as exc:
+            raise _tenancy_error(exc) from None
+        return Response(status_code=204)
+
+
 def by_method(**handlers: Any) -> Any:
     """One path, a handler per HTTP method."""
     async def dispatch(request: Request) -> Response:
@@ -187,7 +239,7 @@ def by_method(**handlers: Any) -> Any:
     return dispatch
 
 
-def admin_routes(api: AdminApi) -> list[Route]:
+def admin_routes(api: AdminApi, limits: LimitsApi) -> list[Route]:
     """The administration routes (the GETs of ``/api/users/{name}`` and ``/api/vhosts/{vhost}``
     stay with the read-only API: these take their other methods)."""
     return [
@@ -199,4 +251,10 @@ def admin_routes(api: AdminApi) -> list[Route]:
         Route("/api/topic-permissions", api.topic_permissions),
         Route("/api/topic-permissions/{vhost}/{user}", api.topic_permission, methods=["GET", "PUT", "DELETE"]),
         Route("/api/topic-permissions/{vhost}/{user}/{exchange}", api.topic_permission, methods=["DELETE"]),
+        Route("/api/vhost-limits", limits.vhost_limits),
+        Route("/api/vhost-limits/{vhost}", limits.vhost_limits),
+        Route("/api/vhost-limits/{vhost}/{name}", limits.vhost_limit, methods=["PUT", "DELETE"]),
+        Route("/api/user-limits", limits.user_limits),
+        Route("/api/user-limits/{user}", limits.user_limits),
+        Route("/api/user-limits/{user}/{name}", limits.user_limit, methods=["PUT", "DELETE"]),
     ]

@@ -36,7 +36,7 @@ from amqpbroker.codec.content import encode_content_header
 from amqpbroker.codec.methods import shortstr
 from amqpbroker.errors import AMQPError, ReplyCode, access_refused, precondition_failed
 from amqpbroker.http import bodies, views
-from amqpbroker.http.admin import AdminApi, admin_routes, by_method
+from amqpbroker.http.admin import AdminApi, LimitsApi, admin_routes, by_method
 from amqpbroker.http.errors import HTTPError, bad_request, not_found, refused
 from amqpbroker.http.guard import RequestGuard
 from amqpbroker.http.handlers import ADMIN, ApiBase, handler
@@ -72,7 +72,7 @@ def management_app(broker: Broker, listeners: list[dict[str, Any]], memory_limit
         Route("/api/users", api.users),
         Route("/api/users/{name}", by_method(GET=api.user, PUT=admin.put_user, DELETE=admin.delete_user),
               methods=["GET", "PUT", "DELETE"]),
-        *admin_routes(admin),
+        *admin_routes(admin, LimitsApi(broker, listeners, memory_limit, guard)),
         Route("/api/permissions", api.permissions),
         Route("/api/policies", api.policies),
         Route("/api/policies/{vhost}", api.policies),
@@ -372,8 +372,10 @@ class _Api(ApiBase):
         return {"rabbit_version": __version__, "product_name": "amqpbroker",
                 "users": [{**views.user_view(each), "tags": ",".join(each.tags)}
                           for each in self.broker.users.users.values()],
-                "vhosts": [{"name": name, "description": vhost.description, "tags": list(vhost.tags),
-                            "limits": []} for name, vhost in self.broker.vhosts.items()],
+                "vhosts": [{"name": name, "description": vhost.description, "tags": list(vhost.tags)}
+                           for name, vhost in self.broker.vhosts.items()],
+                "parameters": [{"value": dict(vhost.limits), "vhost": name, "component": "vhost-limits",
+                                "name": "limits"} for name, vhost in self.broker.vhosts.items() if vhost.limits],
                 "topic_permissions": views.topic_permission_views(self.broker.users),
                 "permissions": views.permission_views(self.broker.users),
                 "policies": [], "queues": queues, "exchanges": exchanges, "bindings": bindings}

@@ -215,7 +215,7 @@ def vhost_view(broker: Broker, name: str) -> dict[str, Any]:
 def user_view(user: Any) -> dict[str, Any]:
     return {"name": user.name, "tags": list(user.tags),
             "password_hash": base64.b64encode(user.password_hash).decode(),
-            "hashing_algorithm": "rabbit_password_hashing_sha256", "limits": {}}
+            "hashing_algorithm": "rabbit_password_hashing_sha256", "limits": dict(user.limits)}
 
 
 def permission_views(users: Any) -> list[dict[str, Any]]:

@@ -356,8 +356,8 @@ class Connection:
                 raise ConnectionError(ReplyCode.NOT_ALLOWED,
                                       f"number of channels opened ({len(self.channels)}) has reached "
                                       f"the negotiated channel_max ({self.channel_max})", 20, 10)
+            self.handler.channel_opened(number)  # (may refuse it: a limit)
             self.channels[number] = ChannelMachine(number, self.max_message_size)
-            self.handler.channel_opened(number)
             self.out.append(_channel_open_ok_frame(number))
             return
         class_id, method_id = method_ids(method)
