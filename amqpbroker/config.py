@@ -49,6 +49,16 @@ class Config:
     # host names browsers may reach the management API by, besides IP addresses, localhost and
     # this machine's name (comma-separated; "*": any): a guard against DNS rebinding
     management_allowed_hosts: str = ""
+    # AMQPS: a TLS listener on tls_port once a certificate and key are given (server/tls.py)
+    tls_port: int = 5671
+    tls_certfile: str = ""
+    tls_keyfile: str = ""
+    tls_cafile: str = ""  # CAs client certificates are checked against
+    tls_verify_peer: bool = False  # ask clients for a certificate (checked against tls_cafile)
+    tls_fail_if_no_peer_cert: bool = False  # ... and refuse those without one
+    tls_versions: str = "tlsv1.2,tlsv1.3"
+    tls_ciphers: str = ""  # an OpenSSL cipher string for TLS 1.2 (empty: Python's defaults)
+    tls_cert_login_from: str = "common_name"  # EXTERNAL logins: common_name or subject_alternative_name
 
     def loopback_user_names(self) -> tuple[str, ...]:
         value = self.loopback_users.strip()

@@ -105,6 +105,17 @@ class UserDatabase:
         name, password = parse_response(mechanism, response)
         return self.check(name, password, from_loopback=from_loopback)
 
+    def external(self, name: str | None, *, from_loopback: bool) -> User:
+        """SASL EXTERNAL: the user a verified client certificate names must exist."""
+        if name is None:
+            raise AuthenticationFailed("EXTERNAL login without a verified client certificate naming a user")
+        user = self.users.get(name)
+        if user is None:
+            raise AuthenticationFailed(f"EXTERNAL login: no user '{name}' (from the client certificate)")
+        if name in self.loopback_users and not from_loopback:
+            raise AuthenticationFailed(f"user '{name}' can only connect via localhost")
+        return user
+
     def check(self, name: str, password: str, *, from_loopback: bool) -> User:
         """The user, if the password is right and it may log in from there (AMQP and HTTP)."""
         user = self.users.get(name)

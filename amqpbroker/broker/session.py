@@ -53,15 +53,19 @@ def _released(what: str) -> Iterator[None]:
 class Session:
     """Everything one client connection does to the broker."""
 
-    def __init__(self, broker: Broker, *, peer: str = "", from_loopback: bool = True) -> None:
+    def __init__(self, broker: Broker, *, peer: str = "", from_loopback: bool = True, tls: bool = False,
+                 certificate_user: str | None = None) -> None:
         self.broker = broker
         self.peer = peer
         self.name = peer  # what operators see it as ("client -> server" address pairs)
         self.connected_at = time.time()
         self.from_loopback = from_loopback
+        self.tls = tls
+        self.certificate_user = certificate_user  # who a verified client certificate names (EXTERNAL)
         limits = broker.limits
         self.connection = Connection(self, channel_max=limits.channel_max, frame_max=limits.frame_max,
-                                     heartbeat=limits.heartbeat, max_message_size=limits.max_message_size)
+                                     heartbeat=limits.heartbeat, max_message_size=limits.max_message_size,
+                                     mechanisms="PLAIN AMQPLAIN EXTERNAL" if certificate_user else "PLAIN AMQPLAIN")
         self.out = self.connection.out
         self.channels: dict[int, Channel] = {}
         self.vhost: VirtualHost | None = None
@@ -83,7 +87,10 @@ class Session:
     # ------------------------------------------------------------ ConnectionHandler
 
     def login(self, mechanism: str, response: bytes) -> str:
-        user = self.broker.users.authenticate(mechanism, response, from_loopback=self.from_loopback)
+        if mechanism == "EXTERNAL":
+            user = self.broker.users.external(self.certificate_user, from_loopback=self.from_loopback)
+        else:
+            user = self.broker.users.authenticate(mechanism, response, from_loopback=self.from_loopback)
         self.user = user.name
         return user.name
 

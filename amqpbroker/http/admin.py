@@ -40,8 +40,10 @@ class AdminApi(ApiBase):
     async def put_user(self, request: Request, user: Any) -> Any:
         name = self._name(request)
         body = await bodies.json_object(request)
+        if "tags" not in body:
+            raise bad_request("tags_not_present")  # as RabbitMQ
         try:
-            tags = tenancy.parse_tags(body.get("tags", ""))
+            tags = tenancy.parse_tags(body["tags"])
             password_hash = None
             if "password_hash" in body:
                 algorithm = bodies.text(body, "hashing_algorithm", tenancy.HASHING_ALGORITHM)
@@ -50,8 +52,6 @@ class AdminApi(ApiBase):
                                       f"use {tenancy.HASHING_ALGORITHM}")
                 password_hash = tenancy.decode_password_hash(bodies.text(body, "password_hash", ""))
             password = bodies.text(body, "password", "") if "password" in body else None
-            if password is None and password_hash is None and name not in self.broker.users.users:
-                raise bad_request("password or password_hash must be set")
             existed = name in self.broker.users.users
             tenancy.put_user(self.broker, name, password=password, password_hash=password_hash, tags=tags)
         except tenancy.TenancyError as exc:

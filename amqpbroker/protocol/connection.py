@@ -90,7 +90,7 @@ FRAME_LIMIT_BEFORE_TUNE = 8192  # RabbitMQ 4.1+ (3.x: 4096); larger start-oks ar
 
 # the handshake's answers are the same for every connection: encoded once
 @functools.lru_cache(maxsize=8)
-def _start_frame(cluster_name: str) -> bytes:
+def _start_frame(cluster_name: str, mechanisms: str) -> bytes:
     properties = {
         "capabilities": SERVER_CAPABILITIES,
         "cluster_name": cluster_name,
@@ -102,7 +102,7 @@ def _start_frame(cluster_name: str) -> bytes:
     }
     return encode_method(0, commands.Connection.Start(
         version_major=0, version_minor=9, server_properties=properties,
-        mechanisms="PLAIN AMQPLAIN", locales="en_US"))
+        mechanisms=mechanisms, locales="en_US"))
 
 
 @functools.lru_cache(maxsize=8)
@@ -136,8 +136,9 @@ class Connection:
 
     def __init__(self, handler: ConnectionHandler, *, channel_max: int = 2047,
                  frame_max: int = 131072, heartbeat: int = 60, cluster_name: str = "amqpbroker",
-                 max_message_size: int = MAX_MESSAGE_SIZE) -> None:
+                 max_message_size: int = MAX_MESSAGE_SIZE, mechanisms: str = "PLAIN AMQPLAIN") -> None:
         self.handler = handler
+        self.mechanisms = mechanisms  # offered in connection.start (EXTERNAL with a client certificate)
         self.max_message_size = max_message_size  # larger declared body sizes get 406
         self.state = State.AWAIT_HEADER
         self.out: list[bytes] = []
@@ -398,7 +399,7 @@ class Connection:
 
     def _send_start(self) -> None:
         self.state = State.AWAIT_START_OK
-        self.out.append(_start_frame(self.cluster_name))
+        self.out.append(_start_frame(self.cluster_name, self.mechanisms))
 
     def _handle_outside_open(self, frame_type: int, number: int, payload: bytes) -> None:
         try:

@@ -26,6 +26,7 @@ from amqpbroker.server.memory import resident_bytes, watermark_bytes
 from amqpbroker.store.base import StoreError
 from amqpbroker.store.rocks import RocksStore
 from amqpbroker.server.persistence import StoreWriter
+from amqpbroker.server.tls import TLSConfigError, server_context
 
 __all__ = ["serve", "run"]
 
@@ -120,6 +121,8 @@ def _listeners(config: Config) -> list[dict[str, Any]]:
     """What ``/api/overview`` lists as listeners."""
     entries = [("amqp", config.host, config.port), ("http", config.management_host, config.management_port),
                ("http/prometheus", config.prometheus_host, config.prometheus_port)]
+    if config.tls_certfile:
+        entries.insert(1, ("amqp/ssl", config.host, config.tls_port))
     return [{"node": NODE, "protocol": protocol, "ip_address": host or "::", "port": port}
             for protocol, host, port in entries if port]
 
@@ -176,6 +179,11 @@ GC_THRESHOLDS = (50_000, 20, 100)
 
 
 def run(config: Config) -> int:
+    try:
+        server_context(config)  # checked before anything starts: a bad TLS setting is one line
+    except TLSConfigError as exc:
+        log.error("%s; refusing to start", exc)
+        return 1
     gc.set_threshold(*GC_THRESHOLDS)
     gc.freeze()  # what the imports made lives for ever: never scan it again
     backend_options = {}

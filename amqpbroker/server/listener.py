@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import anyio
-from anyio.abc import SocketAttribute, SocketStream, TaskStatus
+from anyio.abc import SocketAttribute, TaskStatus
+from anyio.streams.tls import TLSListener
 
 from amqpbroker.broker.broker import Broker
 from amqpbroker.config import Config
-from amqpbroker.server.transport import serve_connection
+from amqpbroker.server.tls import server_context
+from amqpbroker.server.transport import HANDSHAKE_TIMEOUT, serve_connection
 
 __all__ = ["listen", "Connections"]
 
@@ -21,6 +24,7 @@ class Connections:
 
     def __init__(self, ports: list[int]) -> None:
         self.ports = ports
+        self.tls_ports: list[int] = []
         self.active = 0
         self._idle = anyio.Event()
         self._accepting = anyio.CancelScope()
@@ -39,27 +43,47 @@ class Connections:
             self._idle.set()
 
 
+class _AMQPSListener(TLSListener):
+    async def handle_handshake_error(self, exc: BaseException, stream: Any) -> None:
+        """A client that is not speaking TLS, or fails the handshake: one line, and its socket
+        closed (anyio logs a traceback for each)."""
+        await anyio.aclose_forcefully(stream)
+        if isinstance(exc, anyio.get_cancelled_exc_class()) or not isinstance(exc, Exception):
+            raise exc
+        log.warning("TLS handshake failed: %s", exc)
+
+
+async def _tcp_listener(host: str | None, port: int, what: str) -> tuple[Any, list[int]]:
+    listener = await anyio.create_tcp_listener(local_host=host, local_port=port, reuse_port=False)
+    addresses = [each.extra(SocketAttribute.local_address) for each in getattr(listener, "listeners", [listener])]
+    log.info("listening for %s on %s", what, ", ".join(f"[{a[0]}]:{a[1]}" if ":" in str(a[0])
+                                                       else f"{a[0]}:{a[1]}" for a in addresses))
+    return listener, sorted({address[1] for address in addresses})
+
+
 async def listen(config: Config, broker: Broker, *, task_status: TaskStatus[Connections]) -> None:
-    listener = await anyio.create_tcp_listener(local_host=config.host, local_port=config.port,
-                                               reuse_port=False)
-    addresses = []
-    for sock_listener in getattr(listener, "listeners", [listener]):
-        address = sock_listener.extra(SocketAttribute.local_address)
-        addresses.append(address)
-    ports = sorted({address[1] for address in addresses})
+    """AMQP on ``port`` and, when a certificate is configured, AMQPS on ``tls_port``."""
+    context = server_context(config)  # (a bad TLS setting stops start-up here)
+    listener, ports = await _tcp_listener(config.host, config.port, "AMQP")
+    listeners = [listener]
     connections = Connections(ports)
-    log.info("listening for AMQP on %s", ", ".join(f"[{a[0]}]:{a[1]}" if ":" in str(a[0])
-                                                    else f"{a[0]}:{a[1]}" for a in addresses))
+    if context is not None and config.tls_port:
+        tls_listener, connections.tls_ports = await _tcp_listener(config.host, config.tls_port, "AMQPS (TLS)")
+        listeners.append(_AMQPSListener(tls_listener, context, standard_compatible=False,
+                                        handshake_timeout=HANDSHAKE_TIMEOUT))
     task_status.started(connections)
 
-    async def handle(stream: SocketStream) -> None:
+    async def handle(stream: Any) -> None:
         connections.active += 1
         try:
-            await serve_connection(stream, broker)
+            await serve_connection(stream, broker, cert_login_from=config.tls_cert_login_from)
         finally:
             connections._closed_one()
 
     async with anyio.create_task_group() as group:
         with connections._accepting:
-            await listener.serve(handle, task_group=group)
-        await listener.aclose()
+            async with anyio.create_task_group() as serving:
+                for each in listeners:
+                    serving.start_soon(each.serve, handle, group)
+        for each in listeners:
+            await each.aclose()

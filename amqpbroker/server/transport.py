@@ -20,6 +20,7 @@ import anyio
 import anyio.lowlevel
 import anyio.abc
 from anyio.abc import SocketAttribute, SocketStream
+from anyio.streams.tls import TLSAttribute
 
 from amqpbroker.broker.auth import is_loopback_address
 from amqpbroker.broker.broker import Broker
@@ -28,6 +29,7 @@ from amqpbroker.broker.session import Session
 from amqpbroker.codec.frames import HEARTBEAT_FRAME
 from amqpbroker.errors import ReplyCode, log_internal_error
 from amqpbroker.protocol.connection import State
+from amqpbroker.server.tls import certificate_user
 
 __all__ = ["serve_connection", "HANDSHAKE_TIMEOUT", "CLOSE_TIMEOUT"]
 
@@ -51,7 +53,7 @@ def direct_transport(stream: object) -> asyncio.WriteTransport | None:
 
 
 class _Transport:
-    def __init__(self, stream: SocketStream, broker: Broker) -> None:
+    def __init__(self, stream: SocketStream, broker: Broker, cert_login_from: str = "common_name") -> None:
         self.stream = stream
         self.broker = broker
         remote = stream.extra(SocketAttribute.remote_address, ("?", 0))
@@ -59,7 +61,10 @@ class _Transport:
         self.peer = f"{host}:{remote[1]}" if isinstance(remote, tuple) else host
         local = stream.extra(SocketAttribute.local_address, ("?", 0))
         local_text = f"{local[0]}:{local[1]}" if isinstance(local, tuple) else str(local)
-        self.session = Session(broker, peer=self.peer, from_loopback=is_loopback_address(host))
+        tls = stream.extra(TLSAttribute.ssl_object, None) is not None
+        certificate = stream.extra(TLSAttribute.peer_certificate, None) if tls else None
+        self.session = Session(broker, peer=self.peer, from_loopback=is_loopback_address(host), tls=tls,
+                               certificate_user=certificate_user(certificate, cert_login_from))
         self.session.name = f"{self.peer} -> {local_text}"  # as RabbitMQ names connections
         self.session.wake = self.wake
         self.session.on_resume = self._on_resume
@@ -305,9 +310,9 @@ class _Transport:
         log.info("connection closed: %s (user %r)", self.peer, self.connection.user)
 
 
-async def serve_connection(stream: SocketStream, broker: Broker) -> None:
-    """Serve one accepted socket until either side closes it."""
-    transport = _Transport(stream, broker)
+async def serve_connection(stream: SocketStream, broker: Broker, *, cert_login_from: str = "common_name") -> None:
+    """Serve one accepted socket (TCP, or TLS after its handshake) until either side closes it."""
+    transport = _Transport(stream, broker, cert_login_from)
     log.info("accepting AMQP connection %s", transport.peer)
     try:
         await transport.run()
