@@ -59,6 +59,8 @@ class Config:
     tls_versions: str = "tlsv1.2,tlsv1.3"
     tls_ciphers: str = ""  # an OpenSSL cipher string for TLS 1.2 (empty: Python's defaults)
     tls_cert_login_from: str = "common_name"  # EXTERNAL logins: common_name or subject_alternative_name
+    management_tls: bool = False  # the management API over HTTPS (tls_certfile, tls_keyfile)
+    prometheus_tls: bool = False  # /metrics over HTTPS (tls_certfile, tls_keyfile)
 
     def loopback_user_names(self) -> tuple[str, ...]:
         value = self.loopback_users.strip()

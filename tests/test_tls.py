@@ -37,11 +37,11 @@ def tls_files(ca, tmp_path) -> dict[str, str]:
     return {key: str(value) for key, value in files.items()}
 
 
-def _tls_broker(start_broker, tls_files, **settings: str) -> tuple[BrokerProcess, int]:
+def _tls_broker(start_broker, tls_files, prometheus_port: int = 0, **settings: str) -> tuple[BrokerProcess, int]:
     tls_port = _free_port()
     env = {"AMQPBROKER_TLS_PORT": str(tls_port), "AMQPBROKER_TLS_CERTFILE": tls_files["cert"],
            "AMQPBROKER_TLS_KEYFILE": tls_files["key"], "AMQPBROKER_TLS_CAFILE": tls_files["ca"], **settings}
-    broker = start_broker(env=env, management_port=_free_port())
+    broker = start_broker(env=env, management_port=_free_port(), prometheus_port=prometheus_port)
     _wait_for_port(tls_port, broker.process, 10)
     return broker, tls_port
 
@@ -115,3 +115,19 @@ def test_a_bad_tls_setting_stops_start_up_with_one_clear_line(tmp_path, tls_file
     assert result.returncode != 0
     assert "tls_keyfile" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_management_api_and_metrics_over_https(start_broker, tls_files) -> None:
+    import urllib.request
+    metrics_port = _free_port()
+    broker, _ = _tls_broker(start_broker, tls_files, prometheus_port=metrics_port, AMQPBROKER_MANAGEMENT_TLS="true",
+                            AMQPBROKER_PROMETHEUS_TLS="true")
+    context = _client_context(tls_files, with_certificate=False)
+    request = urllib.request.Request(f"https://127.0.0.1:{broker.management_port}/api/overview")
+    request.add_header("Authorization", "Basic Z3Vlc3Q6Z3Vlc3Q=")
+    with urllib.request.urlopen(request, context=context, timeout=5) as response:
+        assert response.status == 200
+    with urllib.request.urlopen(f"https://127.0.0.1:{metrics_port}/metrics", context=context, timeout=5) as response:
+        assert b"rabbitmq_" in response.read()
+    with pytest.raises(Exception):  # plain HTTP on the HTTPS port
+        urllib.request.urlopen(f"http://127.0.0.1:{broker.management_port}/api/overview", timeout=5)

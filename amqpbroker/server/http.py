@@ -17,8 +17,9 @@ log = logging.getLogger("amqpbroker.http")
 
 
 async def serve_http(app: Any, host: str | None, port: int, stop: anyio.Event, done: anyio.Event,
-                     what: str) -> None:
-    """Serve ``app`` on ``host:port`` (every interface when ``host`` is None) until ``stop``;
+                     what: str, tls: tuple[str, str] | None = None) -> None:
+    """Serve ``app`` on ``host:port`` (every interface when ``host`` is None; HTTPS with ``tls``,
+    certificate and key files) until ``stop``;
     ``done`` is set once it has stopped. Stop it this way rather than by cancelling it: Hypercorn
     does not survive a cancellation during its graceful shutdown."""
     config = HypercornConfig()
@@ -26,6 +27,9 @@ async def serve_http(app: Any, host: str | None, port: int, stop: anyio.Event, d
     config.accesslog = None
     config.errorlog = logging.getLogger("amqpbroker.http.server")
     config.graceful_timeout = 1.0
+    if tls is not None:  # HTTPS with the broker's certificate and key
+        config.certfile, config.keyfile = tls
+        what = f"{what} (HTTPS)"
     log.info("listening for %s on %s", what, config.bind[0])
     try:
         await serve(app, config, shutdown_trigger=stop.wait, mode="asgi")

@@ -81,16 +81,17 @@ async def _serve(config: Config, broker: Broker, writer: StoreWriter, task_statu
     http_apps = []
     if config.prometheus_port:
         http_apps.append((prometheus_app(broker, writer), config.prometheus_host, config.prometheus_port,
-                          "Prometheus metrics"))
+                          "Prometheus metrics", _https(config, config.prometheus_tls)))
     if config.management_port:
         listeners = _listeners(config)
         http_apps.append((management_app(broker, listeners, watermark_bytes(config.memory_high_watermark),
                                          allowed_hosts=config.management_allowed_hosts),
-                          config.management_host, config.management_port, "the management API"))
+                          config.management_host, config.management_port, "the management API",
+                          _https(config, config.management_tls)))
     http_done = [anyio.Event() for _ in http_apps]
     async with anyio.create_task_group() as group:
-        for (app, host, port, what), done in zip(http_apps, http_done):
-            group.start_soon(serve_http, app, host, port, http_stop, done, what)
+        for (app, host, port, what, tls), done in zip(http_apps, http_done):
+            group.start_soon(serve_http, app, host, port, http_stop, done, what, tls)
         group.start_soon(writer.run)
         group.start_soon(writer.run_pages)
         group.start_soon(writer.run_retries)
@@ -117,10 +118,16 @@ async def _serve(config: Config, broker: Broker, writer: StoreWriter, task_statu
     log.info("stopped")
 
 
+def _https(config: Config, wanted: bool) -> tuple[str, str] | None:
+    return (config.tls_certfile, config.tls_keyfile) if wanted else None
+
+
 def _listeners(config: Config) -> list[dict[str, Any]]:
     """What ``/api/overview`` lists as listeners."""
-    entries = [("amqp", config.host, config.port), ("http", config.management_host, config.management_port),
-               ("http/prometheus", config.prometheus_host, config.prometheus_port)]
+    entries = [("amqp", config.host, config.port),
+               ("https" if config.management_tls else "http", config.management_host, config.management_port),
+               ("https/prometheus" if config.prometheus_tls else "http/prometheus", config.prometheus_host,
+                config.prometheus_port)]
     if config.tls_certfile:
         entries.insert(1, ("amqp/ssl", config.host, config.tls_port))
     return [{"node": NODE, "protocol": protocol, "ip_address": host or "::", "port": port}
@@ -181,6 +188,8 @@ GC_THRESHOLDS = (50_000, 20, 100)
 def run(config: Config) -> int:
     try:
         server_context(config)  # checked before anything starts: a bad TLS setting is one line
+        if (config.management_tls or config.prometheus_tls) and not (config.tls_certfile and config.tls_keyfile):
+            raise TLSConfigError("management_tls / prometheus_tls need tls_certfile and tls_keyfile")
     except TLSConfigError as exc:
         log.error("%s; refusing to start", exc)
         return 1
