@@ -34,6 +34,8 @@ class Config:
     queue_max_per_vhost: int = 0  # (0: no limit)
     default_user: str = "guest"
     default_password: str = "guest"
+    default_vhost: str = "/"  # the vhost made on the first start (the default user may use it)
+    load_definitions: str = ""  # a definitions file (RabbitMQ's JSON) imported at every start
     # who may log in from loopback addresses only: user names, comma-separated ("none" or
     # "false": nobody; "true": the default user), as RabbitMQ's loopback_users (default guest)
     loopback_users: str = "guest"
@@ -98,6 +100,8 @@ def load_config(file: str | None = None, env: dict[str, str] | None = None, **fl
                     raise ValueError(f"{file}: unknown setting {key!r}")
                 values[key] = _coerce(key, value)
     env = os.environ if env is None else env
+    if "AMQPBROKER_DEFAULT_PASS" in env and "AMQPBROKER_DEFAULT_PASSWORD" not in env:
+        values["default_password"] = env["AMQPBROKER_DEFAULT_PASS"]  # as RabbitMQ's image: RABBITMQ_DEFAULT_PASS
     for name in _FIELDS:
         raw = env.get(f"AMQPBROKER_{name.upper()}")
         if raw is not None:

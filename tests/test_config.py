@@ -57,3 +57,9 @@ def test_loopback_users_is_a_list_of_names_as_rabbitmq_s() -> None:
     assert load_config(env={"AMQPBROKER_LOOPBACK_USERS": "none"}).loopback_user_names() == ()
     assert load_config(env={"AMQPBROKER_LOOPBACK_USERS": "true", "AMQPBROKER_DEFAULT_USER": "admin"}
                        ).loopback_user_names() == ("admin",)
+
+
+def test_the_docker_image_s_default_user_variables_are_rabbitmq_s() -> None:
+    config = load_config(env={"AMQPBROKER_DEFAULT_USER": "admin", "AMQPBROKER_DEFAULT_PASS": "s3cret",
+                              "AMQPBROKER_DEFAULT_VHOST": "prod"})
+    assert (config.default_user, config.default_password, config.default_vhost) == ("admin", "s3cret", "prod")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pika
@@ -225,3 +227,32 @@ def test_limits_are_set_listed_kept_across_kill_9_and_exported(managed, start_br
     assert call(managed, "DELETE", "/api/vhost-limits/limited/max-queues")[0] == 204
     assert call(managed, "DELETE", "/api/vhost-limits/limited/max-queues")[0] == 404
     assert call(managed, "GET", "/api/vhost-limits")[1] == []
+
+
+def test_load_definitions_at_start_imports_rabbitmq_s_file_every_start(start_broker) -> None:
+    broker = start_broker(management_port=_free_port(),
+                          env={"AMQPBROKER_LOAD_DEFINITIONS": str(DATA / "rabbitmq-3.10.8-definitions.json")})
+    assert call(broker, "GET", "/api/whoami", user="moved-user", password="moved-pw")[0] == 200
+    broker.restart()  # imported again: idempotent
+    assert [queue["name"] for queue in call(broker, "GET", "/api/queues/exported")[1]] == ["mv.q"]
+
+
+def test_a_bad_definitions_file_stops_start_up_naming_the_entry(tmp_path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"permissions": [{"user": "nobody", "vhost": "/", "configure": "", "write": "",
+                                                "read": ""}]}))
+    result = subprocess.run([sys.executable, "-m", "amqpbroker", "--host", "127.0.0.1", "--port", str(_free_port()),
+                             "--data-dir", str(tmp_path / "d"), "--management-port", "0", "--prometheus-port", "0"],
+                            env={"AMQPBROKER_LOAD_DEFINITIONS": str(bad), "PATH": "/usr/bin:/bin"},
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert "cannot load definitions" in result.stderr and "nobody" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_default_vhost_is_configurable(start_broker) -> None:
+    broker = start_broker(management_port=_free_port(), env={"AMQPBROKER_DEFAULT_VHOST": "prod"})
+    with _connect(broker, "guest", "guest", "prod") as connection:
+        connection.channel()
+    with pytest.raises(pika.exceptions.ProbableAccessDeniedError):
+        _connect(broker, "guest", "guest", "/")

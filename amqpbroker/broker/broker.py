@@ -83,12 +83,13 @@ class MessageTotals:
 class Broker:
     def __init__(self, limits: Limits = Limits(), *, default_user: str = "guest",
                  default_password: str = "guest", loopback_users: tuple[str, ...] = ("guest",),
+                 default_vhost: str = "/",
                  paging_window: tuple[int, int] = (0, 0)) -> None:
         self.limits = limits
         self.users = UserDatabase()
         # users who may log in from loopback addresses only (RabbitMQ's loopback_users)
         self.users.loopback_users.update(loopback_users)
-        self.users.add(default_user, default_password, tags=("administrator",))
+        self.users.add(default_user, default_password, tags=("administrator",), vhosts=(default_vhost,))
         self.vhosts: dict[str, VirtualHost] = {}
         self.sessions: set[Session] = set()
         self.output_pending: list[Session] = []
@@ -100,7 +101,7 @@ class Broker:
         # (time, MessageTotals.including()) once a second: the overview's message rates
         self.total_samples: deque[tuple[float, dict[str, int]]] = deque(maxlen=RATE_SAMPLES + 1)
         self.journal = Journal(window_messages=paging_window[0], window_bytes=paging_window[1])
-        self.add_vhost("/").description = "Default virtual host"
+        self.add_vhost(default_vhost).description = "Default virtual host"
 
     def add_vhost(self, name: str) -> VirtualHost:
         vhost = VirtualHost(name, journal=self.journal, mark_dirty=self._dirty.add,

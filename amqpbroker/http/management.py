@@ -27,8 +27,6 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from amqpbroker import __version__
-from amqpbroker.broker import tenancy
 from amqpbroker.broker.broker import Broker
 from amqpbroker.broker.message import Message
 from amqpbroker.broker.publishing import message_ttl
@@ -36,6 +34,7 @@ from amqpbroker.codec.content import encode_content_header
 from amqpbroker.codec.methods import shortstr
 from amqpbroker.errors import AMQPError, ReplyCode, access_refused, precondition_failed
 from amqpbroker.http import bodies, views
+from amqpbroker.http.definitions import declare_exchange, declare_queue, export_definitions, import_definitions
 from amqpbroker.http.admin import AdminApi, LimitsApi, admin_routes, by_method
 from amqpbroker.http.errors import HTTPError, bad_request, not_found, refused
 from amqpbroker.http.guard import RequestGuard
@@ -185,7 +184,7 @@ class _Api(ApiBase):
             _require_admin(user)
             body = await bodies.json_object(request)
             existed = name in vhost.queues
-            _declare_queue(vhost, name, body)
+            declare_queue(vhost, name, body)
             return Response(status_code=204 if existed else 201)
         queue = vhost.queues.get(name)
         if queue is None:
@@ -251,7 +250,7 @@ class _Api(ApiBase):
             _require_admin(user)
             body = await bodies.json_object(request)
             existed = name in vhost.exchanges
-            _declare_exchange(vhost, name, body)
+            declare_exchange(vhost, name, body)
             return Response(status_code=204 if existed else 201)
         exchange = vhost.exchanges.get(name)
         if exchange is None:
@@ -353,58 +352,9 @@ class _Api(ApiBase):
     @handler(admin=True)
     async def definitions(self, request: Request, user: Any) -> Any:
         if request.method == "POST":
-            self._import(await bodies.json_object(request))
+            import_definitions(self.broker, await bodies.json_object(request))
             return Response(status_code=204)
-        queues, exchanges = [], []
-        for vhost in self.broker.vhosts.values():
-            for queue in vhost.queues.values():
-                if queue.durable and not queue.exclusive:
-                    view = views.queue_view(vhost.name, queue)
-                    queues.append({key: view[key] for key in ("name", "vhost", "durable", "auto_delete", "arguments")})
-            for exchange in vhost.exchanges.values():
-                if exchange.name and not exchange.name.startswith("amq."):
-                    view = views.exchange_view(vhost.name, exchange)
-                    exchanges.append({key: view[key] for key in ("name", "vhost", "type", "durable", "auto_delete",
-                                                                 "internal", "arguments")})
-        bindings = [{key: view[key] for key in ("source", "vhost", "destination", "destination_type",
-                                                 "routing_key", "arguments")}
-                    for view in views.binding_views(self.broker) if view["source"]]
-        return {"rabbit_version": __version__, "product_name": "amqpbroker",
-                "users": [{**views.user_view(each), "tags": ",".join(each.tags)}
-                          for each in self.broker.users.users.values()],
-                "vhosts": [{"name": name, "description": vhost.description, "tags": list(vhost.tags)}
-                           for name, vhost in self.broker.vhosts.items()],
-                "parameters": [{"value": dict(vhost.limits), "vhost": name, "component": "vhost-limits",
-                                "name": "limits"} for name, vhost in self.broker.vhosts.items() if vhost.limits],
-                "topic_permissions": views.topic_permission_views(self.broker.users),
-                "permissions": views.permission_views(self.broker.users),
-                "policies": [], "queues": queues, "exchanges": exchanges, "bindings": bindings}
-
-    def _import(self, definitions: dict[str, Any]) -> None:
-        """Users, vhosts, permissions, topic permissions, then exchanges, queues and bindings."""
-        try:
-            tenancy.import_definitions(self.broker, definitions)
-        except tenancy.TenancyError as exc:
-            raise bad_request(exc.reason) from None
-        for item in _entries(definitions, "exchanges"):
-            _declare_exchange(self._vhost_named(item), bodies.text(item, "name", None), item)
-        for item in _entries(definitions, "queues"):
-            _declare_queue(self._vhost_named(item), bodies.text(item, "name", None), item)
-        for item in _entries(definitions, "bindings"):
-            vhost = self._vhost_named(item)
-            source, destination = bodies.text(item, "source", None), bodies.text(item, "destination", None)
-            key, arguments = bodies.text(item, "routing_key", ""), bodies.arguments(item)
-            if bodies.choice(item, "destination_type", "queue", ("queue", "exchange")) == "queue":
-                vhost.bind_queue(destination, source, key, arguments, owner=None)
-            else:
-                vhost.bind_exchange(destination, source, key, arguments)
-
-    def _vhost_named(self, item: dict[str, Any]) -> Any:
-        name = bodies.text(item, "vhost", "/")
-        vhost = self.broker.vhosts.get(name)
-        if vhost is None:
-            raise HTTPError(400, "bad_request", f"vhost '{name}' does not exist")
-        return vhost
+        return export_definitions(self.broker)
 
     @handler()
     async def alarms(self, request: Request, user: Any) -> Any:
@@ -430,30 +380,6 @@ class _Api(ApiBase):
             return JSONResponse({"status": "failed", "reason": "the test message did not come back"}, 503)
         queue.discard(entry)
         return {"status": "ok"}
-
-
-# ------------------------------------------------------------------ declares from JSON
-
-def _entries(definitions: dict[str, Any], key: str) -> list[dict[str, Any]]:
-    entries = definitions.get(key) or []
-    if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
-        raise bad_request(f"{key} must be a list of objects")
-    return entries
-
-
-def _declare_queue(vhost: Any, name: str, body: dict[str, Any]) -> None:
-    """A queue as a PUT body or a definitions entry describes it (durable unless it says not)."""
-    vhost.declare_queue(bodies.name_of("queue", name), passive=False, durable=bodies.flag(body, "durable", True),
-                        exclusive=False, auto_delete=bodies.flag(body, "auto_delete", False),
-                        arguments=bodies.arguments(body), owner=None)
-
-
-def _declare_exchange(vhost: Any, name: str, body: dict[str, Any]) -> None:
-    vhost.declare_exchange(bodies.name_of("exchange", name), bodies.text(body, "type", "direct"), passive=False,
-                           durable=bodies.flag(body, "durable", True),
-                           auto_delete=bodies.flag(body, "auto_delete", False),
-                           internal=bodies.flag(body, "internal", False),
-                           arguments=bodies.arguments(body))
 
 
 # ------------------------------------------------------------------ /get and /publish

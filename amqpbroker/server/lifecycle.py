@@ -4,6 +4,7 @@ CONNECTION_FORCED, give them ``shutdown_timeout`` seconds to go, then stop."""
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
 import signal
@@ -16,7 +17,9 @@ from anyio.abc import TaskStatus
 from amqpbroker.broker.broker import Broker, Limits
 from amqpbroker.broker.recovery import restore
 from amqpbroker.config import Config
-from amqpbroker.errors import ReplyCode, log_internal_error
+from amqpbroker.errors import AMQPError, ReplyCode, log_internal_error
+from amqpbroker.http.definitions import import_definitions
+from amqpbroker.http.errors import HTTPError
 from amqpbroker.http.management import management_app
 from amqpbroker.http.prometheus import prometheus_app
 from amqpbroker.http.views import NODE
@@ -43,7 +46,7 @@ def build_broker(config: Config) -> Broker:
                          consumer_max_per_channel=config.consumer_max_per_channel,
                          queue_max_per_vhost=config.queue_max_per_vhost),
                   default_user=config.default_user, default_password=config.default_password,
-                  loopback_users=config.loopback_user_names(),
+                  loopback_users=config.loopback_user_names(), default_vhost=config.default_vhost,
                   paging_window=(config.queue_window_messages, config.queue_window_bytes))
 
 
@@ -68,6 +71,8 @@ async def serve(config: Config, *, task_status: TaskStatus[Any] = anyio.TASK_STA
     store = open_store(config, broker)
     writer = StoreWriter(store, broker)
     try:
+        if config.load_definitions:
+            load_definitions(config.load_definitions, broker)
         await _serve(config, broker, writer, task_status)
     finally:
         with anyio.CancelScope(shield=True):
@@ -116,6 +121,29 @@ async def _serve(config: Config, broker: Broker, writer: StoreWriter, task_statu
                 await done.wait()
         group.cancel_scope.cancel()
     log.info("stopped")
+
+
+class DefinitionsError(Exception):
+    """The load_definitions file cannot be read or applied: start-up stops, naming the entry."""
+
+
+def load_definitions(path: str, broker: Broker) -> None:
+    """Import a definitions file at start-up (idempotent: every start imports it again, as
+    RabbitMQ's load_definitions); what it changed is journaled like any API change."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            definitions = json.load(file)
+        if not isinstance(definitions, dict):
+            raise ValueError("not a JSON object")
+        import_definitions(broker, definitions)
+    except (OSError, ValueError) as exc:
+        raise DefinitionsError(f"cannot load definitions from {path}: {exc}") from None
+    except HTTPError as exc:
+        raise DefinitionsError(f"cannot load definitions from {path}: {exc.reason}") from None
+    except AMQPError as exc:
+        raise DefinitionsError(f"cannot load definitions from {path}: {exc.reply_text}") from None
+    broker.run_pending()
+    log.info("loaded definitions from %s", path)
 
 
 def _https(config: Config, wanted: bool) -> tuple[str, str] | None:
@@ -205,7 +233,7 @@ def run(config: Config) -> int:
         anyio.run(serve, config, backend="asyncio", backend_options=backend_options)
     except KeyboardInterrupt:
         pass
-    except StoreError as exc:
+    except (StoreError, DefinitionsError) as exc:
         log.error("%s; refusing to start", exc)
         return 1
     return 0

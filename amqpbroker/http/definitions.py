@@ -1,0 +1,96 @@
+"""Definitions in RabbitMQ's JSON: export everything durable, import a file (the API's
+``/api/definitions`` and ``load_definitions`` at start-up alike).
+
+Import order is RabbitMQ's: users, vhosts, permissions, topic permissions, vhost limits
+(:func:`amqpbroker.broker.tenancy.import_definitions`), then exchanges, queues and bindings, each
+through the checks an AMQP client's declare takes. Importing is idempotent; the first bad entry
+raises (an ``HTTPError`` 400 naming it, or the AMQP error its declare got), and what came before it
+stays applied, as with RabbitMQ.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from amqpbroker import __version__
+from amqpbroker.broker import tenancy
+from amqpbroker.broker.broker import Broker
+from amqpbroker.http import bodies, views
+from amqpbroker.http.errors import HTTPError, bad_request
+
+__all__ = ["export_definitions", "import_definitions", "declare_queue", "declare_exchange"]
+
+
+def export_definitions(broker: Broker) -> dict[str, Any]:
+    queues, exchanges = [], []
+    for vhost in broker.vhosts.values():
+        for queue in vhost.queues.values():
+            if queue.durable and not queue.exclusive:
+                view = views.queue_view(vhost.name, queue)
+                queues.append({key: view[key] for key in ("name", "vhost", "durable", "auto_delete", "arguments")})
+        for exchange in vhost.exchanges.values():
+            if exchange.name and not exchange.name.startswith("amq."):
+                view = views.exchange_view(vhost.name, exchange)
+                exchanges.append({key: view[key] for key in ("name", "vhost", "type", "durable", "auto_delete",
+                                                             "internal", "arguments")})
+    bindings = [{key: view[key] for key in ("source", "vhost", "destination", "destination_type",
+                                             "routing_key", "arguments")}
+                for view in views.binding_views(broker) if view["source"]]
+    return {"rabbit_version": __version__, "product_name": "amqpbroker",
+            "users": [{**views.user_view(each), "tags": ",".join(each.tags)} for each in broker.users.users.values()],
+            "vhosts": [{"name": name, "description": vhost.description, "tags": list(vhost.tags)}
+                       for name, vhost in broker.vhosts.items()],
+            "parameters": [{"value": dict(vhost.limits), "vhost": name, "component": "vhost-limits",
+                            "name": "limits"} for name, vhost in broker.vhosts.items() if vhost.limits],
+            "topic_permissions": views.topic_permission_views(broker.users),
+            "permissions": views.permission_views(broker.users),
+            "policies": [], "queues": queues, "exchanges": exchanges, "bindings": bindings}
+
+
+def import_definitions(broker: Broker, definitions: dict[str, Any]) -> None:
+    try:
+        tenancy.import_definitions(broker, definitions)
+    except tenancy.TenancyError as exc:
+        raise bad_request(exc.reason) from None
+    for item in _entries(definitions, "exchanges"):
+        declare_exchange(_vhost_named(broker, item), bodies.text(item, "name", None), item)
+    for item in _entries(definitions, "queues"):
+        declare_queue(_vhost_named(broker, item), bodies.text(item, "name", None), item)
+    for item in _entries(definitions, "bindings"):
+        vhost = _vhost_named(broker, item)
+        source, destination = bodies.text(item, "source", None), bodies.text(item, "destination", None)
+        key, arguments = bodies.text(item, "routing_key", ""), bodies.arguments(item)
+        if bodies.choice(item, "destination_type", "queue", ("queue", "exchange")) == "queue":
+            vhost.bind_queue(destination, source, key, arguments, owner=None)
+        else:
+            vhost.bind_exchange(destination, source, key, arguments)
+
+
+def _vhost_named(broker: Broker, item: dict[str, Any]) -> Any:
+    name = bodies.text(item, "vhost", "/")
+    vhost = broker.vhosts.get(name)
+    if vhost is None:
+        raise HTTPError(400, "bad_request", f"vhost '{name}' does not exist")
+    return vhost
+
+
+def _entries(definitions: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    entries = definitions.get(key) or []
+    if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
+        raise bad_request(f"{key} must be a list of objects")
+    return entries
+
+
+def declare_queue(vhost: Any, name: str, body: dict[str, Any]) -> None:
+    """A queue as a PUT body or a definitions entry describes it (durable unless it says not)."""
+    vhost.declare_queue(bodies.name_of("queue", name), passive=False, durable=bodies.flag(body, "durable", True),
+                        exclusive=False, auto_delete=bodies.flag(body, "auto_delete", False),
+                        arguments=bodies.arguments(body), owner=None)
+
+
+def declare_exchange(vhost: Any, name: str, body: dict[str, Any]) -> None:
+    vhost.declare_exchange(bodies.name_of("exchange", name), bodies.text(body, "type", "direct"), passive=False,
+                           durable=bodies.flag(body, "durable", True),
+                           auto_delete=bodies.flag(body, "auto_delete", False),
+                           internal=bodies.flag(body, "internal", False),
+                           arguments=bodies.arguments(body))
