@@ -233,3 +233,28 @@ def test_user_limits_refuse_connections_and_channels(amqp_url, admin, tenant) ->
             connection.channel()
         assert closed.value.reply_code == 530
         assert "maximum allowed user limit of (2)" in closed.value.reply_text
+
+
+def test_a_management_user_sees_its_vhosts_and_changes_what_its_permissions_allow(management_url, admin, tenant,
+                                                                                unique) -> None:
+    """Over the HTTP API, as over AMQP: RabbitMQ checks the API user's permissions, and a user
+    tagged management sees only the vhosts it has a permission on."""
+    assert admin.call("PUT", f"/api/users/{tenant['user']}", {"password": tenant["password"],
+                                                              "tags": "management"}) == 204
+    _permit(admin, tenant, configure=f"^{unique}-mine", write=".*", read=".*")
+    hidden = tenant["vhost"]
+    assert admin.call("PUT", f"/api/vhosts/{quote(hidden, safe='')}", {}) in (201, 204)
+    assert admin.call("PUT", f"/api/queues/{quote(hidden, safe='')}/{unique}-hq", {}) in (201, 204)
+    parsed = urlsplit(management_url)
+    own = Admin(f"http://{tenant['user']}:{tenant['password']}@{parsed.hostname}:{parsed.port}")
+    try:
+        assert own.call("PUT", f"/api/queues/%2F/{unique}-other", {}) == 401
+        assert own.call("PUT", f"/api/queues/%2F/{unique}-mine", {}) in (201, 204)
+        assert own.call("GET", f"/api/queues/{quote(hidden, safe='')}/{unique}-hq") == 401
+        request = urllib.request.Request(own.base + "/api/vhosts")
+        request.add_header("Authorization", own.auth)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert [vhost["name"] for vhost in json.loads(response.read())] == ["/"]
+        assert own.call("DELETE", f"/api/queues/%2F/{unique}-mine") == 204
+    finally:
+        admin.call("DELETE", f"/api/queues/%2F/{unique}-mine")

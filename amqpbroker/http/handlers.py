@@ -35,6 +35,7 @@ log = logging.getLogger("amqpbroker.http")
 
 ADMIN = "administrator"
 MONITORING_TAGS = {"administrator", "monitoring", "management", "policymaker"}
+SEES_ALL_TAGS = {"administrator", "monitoring"}
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -47,6 +48,7 @@ def handler(*, admin: bool = False) -> Callable[[Callable[..., Any]], Handler]:
                 self.guard.check_request(request)
                 self.guard.check_body(request)
                 user = self._login(request)
+                request.state.user = user  # (what it may see: _vhost, _vhosts, _permit)
                 if admin and ADMIN not in user.tags:
                     raise HTTPError(401, "not_authorised", "Not administrator user")
                 result = await method(self, request, user)
@@ -113,14 +115,34 @@ class ApiBase:
             raise HTTPError(401, "not_authorised", "Not management user")
         return user
 
+    def _sees_all(self, request: Request) -> bool:
+        """Administrators and monitoring users see every vhost and connection; management and
+        policymaker users only the vhosts they have a permission on, and their own connections."""
+        return bool(SEES_ALL_TAGS & set(request.state.user.tags))
+
+    def _may_see(self, request: Request, vhost_name: str) -> bool:
+        return self._sees_all(request) or (request.state.user.name, vhost_name) in self.broker.users.permissions
+
     def _vhost(self, request: Request) -> Any:
         vhost = self.broker.vhosts.get(unquote(request.path_params["vhost"]))
         if vhost is None:
             raise not_found()
+        if not self._may_see(request, vhost.name):
+            raise HTTPError(401, "not_authorised", "User not authorised to access virtual host")
         return vhost
 
     def _vhosts(self, request: Request) -> list[Any]:
-        return [self._vhost(request)] if "vhost" in request.path_params else list(self.broker.vhosts.values())
+        if "vhost" in request.path_params:
+            return [self._vhost(request)]
+        return [vhost for vhost in self.broker.vhosts.values() if self._may_see(request, vhost.name)]
+
+    def _permit(self, request: Request, vhost: Any, action: str, kind: str, name: str) -> None:
+        """The API user's permission, as an AMQP client's (RabbitMQ checks it for every user,
+        administrators included)."""
+        try:
+            self.broker.users.access(request.state.user.name, vhost.name).check(action, kind, name)
+        except AMQPError:
+            raise HTTPError(401, "not_authorised", "Access refused.") from None
 
     @staticmethod
     def _name(request: Request, key: str = "name") -> str:

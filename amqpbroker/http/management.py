@@ -38,6 +38,7 @@ from amqpbroker.http.definitions import declare_exchange, declare_queue, export_
 from amqpbroker.http.admin import AdminApi, LimitsApi, admin_routes, by_method
 from amqpbroker.http.errors import HTTPError, bad_request, not_found, refused
 from amqpbroker.http.guard import RequestGuard
+from amqpbroker.broker.access import CONFIGURE, READ, WRITE
 from amqpbroker.http.handlers import ADMIN, ApiBase, handler
 from amqpbroker.server.memory import resident_bytes
 
@@ -138,7 +139,7 @@ class _Api(ApiBase):
 
     @handler()
     async def vhosts(self, request: Request, user: Any) -> Any:
-        return [views.vhost_view(self.broker, name) for name in self.broker.vhosts]
+        return [views.vhost_view(self.broker, vhost.name) for vhost in self._vhosts(request)]
 
     @handler()
     async def vhost(self, request: Request, user: Any) -> Any:
@@ -181,7 +182,7 @@ class _Api(ApiBase):
     async def queue(self, request: Request, user: Any) -> Any:
         vhost, name = self._vhost(request), self._name(request)
         if request.method == "PUT":
-            _require_admin(user)
+            self._permit(request, vhost, CONFIGURE, "queue", name)
             body = await bodies.json_object(request)
             existed = name in vhost.queues
             declare_queue(vhost, name, body)
@@ -190,22 +191,24 @@ class _Api(ApiBase):
         if queue is None:
             raise not_found()
         if request.method == "DELETE":  # another connection's exclusive queue is refused, as in RabbitMQ
-            _require_admin(user)
+            self._permit(request, vhost, CONFIGURE, "queue", name)
             vhost.delete_queue(name, if_unused=request.query_params.get("if-unused") == "true",
                                if_empty=request.query_params.get("if-empty") == "true", owner=None)
             return Response(status_code=204)
         return views.queue_view(vhost.name, queue)
 
-    @handler(admin=True)
+    @handler()
     async def purge(self, request: Request, user: Any) -> Any:
         vhost, queue = self._queue(request)
+        self._permit(request, vhost, READ, "queue", queue.name)
         vhost.purge_queue(queue.name, owner=None)  # refuses another connection's exclusive queue
         return Response(status_code=204)
 
-    @handler(admin=True)
+    @handler()
     async def get_messages(self, request: Request, user: Any) -> Any:
         """``POST .../get``: take up to ``count`` messages, then requeue or drop them (``ackmode``)."""
         vhost, queue = self._queue(request)
+        self._permit(request, vhost, READ, "queue", queue.name)
         body = await bodies.json_object(request)
         count = min(bodies.integer(body, "count", 1, low=None), GET_LIMIT)
         ackmode = bodies.choice(body, "ackmode", "ack_requeue_true", _ACKMODES)
@@ -247,7 +250,7 @@ class _Api(ApiBase):
     async def exchange(self, request: Request, user: Any) -> Any:
         vhost, name = self._vhost(request), self._exchange_name(request)
         if request.method == "PUT":
-            _require_admin(user)
+            self._permit(request, vhost, CONFIGURE, "exchange", name)
             body = await bodies.json_object(request)
             existed = name in vhost.exchanges
             declare_exchange(vhost, name, body)
@@ -256,15 +259,16 @@ class _Api(ApiBase):
         if exchange is None:
             raise not_found()
         if request.method == "DELETE":
-            _require_admin(user)
+            self._permit(request, vhost, CONFIGURE, "exchange", name)
             vhost.delete_exchange(name, if_unused=request.query_params.get("if-unused") == "true")
             return Response(status_code=204)
         return views.exchange_view(vhost.name, exchange)
 
-    @handler(admin=True)
+    @handler()
     async def publish(self, request: Request, user: Any) -> Any:
         """``POST .../publish``: one message, refused where RabbitMQ's channel would refuse it."""
         vhost, name = self._vhost(request), self._exchange_name(request)
+        self._permit(request, vhost, WRITE, "exchange", name)
         exchange = vhost.exchanges.get(name)
         if exchange is None:
             raise not_found()
@@ -295,7 +299,8 @@ class _Api(ApiBase):
 
     @handler()
     async def bindings(self, request: Request, user: Any) -> Any:
-        return views.binding_views(self.broker, self._vhost(request).name if "vhost" in request.path_params else None)
+        visible = {vhost.name for vhost in self._vhosts(request)}
+        return [view for view in views.binding_views(self.broker) if view["vhost"] in visible]
 
     @handler()
     async def bind(self, request: Request, user: Any) -> Any:
@@ -305,7 +310,8 @@ class _Api(ApiBase):
         if kind not in ("q", "e"):
             raise not_found()
         if request.method == "POST":
-            _require_admin(user)
+            self._permit(request, vhost, WRITE, "queue" if kind == "q" else "exchange", destination)
+            self._permit(request, vhost, READ, "exchange", source)
             body = await bodies.json_object(request)
             key, arguments = bodies.text(body, "routing_key", ""), bodies.arguments(body)
             if kind == "q":
@@ -322,30 +328,37 @@ class _Api(ApiBase):
 
     @handler()
     async def connections(self, request: Request, user: Any) -> Any:
-        return [views.connection_view(session) for session in self.broker.sessions]
+        return [views.connection_view(session) for session in self._sessions(request)]
 
     @handler()
     async def connection(self, request: Request, user: Any) -> Any:
         name = self._name(request)
-        session = next((each for each in self.broker.sessions if each.name == name), None)
+        session = next((each for each in self._sessions(request) if each.name == name), None)
         if session is None:
             raise not_found()
         if request.method == "DELETE":
-            _require_admin(user)
+            if session.user != user.name:  # one's own connection, or any for an administrator
+                _require_admin(user)
             reason = request.headers.get("x-reason", "Closed via management plugin")
             session.close(ReplyCode.CONNECTION_FORCED, f"CONNECTION_FORCED - {reason}")
             return Response(status_code=204)
         return views.connection_view(session)
 
+    def _sessions(self, request: Request) -> list[Any]:
+        """The connections this user may see: all of them, or its own."""
+        if self._sees_all(request):
+            return list(self.broker.sessions)
+        return [session for session in self.broker.sessions if session.user == request.state.user.name]
+
     @handler()
     async def channels(self, request: Request, user: Any) -> Any:
-        return views.channel_views(self.broker)
+        names = {session.name for session in self._sessions(request)}
+        return [view for view in views.channel_views(self.broker) if view["connection_details"]["name"] in names]
 
     @handler()
     async def consumers(self, request: Request, user: Any) -> Any:
-        vhost = self._vhost(request).name if "vhost" in request.path_params else None
-        return [view for view in views.consumer_views(self.broker)
-                if vhost is None or view["queue"]["vhost"] == vhost]
+        visible = {vhost.name for vhost in self._vhosts(request)}
+        return [view for view in views.consumer_views(self.broker) if view["queue"]["vhost"] in visible]
 
     # ------------------------------------------------------------ definitions and health
 
