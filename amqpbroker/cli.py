@@ -17,7 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="amqpbroker",
         description="A RabbitMQ-compatible AMQP 0-9-1 message broker. Settings come from defaults, "
                     "then --config FILE (TOML), then AMQPBROKER_* environment variables, then flags. "
-                    "'amqpbroker diagnostics ping' checks a running broker.")
+                    "'amqpbroker diagnostics ping' checks a running broker; 'amqpbroker ctl COMMAND' "
+                    "manages one (rabbitmqctl's commands, see 'amqpbroker ctl --help').")
     parser.add_argument("--version", action="version", version=f"amqpbroker {__version__}")
     parser.add_argument("--config", metavar="FILE", help="a TOML file with any of the settings below")
     parser.add_argument("--host", help="address to listen on (env AMQPBROKER_HOST; default: every "
@@ -61,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["diagnostics"]:
         return diagnostics(argv[1:])
+    if argv[:1] == ["ctl"]:  # rabbitmqctl's commands, through the management API
+        from amqpbroker.ctl import main as ctl_main
+        return ctl_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         config = load_config(args.config, host=args.host, port=args.port, data_dir=args.data_dir,

@@ -1,0 +1,75 @@
+"""``amqpbroker ctl`` against a running broker: rabbitmqctl's commands, columns, formats, exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pika
+import pytest
+
+from amqpbroker.testing import _free_port
+from tests.broker_process import BrokerProcess
+from tests.test_management import call
+
+
+@pytest.fixture
+def managed(start_broker) -> BrokerProcess:
+    return start_broker(management_port=_free_port())
+
+
+def ctl(broker: BrokerProcess, *args: str, user: str = "guest", password: str = "guest") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "amqpbroker", "ctl", "--url",
+                           f"http://127.0.0.1:{broker.management_port}", "-u", user, "--password", password, *args],
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_users_vhosts_and_permissions_are_managed_as_with_rabbitmqctl(managed) -> None:
+    assert ctl(managed, "add_vhost", "orders").returncode == 0
+    assert ctl(managed, "add_user", "app", "pw1").returncode == 0
+    assert ctl(managed, "set_user_tags", "app", "monitoring").returncode == 0
+    assert ctl(managed, "change_password", "app", "pw2").returncode == 0
+    assert ctl(managed, "set_permissions", "-p", "orders", "app", "^o\\.", ".*", ".*").returncode == 0
+    assert ctl(managed, "set_topic_permissions", "-p", "orders", "app", "amq.topic", "^o\\.", ".*").returncode == 0
+    listed = ctl(managed, "list_permissions", "-p", "orders").stdout.splitlines()
+    assert listed[0] == "user\tconfigure\twrite\tread"
+    assert "app\t^o\\.\t.*\t.*" in listed
+    users = json.loads(ctl(managed, "--formatter", "json", "list_users").stdout)
+    assert {"name": "app", "tags": ["monitoring"]} in users
+    assert call(managed, "GET", "/api/whoami", user="app", password="pw2")[0] == 200
+    with pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", managed.port, "orders",
+                                                           pika.PlainCredentials("app", "pw2"))) as connection:
+        connection.channel().queue_declare("o.q")
+        rows = ctl(managed, "list_queues", "-p", "orders", "name", "messages", "consumers").stdout.splitlines()
+        assert rows == ["name\tmessages\tconsumers", "o.q\t0\t0"]
+        assert "app" in ctl(managed, "list_connections", "user").stdout
+    assert ctl(managed, "set_vhost_limits", "-p", "orders", '{"max-queues": 5}').returncode == 0
+    assert "max-queues" in ctl(managed, "list_vhost_limits", "-p", "orders").stdout
+    assert ctl(managed, "delete_queue", "-p", "orders", "o.q").returncode == 0
+    assert ctl(managed, "clear_permissions", "-p", "orders", "app").returncode == 0
+    assert ctl(managed, "delete_user", "app").returncode == 0
+    assert ctl(managed, "delete_vhost", "orders").returncode == 0
+    assert "orders" not in ctl(managed, "list_vhosts").stdout
+
+
+def test_definitions_are_exported_and_imported(managed, start_broker, tmp_path) -> None:
+    ctl(managed, "add_vhost", "kept")
+    path = tmp_path / "definitions.json"
+    assert ctl(managed, "export_definitions", str(path)).returncode == 0
+    fresh = start_broker(management_port=_free_port())
+    assert ctl(fresh, "import_definitions", str(path)).returncode == 0
+    assert "kept" in ctl(fresh, "list_vhosts").stdout
+
+
+def test_exit_codes_say_what_went_wrong(managed) -> None:
+    assert ctl(managed, "delete_user", "nobody").returncode == 65
+    assert "404" in ctl(managed, "delete_user", "nobody").stderr
+    assert ctl(managed, "list_users", password="wrong").returncode == 77
+    assert ctl(managed, "no_such_command").returncode == 64
+    assert ctl(managed, "add_user", "only-a-name").returncode == 64
+    down = subprocess.run([sys.executable, "-m", "amqpbroker", "ctl", "--url", f"http://127.0.0.1:{_free_port()}",
+                           "status"], capture_output=True, text=True, timeout=30)
+    assert down.returncode == 69 and "cannot reach" in down.stderr
+    status = ctl(managed, "status")
+    assert status.returncode == 0 and "amqpbroker" in status.stdout
