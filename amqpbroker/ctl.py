@@ -40,6 +40,8 @@ _LISTS: dict[str, tuple[str, tuple[str, ...], bool]] = {
     "list_permissions": ("/api/vhosts/{vhost}/permissions", ("user", "configure", "write", "read"), True),
     "list_topic_permissions": ("/api/vhosts/{vhost}/topic-permissions", ("user", "exchange", "write", "read"), True),
     "list_policies": ("/api/policies/{vhost}", ("name", "pattern", "apply-to", "definition", "priority"), True),
+    "list_operator_policies": ("/api/operator-policies/{vhost}", ("name", "pattern", "apply-to", "definition",
+                                                                  "priority"), True),
     "list_vhost_limits": ("/api/vhost-limits/{vhost}", ("vhost", "value"), True),
     "list_user_limits": ("/api/user-limits", ("user", "value"), False),
 }
@@ -119,10 +121,14 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--password", default=os.environ.get("AMQPBROKER_CTL_PASSWORD", "guest"))
     parser.add_argument("--formatter", choices=("table", "json"), default="table")
     parser.add_argument("-p", "--vhost", default=None, help="the virtual host (default /)")
+    parser.add_argument("--priority", type=int, default=0, help="set_policy, set_operator_policy (default 0)")
+    parser.add_argument("--apply-to", default="all", help="set_policy, set_operator_policy: queues, "
+                        "classic_queues, quorum_queues, streams, exchanges or all (default all)")
     parser.add_argument("command", help="a rabbitmqctl command: status, " + ", ".join(sorted(_LISTS)) +
                         ", add_user, delete_user, change_password, set_user_tags, add_vhost, delete_vhost, "
                         "set_permissions, clear_permissions, set_topic_permissions, clear_topic_permissions, "
-                        "set_vhost_limits, clear_vhost_limits, set_user_limits, clear_user_limits, purge_queue, "
+                        "set_vhost_limits, clear_vhost_limits, set_user_limits, clear_user_limits, set_policy, "
+                        "clear_policy, set_operator_policy, clear_operator_policy, purge_queue, "
                         "delete_queue, close_connection, export_definitions, import_definitions")
     parser.add_argument("args", nargs="*", help="the command's arguments (list_*: columns)")
     return parser
@@ -139,7 +145,8 @@ def _set_limits(api: Api, base: str, limits_json: str) -> None:
         api.call("PUT", f"{base}/{quote(name, safe='')}", {"value": value})
 
 
-def run(api: Api, command: str, args: list[str], vhost: str, formatter: str) -> None:
+def run(api: Api, command: str, args: list[str], vhost: str, formatter: str, priority: int = 0,
+        apply_to: str = "all") -> None:
     def need(count: int, usage: str) -> None:
         if len(args) != count:
             raise CtlError(EX_USAGE, f"usage: amqpbroker ctl {command} {usage}")
@@ -217,6 +224,19 @@ def run(api: Api, command: str, args: list[str], vhost: str, formatter: str) -> 
                      for name in limits.get("value", {})]
         for name in names:
             api.call("DELETE", f"/api/user-limits/{_v(args[0])}/{_v(name)}")
+    elif command in ("set_policy", "set_operator_policy"):
+        need(3, "[-p VHOST] [--priority N] [--apply-to KIND] NAME PATTERN DEFINITION")
+        try:
+            definition = json.loads(args[2])
+        except ValueError:
+            raise CtlError(EX_USAGE, "the definition must be JSON, such as '{\"max-length\": 1000}'") from None
+        kind = "operator-policies" if command == "set_operator_policy" else "policies"
+        api.call("PUT", f"/api/{kind}/{_v(vhost)}/{_v(args[0])}",
+                 {"pattern": args[1], "definition": definition, "priority": priority, "apply-to": apply_to})
+    elif command in ("clear_policy", "clear_operator_policy"):
+        need(1, "[-p VHOST] NAME")
+        kind = "operator-policies" if command == "clear_operator_policy" else "policies"
+        api.call("DELETE", f"/api/{kind}/{_v(vhost)}/{_v(args[0])}")
     elif command == "purge_queue":
         need(1, "[-p VHOST] QUEUE")
         api.call("DELETE", f"/api/queues/{_v(vhost)}/{_v(args[0])}/contents")
@@ -269,7 +289,7 @@ def main(argv: list[str]) -> int:
         return EX_OK if exc.code == 0 else EX_USAGE
     api = Api(args.url, args.username, args.password)
     try:
-        run(api, args.command, args.args, args.vhost or "/", args.formatter)
+        run(api, args.command, args.args, args.vhost or "/", args.formatter, args.priority, args.apply_to)
     except CtlError as exc:
         print(f"Error: {exc.message}", file=sys.stderr)
         return exc.code

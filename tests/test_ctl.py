@@ -73,3 +73,16 @@ def test_exit_codes_say_what_went_wrong(managed) -> None:
     assert down.returncode == 69 and "cannot reach" in down.stderr
     status = ctl(managed, "status")
     assert status.returncode == 0 and "amqpbroker" in status.stdout
+
+
+def test_policies_are_set_and_cleared_as_with_rabbitmqctl(managed) -> None:
+    result = ctl(managed, "set_policy", "--priority", "2", "--apply-to", "queues", "cap", "^c\\.", '{"max-length": 7}')
+    assert result.returncode == 0, result.stderr
+    assert ctl(managed, "set_operator_policy", "ttl", ".*", '{"message-ttl": 1000}').returncode == 0
+    rows = ctl(managed, "list_policies", "name", "priority", "apply-to").stdout.splitlines()
+    assert rows == ["name\tpriority\tapply-to", "cap\t2\tqueues"]
+    assert "ttl" in ctl(managed, "list_operator_policies").stdout
+    assert ctl(managed, "set_policy", "bad", ".*", "not json").returncode == 64
+    assert ctl(managed, "clear_policy", "cap").returncode == 0
+    assert ctl(managed, "clear_operator_policy", "ttl").returncode == 0
+    assert ctl(managed, "list_policies").stdout.splitlines() == ["name\tpattern\tapply-to\tdefinition\tpriority"]

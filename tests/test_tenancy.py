@@ -256,3 +256,28 @@ def test_the_default_vhost_is_configurable(start_broker) -> None:
         connection.channel()
     with pytest.raises(pika.exceptions.ProbableAccessDeniedError):
         _connect(broker, "guest", "guest", "/")
+
+
+def test_policies_survive_kill_9_and_apply_to_recovered_queues(managed) -> None:
+    with managed.connect() as connection:
+        channel = connection.channel()
+        channel.queue_declare("capped", durable=True)
+    assert call(managed, "PUT", "/api/policies/%2F/cap", {"pattern": "^capped$", "definition": {"max-length": 2},
+                                                          "apply-to": "queues"})[0] == 201
+    assert call(managed, "PUT", "/api/operator-policies/%2F/ttl-cap", {"pattern": ".*",
+                                                                        "definition": {"message-ttl": 60000}})[0] == 201
+    assert call(managed, "PUT", "/api/operator-policies/%2F/bad", {"pattern": ".*",
+                                                                    "definition": {"overflow": "reject-publish"}})[0] == 400
+    managed.restart(crash=True)
+    status, queue = call(managed, "GET", "/api/queues/%2F/capped")
+    assert (queue["policy"], queue["operator_policy"]) == ("cap", "ttl-cap")
+    assert queue["effective_policy_definition"] == {"max-length": 2, "message-ttl": 60000}
+    with managed.connect() as connection:
+        channel = connection.channel()
+        for _ in range(5):
+            channel.basic_publish("", "capped", b"x", pika.BasicProperties(delivery_mode=2))
+        assert channel.queue_declare("capped", passive=True).method.message_count == 2
+    status, exported = call(managed, "GET", "/api/definitions")
+    assert [policy["name"] for policy in exported["policies"]] == ["cap"]
+    assert call(managed, "DELETE", "/api/policies/%2F/cap")[0] == 204
+    assert call(managed, "GET", "/api/queues/%2F/capped")[1]["policy"] is None

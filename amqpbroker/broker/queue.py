@@ -57,7 +57,7 @@ class Queue:
         "options", "host", "expiring", "last_used", "single_active", "_consumer_groups",
         "general_dispatch", "quorum", "delivery_limit", "delivery_counts",
         "completed", "sampler", "page_waiters",
-        "delivered", "dispatched_at", "flow_on", "flow_publishers",
+        "delivered", "dispatched_at", "flow_on", "flow_publishers", "policy", "operator_policy",
     )
 
     def __init__(self, name: str, vhost: str, *, durable: bool = False, exclusive_owner: Any = None,
@@ -93,6 +93,8 @@ class Queue:
         # the vhost: clock(), dead_letter(queue, messages, reason), timed (queues to tick)
         self.host = host if host is not None else _NoHost()
         self.options = QueueOptions.from_arguments(self.arguments)
+        self.policy: Any = None  # the policies applying to it (policies.py), set by its vhost
+        self.operator_policy: Any = None
         self.single_active = self.arguments.get("x-single-active-consumer") is True
         self._consumer_groups: list[list[Consumer]] = []  # see _group_consumers
         # a quorum queue: same semantics to clients, plus x-delivery-count and x-delivery-limit
@@ -209,6 +211,26 @@ class Queue:
             self.expiring = True
             self.host.timed.add(self)
             self._update_dispatch()
+
+    def apply_arguments(self, arguments: dict[str, Any]) -> None:
+        """Its policies changed: its options are now its own arguments merged with theirs
+        (``policies.effective``), from the next message on; a lowered length limit drops (or
+        dead-letters) the excess at once, as RabbitMQ applies a policy to a live queue."""
+        self.options = QueueOptions.from_arguments(arguments)
+        if self.quorum:
+            self.delivery_limit = arguments.get("x-delivery-limit")
+        options = self.options
+        if options is not None:
+            if options.message_ttl is not None:
+                self.expiring = True
+            if options.message_ttl is not None or options.expires is not None:
+                self.host.timed.add(self)
+        self._update_dispatch()
+        if options is not None:
+            if options.message_ttl is not None:
+                self._drop_expired_head(self.host.clock())
+            if options.limited:
+                self._drop_over_limits()
 
     def _update_dispatch(self) -> None:
         """Does ``dispatch`` need the general path (TTLs, consumer priorities, single active

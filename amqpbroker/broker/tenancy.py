@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from amqpbroker.broker.access import Permission, TopicPermission, check_regex
 from amqpbroker.broker.auth import User, hash_password
+from amqpbroker.broker.policies import APPLY_TO, Policy, PolicyError, check_pattern, validate_definition
 from amqpbroker.errors import ReplyCode
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ __all__ = ["TenancyError", "HASHING_ALGORITHM", "put_user", "delete_user", "put_
 log = logging.getLogger("amqpbroker.tenancy")
 
 HASHING_ALGORITHM = "rabbit_password_hashing_sha256"
-USER, VHOST, PERMISSION, TOPIC_PERMISSION = "u", "v", "p", "k"
+USER, VHOST, PERMISSION, TOPIC_PERMISSION, POLICY, OPERATOR_POLICY = "u", "v", "p", "k", "y", "o"
 VHOST_DELETED_TEXT = "vhost '{}' is deleted"
 
 
@@ -149,6 +150,9 @@ def delete_vhost(broker: Broker, name: str) -> None:
         session.close(ReplyCode.CONNECTION_FORCED, VHOST_DELETED_TEXT.format(name))
         session.vhost_deleted()
     vhost.delete_everything()
+    for kind, held_policies in ((POLICY, vhost.policies), (OPERATOR_POLICY, vhost.operator_policies)):
+        for policy_name in held_policies:
+            _record(broker, kind, f"{name}\0{policy_name}", None)
     del broker.vhosts[name]
     users = broker.users
     for user, vhost_name in [key for key in users.permissions if key[1] == name]:
@@ -212,6 +216,43 @@ def clear_user_limit(broker: Broker, user_name: str, name: str) -> None:
         raise TenancyError(f"no limit '{name}' on user '{user_name}'", missing=True)
     del user.limits[name]
     _record(broker, USER, user_name, user_record(user))
+
+
+# ------------------------------------------------------------ policies
+
+def set_policy(broker: Broker, vhost_name: str, name: str, *, pattern: Any, definition: Any, priority: Any = 0,
+               apply_to: Any = "all", operator: bool = False) -> Policy:
+    """Create or replace a policy (or operator policy); it applies to existing and new entities
+    at once."""
+    vhost = broker.vhosts.get(vhost_name)
+    if vhost is None:
+        raise TenancyError(f"no vhost '{vhost_name}'", missing=True)
+    if not name:
+        raise TenancyError("policy name must not be empty")
+    try:
+        check_pattern(pattern)
+        checked = validate_definition(definition, operator=operator)
+    except PolicyError as exc:
+        raise TenancyError(f"policy '{name}': {exc.reason}") from None
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise TenancyError(f"policy '{name}': priority must be an integer")
+    if apply_to not in APPLY_TO:
+        raise TenancyError(f"policy '{name}': apply-to must be one of {', '.join(APPLY_TO)}")
+    policy = Policy(vhost_name, name, pattern, checked, priority, apply_to)
+    (vhost.operator_policies if operator else vhost.policies)[name] = policy
+    _record(broker, OPERATOR_POLICY if operator else POLICY, f"{vhost_name}\0{name}", policy.view())
+    vhost.apply_policies()
+    return policy
+
+
+def clear_policy(broker: Broker, vhost_name: str, name: str, *, operator: bool = False) -> None:
+    vhost = broker.vhosts.get(vhost_name)
+    held = (vhost.operator_policies if operator else vhost.policies) if vhost is not None else {}
+    if name not in held:
+        raise TenancyError(f"no policy '{name}' in vhost '{vhost_name}'", missing=True)
+    del held[name]
+    _record(broker, OPERATOR_POLICY if operator else POLICY, f"{vhost_name}\0{name}", None)
+    vhost.apply_policies()
 
 
 # ------------------------------------------------------------ permissions
@@ -315,6 +356,11 @@ def import_definitions(broker: Broker, definitions: dict[str, Any]) -> None:
     for item in entries("topic_permissions"):
         set_topic_permission(broker, text(item, "user"), text(item, "vhost"),
                              TopicPermission(text(item, "exchange"), text(item, "write"), text(item, "read")))
+    for key, operator in (("policies", False), ("operator_policies", True)):
+        for item in entries(key):
+            set_policy(broker, text(item, "vhost"), text(item, "name"), pattern=item.get("pattern"),
+                       definition=item.get("definition"), priority=item.get("priority", 0),
+                       apply_to=item.get("apply-to", "all"), operator=operator)
     for item in entries("parameters"):  # vhost limits are RabbitMQ's "vhost-limits" parameters
         if item.get("component") == "vhost-limits":
             vhost = text(item, "vhost")
@@ -357,6 +403,10 @@ def metadata_records(broker: Broker) -> list[tuple]:
         records.append(("meta", PERMISSION, f"{vhost}\0{user}", dump(
             {"user": user, "vhost": vhost, "configure": permission.configure, "write": permission.write,
              "read": permission.read})))
+    for vhost in broker.vhosts.values():
+        for kind, held_policies in ((POLICY, vhost.policies), (OPERATOR_POLICY, vhost.operator_policies)):
+            for policy in held_policies.values():
+                records.append(("meta", kind, f"{vhost.name}\0{policy.name}", dump(policy.view())))
     for (user, vhost), held in users.topic_permissions.items():
         for exchange, permission in held.items():
             records.append(("meta", TOPIC_PERMISSION, f"{vhost}\0{user}\0{exchange}", dump(
@@ -370,7 +420,8 @@ def restore_metadata(broker: Broker, records: list[tuple[str, str, bytes]]) -> b
     Returns False when there are none (a first start: the defaults stay and are to be written)."""
     if not records:
         return False
-    decoded: dict[str, list[dict[str, Any]]] = {USER: [], VHOST: [], PERMISSION: [], TOPIC_PERMISSION: []}
+    decoded: dict[str, list[dict[str, Any]]] = {USER: [], VHOST: [], PERMISSION: [], TOPIC_PERMISSION: [],
+                                               POLICY: [], OPERATOR_POLICY: []}
     for kind, key, value in records:
         try:
             decoded[kind].append(json.loads(value))
@@ -395,4 +446,11 @@ def restore_metadata(broker: Broker, records: list[tuple[str, str, bytes]]) -> b
     for item in decoded[TOPIC_PERMISSION]:
         users.topic_permissions.setdefault((item["user"], item["vhost"]), {})[item["exchange"]] = \
             TopicPermission(item["exchange"], item["write"], item["read"])
+    for kind in (POLICY, OPERATOR_POLICY):
+        for item in decoded[kind]:
+            vhost = broker.vhosts.get(item["vhost"])
+            if vhost is not None:  # (applied to the queues as recovery declares them)
+                held = vhost.operator_policies if kind == OPERATOR_POLICY else vhost.policies
+                held[item["name"]] = Policy(item["vhost"], item["name"], item["pattern"], item["definition"],
+                                            item.get("priority", 0), item.get("apply-to", "all"))
     return True

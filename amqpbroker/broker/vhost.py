@@ -25,6 +25,7 @@ from amqpbroker.broker.exchanges import Binding, Exchange, exchange_class
 from amqpbroker.broker.exchanges.delayed import DelayedExchange, delayed_type
 from amqpbroker.broker.journal import Journal
 from amqpbroker.broker.message import Message
+from amqpbroker.broker.policies import Policy, choose, effective
 from amqpbroker.broker.queue import Queue
 from amqpbroker.codec.methods import shortstr
 from amqpbroker.codec.tables import TableError, encode_table
@@ -109,6 +110,8 @@ class VirtualHost:
         self.max_queues = 0  # most queues it may hold (0: no limit): the broker's queue_max_per_vhost
         # RabbitMQ's vhost limits set on it: "max-connections", "max-queues" (0: none allowed)
         self.limits: dict[str, int] = {}
+        self.policies: dict[str, Policy] = {}  # by name (policies.py)
+        self.operator_policies: dict[str, Policy] = {}
         self._deleting: set[str] = set()  # exchanges being deleted
         self._mark_dirty = mark_dirty
         self._on_queue_deleted = on_queue_deleted
@@ -128,6 +131,8 @@ class VirtualHost:
                 record = stored_record(exchange_definition(op))
             exchange = cls(op.name, op.durable, op.auto_delete, op.internal, op.arguments)
             self.exchanges[op.name] = exchange
+            if self.policies:
+                self._apply_policies_to_exchange(exchange)
             if record is not None:
                 journal.definition(("exchange", self.name, op.name, record))
             return exchange
@@ -145,6 +150,8 @@ class VirtualHost:
             self.queues[op.name] = queue
             if record is not None:
                 journal.definition(("queue", self.name, op.name, queue.queue_id, record))
+            if self.policies or self.operator_policies:
+                self._apply_policies_to_queue(queue)
             return queue
         if isinstance(op, ops.Bind):
             source = self.exchanges[op.source]
@@ -185,6 +192,34 @@ class VirtualHost:
                 journal.definition(("exchange-", self.name, op.name))
             return exchange
         raise TypeError(f"unknown topology operation {op!r}")
+
+    # ------------------------------------------------------------ policies
+
+    def apply_policies(self) -> None:
+        """The policies changed: every queue and exchange gets what applies to it now."""
+        for queue in list(self.queues.values()):
+            if not queue.deleted:
+                self._apply_policies_to_queue(queue)
+        for exchange in self.exchanges.values():
+            self._apply_policies_to_exchange(exchange)
+
+    def _apply_policies_to_queue(self, queue: Queue) -> None:
+        queue_type = "quorum" if queue.quorum else "classic"
+        policy = choose(self.policies, "queue", queue.name, queue_type)
+        operator = choose(self.operator_policies, "queue", queue.name, queue_type)
+        if policy is queue.policy and operator is queue.operator_policy:
+            return
+        queue.policy, queue.operator_policy = policy, operator
+        queue.apply_arguments(effective(queue.arguments, policy, operator))
+
+    def _apply_policies_to_exchange(self, exchange: Exchange) -> None:
+        """An alternate exchange from a policy, where the exchange has no argument for it."""
+        policy = choose(self.policies, "exchange", exchange.name)
+        own = exchange.arguments.get("alternate-exchange")
+        if isinstance(own, str) and own:
+            return
+        alternate = policy.definition.get("alternate-exchange") if policy is not None else None
+        exchange.alternate = alternate or None
 
     def delete_everything(self) -> None:
         """The vhost is being deleted: every queue (with its messages), exchange and delayed

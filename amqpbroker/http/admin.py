@@ -16,7 +16,7 @@ from amqpbroker.http import bodies, views
 from amqpbroker.http.errors import HTTPError, bad_request, not_found
 from amqpbroker.http.handlers import ApiBase, handler
 
-__all__ = ["AdminApi", "LimitsApi", "admin_routes", "by_method"]
+__all__ = ["AdminApi", "LimitsApi", "PoliciesApi", "admin_routes", "by_method"]
 
 
 def _created(existed: bool) -> Response:
@@ -232,6 +232,60 @@ class LimitsApi(ApiBase):
         return Response(status_code=204)
 
 
+class PoliciesApi(ApiBase):
+    """``/api/policies`` (administrator or policymaker) and ``/api/operator-policies``
+    (administrator): RabbitMQ's JSON (``pattern``, ``definition``, ``priority``, ``apply-to``)."""
+
+    def _check_tag(self, request: Request, operator: bool) -> None:
+        tags = set(request.state.user.tags)
+        if "administrator" not in tags and (operator or "policymaker" not in tags):
+            raise HTTPError(401, "not_authorised", "Not administrator user" if operator else "Not policymaker user")
+
+    def _held(self, vhost: Any, operator: bool) -> dict[str, Any]:
+        return vhost.operator_policies if operator else vhost.policies
+
+    async def _list(self, request: Request, operator: bool) -> Any:
+        return [policy.view() for vhost in self._vhosts(request)
+                for _, policy in sorted(self._held(vhost, operator).items())]
+
+    async def _one(self, request: Request, operator: bool) -> Any:
+        vhost, name = self._vhost(request), self._name(request)
+        held = self._held(vhost, operator)
+        if request.method == "GET":
+            if name not in held:
+                raise not_found()
+            return held[name].view()
+        self._check_tag(request, operator)
+        try:
+            if request.method == "DELETE":
+                tenancy.clear_policy(self.broker, vhost.name, name, operator=operator)
+                return Response(status_code=204)
+            body = await bodies.json_object(request)
+            existed = name in held
+            tenancy.set_policy(self.broker, vhost.name, name, pattern=body.get("pattern"),
+                               definition=body.get("definition"), priority=body.get("priority", 0),
+                               apply_to=body.get("apply-to", "all"), operator=operator)
+        except tenancy.TenancyError as exc:
+            raise _tenancy_error(exc) from None
+        return _created(existed)
+
+    @handler()
+    async def policies(self, request: Request, user: Any) -> Any:
+        return await self._list(request, False)
+
+    @handler()
+    async def policy(self, request: Request, user: Any) -> Any:
+        return await self._one(request, False)
+
+    @handler()
+    async def operator_policies(self, request: Request, user: Any) -> Any:
+        return await self._list(request, True)
+
+    @handler()
+    async def operator_policy(self, request: Request, user: Any) -> Any:
+        return await self._one(request, True)
+
+
 def by_method(**handlers: Any) -> Any:
     """One path, a handler per HTTP method."""
     async def dispatch(request: Request) -> Response:
@@ -239,7 +293,7 @@ def by_method(**handlers: Any) -> Any:
     return dispatch
 
 
-def admin_routes(api: AdminApi, limits: LimitsApi) -> list[Route]:
+def admin_routes(api: AdminApi, limits: LimitsApi, policies: PoliciesApi) -> list[Route]:
     """The administration routes (the GETs of ``/api/users/{name}`` and ``/api/vhosts/{vhost}``
     stay with the read-only API: these take their other methods)."""
     return [
@@ -251,6 +305,12 @@ def admin_routes(api: AdminApi, limits: LimitsApi) -> list[Route]:
         Route("/api/topic-permissions", api.topic_permissions),
         Route("/api/topic-permissions/{vhost}/{user}", api.topic_permission, methods=["GET", "PUT", "DELETE"]),
         Route("/api/topic-permissions/{vhost}/{user}/{exchange}", api.topic_permission, methods=["DELETE"]),
+        Route("/api/policies", policies.policies),
+        Route("/api/policies/{vhost}", policies.policies),
+        Route("/api/policies/{vhost}/{name}", policies.policy, methods=["GET", "PUT", "DELETE"]),
+        Route("/api/operator-policies", policies.operator_policies),
+        Route("/api/operator-policies/{vhost}", policies.operator_policies),
+        Route("/api/operator-policies/{vhost}/{name}", policies.operator_policy, methods=["GET", "PUT", "DELETE"]),
         Route("/api/vhost-limits", limits.vhost_limits),
         Route("/api/vhost-limits/{vhost}", limits.vhost_limits),
         Route("/api/vhost-limits/{vhost}/{name}", limits.vhost_limit, methods=["PUT", "DELETE"]),

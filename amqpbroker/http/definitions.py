@@ -44,7 +44,10 @@ def export_definitions(broker: Broker) -> dict[str, Any]:
                             "name": "limits"} for name, vhost in broker.vhosts.items() if vhost.limits],
             "topic_permissions": views.topic_permission_views(broker.users),
             "permissions": views.permission_views(broker.users),
-            "policies": [], "queues": queues, "exchanges": exchanges, "bindings": bindings}
+            "policies": [policy.view() for vhost in broker.vhosts.values() for policy in vhost.policies.values()],
+            "operator_policies": [policy.view() for vhost in broker.vhosts.values()
+                                  for policy in vhost.operator_policies.values()],
+            "queues": queues, "exchanges": exchanges, "bindings": bindings}
 
 
 def import_definitions(broker: Broker, definitions: dict[str, Any]) -> None:

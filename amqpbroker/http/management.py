@@ -35,7 +35,7 @@ from amqpbroker.codec.methods import shortstr
 from amqpbroker.errors import AMQPError, ReplyCode, access_refused, precondition_failed
 from amqpbroker.http import bodies, views
 from amqpbroker.http.definitions import declare_exchange, declare_queue, export_definitions, import_definitions
-from amqpbroker.http.admin import AdminApi, LimitsApi, admin_routes, by_method
+from amqpbroker.http.admin import AdminApi, LimitsApi, PoliciesApi, admin_routes, by_method
 from amqpbroker.http.errors import HTTPError, bad_request, not_found, refused
 from amqpbroker.http.guard import RequestGuard
 from amqpbroker.broker.access import CONFIGURE, READ, WRITE
@@ -72,10 +72,9 @@ def management_app(broker: Broker, listeners: list[dict[str, Any]], memory_limit
         Route("/api/users", api.users),
         Route("/api/users/{name}", by_method(GET=api.user, PUT=admin.put_user, DELETE=admin.delete_user),
               methods=["GET", "PUT", "DELETE"]),
-        *admin_routes(admin, LimitsApi(broker, listeners, memory_limit, guard)),
+        *admin_routes(admin, LimitsApi(broker, listeners, memory_limit, guard),
+                      PoliciesApi(broker, listeners, memory_limit, guard)),
         Route("/api/permissions", api.permissions),
-        Route("/api/policies", api.policies),
-        Route("/api/policies/{vhost}", api.policies),
         Route("/api/queues", api.queues),
         Route("/api/queues/{vhost}", api.queues),
         Route("/api/queues/{vhost}/{name}", api.queue, methods=["GET", "PUT", "DELETE"]),
@@ -159,10 +158,6 @@ class _Api(ApiBase):
     @handler(admin=True)
     async def permissions(self, request: Request, user: Any) -> Any:
         return views.permission_views(self.broker.users)
-
-    @handler()
-    async def policies(self, request: Request, user: Any) -> Any:
-        return []  # policies are not supported yet: none are in effect
 
     # ------------------------------------------------------------ queues
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from amqpbroker import __version__
 from amqpbroker.broker.broker import Broker
+from amqpbroker.broker.policies import effective_definition
 from amqpbroker.broker.queue import Queue
 from amqpbroker.broker.session import Session
 
@@ -92,6 +93,9 @@ def queue_view(vhost: str, queue: Queue) -> dict[str, Any]:
         "name": queue.name, "vhost": vhost, "durable": queue.durable, "auto_delete": queue.auto_delete,
         "exclusive": queue.exclusive, "arguments": json_value(queue.arguments), "type": queue_type,
         "node": NODE, "state": "running",
+        "policy": queue.policy.name if queue.policy is not None else None,
+        "operator_policy": queue.operator_policy.name if queue.operator_policy is not None else None,
+        "effective_policy_definition": effective_definition(queue.policy, queue.operator_policy),
         "messages": queue.message_count + queue.unacked_count, "messages_ready": queue.message_count,
         "messages_unacknowledged": queue.unacked_count,
         "messages_paged_out": queue.paged,
