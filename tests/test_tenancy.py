@@ -281,3 +281,17 @@ def test_policies_survive_kill_9_and_apply_to_recovered_queues(managed) -> None:
     assert [policy["name"] for policy in exported["policies"]] == ["cap"]
     assert call(managed, "DELETE", "/api/policies/%2F/cap")[0] == 204
     assert call(managed, "GET", "/api/queues/%2F/capped")[1]["policy"] is None
+
+
+def test_per_vhost_definitions_and_api_auth(managed, start_broker) -> None:
+    call(managed, "PUT", "/api/vhosts/src", {})
+    call(managed, "PUT", "/api/queues/src/q1", {"durable": True})
+    call(managed, "PUT", "/api/policies/src/p1", {"pattern": "^q", "definition": {"max-length": 9}})
+    status, exported = call(managed, "GET", "/api/definitions/src")
+    assert status == 200 and [queue["name"] for queue in exported["queues"]] == ["q1"]
+    assert "vhost" not in exported["queues"][0] and "users" not in exported
+    call(managed, "PUT", "/api/vhosts/dst", {})
+    assert call(managed, "POST", "/api/definitions/dst", exported)[0] == 204
+    assert call(managed, "GET", "/api/queues/dst/q1")[1]["policy"] == "p1"
+    assert call(managed, "GET", "/api/auth", password="not needed")[1] == {
+        "enable_uaa": False, "uaa_client_id": "", "uaa_location": ""}

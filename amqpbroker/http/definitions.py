@@ -21,7 +21,17 @@ from amqpbroker.http.errors import HTTPError, bad_request
 __all__ = ["export_definitions", "import_definitions", "declare_queue", "declare_exchange"]
 
 
-def export_definitions(broker: Broker) -> dict[str, Any]:
+def export_definitions(broker: Broker, vhost_name: str | None = None) -> dict[str, Any]:
+    """Everything (``vhost_name`` None), or one vhost's exchanges, queues, bindings and policies
+    without their ``vhost`` fields, as RabbitMQ's ``GET /api/definitions/{vhost}``."""
+    if vhost_name is not None:
+        whole = export_definitions(broker)
+        strip = lambda items: [{key: value for key, value in item.items() if key != "vhost"}  # noqa: E731
+                               for item in items if item.get("vhost") == vhost_name]
+        return {"rabbit_version": whole["rabbit_version"], "product_name": whole["product_name"],
+                "parameters": strip(whole["parameters"]), "policies": strip(whole["policies"]),
+                "queues": strip(whole["queues"]), "exchanges": strip(whole["exchanges"]),
+                "bindings": strip(whole["bindings"])}
     queues, exchanges = [], []
     for vhost in broker.vhosts.values():
         for queue in vhost.queues.values():
@@ -50,7 +60,13 @@ def export_definitions(broker: Broker) -> dict[str, Any]:
             "queues": queues, "exchanges": exchanges, "bindings": bindings}
 
 
-def import_definitions(broker: Broker, definitions: dict[str, Any]) -> None:
+def import_definitions(broker: Broker, definitions: dict[str, Any], vhost_name: str | None = None) -> None:
+    """Import a file; with ``vhost_name``, a per-vhost one (its entities go to that vhost, and
+    users, vhosts and permissions in it are not taken, as RabbitMQ's ``POST /api/definitions/{vhost}``)."""
+    if vhost_name is not None:
+        scoped = {key: [{**item, "vhost": vhost_name} for item in _entries(definitions, key)]
+                  for key in ("exchanges", "queues", "bindings", "policies", "parameters")}
+        definitions = scoped
     try:
         tenancy.import_definitions(broker, definitions)
     except tenancy.TenancyError as exc:

@@ -58,6 +58,11 @@ def management_app(broker: Broker, listeners: list[dict[str, Any]], memory_limit
     guard = RequestGuard(allowed_hosts)
     api = _Api(broker, listeners, memory_limit, guard)
     admin = AdminApi(broker, listeners, memory_limit, guard)
+    async def auth(request: Request) -> Response:
+        """What a login page asks before logging in (RabbitMQ 3.10's /api/auth, no login needed):
+        Basic auth only, no OAuth."""
+        return JSONResponse({"enable_uaa": False, "uaa_client_id": "", "uaa_location": ""})
+
     async def page(request: Request) -> Response:
         return FileResponse(_PAGE, media_type="text/html")
 
@@ -94,6 +99,8 @@ def management_app(broker: Broker, listeners: list[dict[str, Any]], memory_limit
         Route("/api/consumers", api.consumers),
         Route("/api/consumers/{vhost}", api.consumers),
         Route("/api/definitions", api.definitions, methods=["GET", "POST"]),
+        Route("/api/definitions/{vhost}", api.definitions, methods=["GET", "POST"]),
+        Route("/api/auth", auth),
         Route("/api/health/checks/alarms", api.alarms),
         Route("/api/aliveness-test/{vhost}", api.aliveness),
     ]
@@ -359,10 +366,12 @@ class _Api(ApiBase):
 
     @handler(admin=True)
     async def definitions(self, request: Request, user: Any) -> Any:
+        vhost = self._vhost(request).name if "vhost" in request.path_params else None
         if request.method == "POST":
-            import_definitions(self.broker, await bodies.json_object(request))
+            import_definitions(self.broker, await bodies.json_object(request), vhost)
             return Response(status_code=204)
-        return export_definitions(self.broker)
+        return export_definitions(self.broker, vhost)
+
 
     @handler()
     async def alarms(self, request: Request, user: Any) -> Any:
