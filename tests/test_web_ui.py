@@ -79,3 +79,48 @@ def test_the_web_ui_shows_live_figures_and_acts_on_queues_and_connections(page_a
         for _ in range(20):
             connection.process_data_events(time_limit=0.25)
     assert closed.value.reply_code == 320
+
+
+def test_the_admin_tab_manages_users_vhosts_permissions_and_policies(page_and_broker) -> None:
+    page, broker = page_and_broker
+    answers = []
+    page.on("dialog", lambda dialog: (answers.append(dialog.message), dialog.accept()))
+    page.goto(f"http://127.0.0.1:{broker.management_port}/")
+    page.fill("#password", "guest")
+    page.click("#login-button")
+    page.click("nav button[data-tab=admin]")
+    page.wait_for_selector("tr[data-user='guest']")
+
+    page.fill("#vhost-name", "ui-vhost")
+    page.fill("#vhost-description", "made in the browser")
+    page.click("#vhost-form button")
+    page.wait_for_selector("tr[data-vhost='ui-vhost']")
+    page.fill("#user-name", "ui-user")
+    page.fill("#user-password", "ui-pw")
+    page.fill("#user-tags", "monitoring")
+    page.click("#user-form button")
+    page.wait_for_selector("tr[data-user='ui-user']")
+    page.fill("#permission-user", "ui-user")
+    page.fill("#permission-vhost", "ui-vhost")
+    page.fill("#permission-configure", "^ui\\.")
+    page.click("#permission-form button")
+    page.wait_for_selector("tr[data-permission='ui-user@ui-vhost']")
+    page.fill("#policy-name", "ui-cap")
+    page.fill("#policy-pattern", "^ui")
+    page.fill("#policy-definition", "not json")
+    page.click("#policy-form button")
+    page.wait_for_selector("#admin-result:has-text('must be JSON')")
+    page.fill("#policy-definition", '{"max-length": 5}')
+    page.click("#policy-form button")
+    page.wait_for_selector("tr[data-policy='ui-cap']")
+
+    credentials = pika.PlainCredentials("ui-user", "ui-pw")
+    with pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", broker.port, "ui-vhost",
+                                                           credentials)) as connection:
+        connection.channel().queue_declare("ui.q")
+
+    page.click("tr[data-vhost='ui-vhost'] button:has-text('Delete')")  # asks first
+    page.wait_for_selector("tr[data-vhost='ui-vhost']", state="detached")
+    assert any("Delete vhost ui-vhost" in answer for answer in answers)
+    page.click("tr[data-user='ui-user'] button:has-text('Delete')")
+    page.wait_for_selector("tr[data-user='ui-user']", state="detached")
