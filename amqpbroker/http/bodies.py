@@ -87,10 +87,13 @@ def table(body: dict[str, Any], key: str) -> dict[str, Any]:
 
 def integer(body: dict[str, Any], key: str, default: int | None, *, low: int | None = 0,
             high: int | None = None) -> int | None:
-    """An integer (not a bool), within ``low`` and ``high`` where they are given."""
+    """An integer (not a bool), within ``low`` and ``high`` where they are given; a string of
+    digits is taken too, as RabbitMQ takes it (rabbitmqadmin sends ``"count": "1"``)."""
     value = body.get(key)
     if value is None:
         return default
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit() and len(value) < 20:
+        value = int(value)
     if (isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low)
             or (high is not None and value > high)):
         bounds = "".join((f" from {low}" if low is not None else "", f" to {high}" if high is not None else ""))
