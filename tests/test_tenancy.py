@@ -295,3 +295,29 @@ def test_per_vhost_definitions_and_api_auth(managed, start_broker) -> None:
     assert call(managed, "GET", "/api/queues/dst/q1")[1]["policy"] == "p1"
     assert call(managed, "GET", "/api/auth", password="not needed")[1] == {
         "enable_uaa": False, "uaa_client_id": "", "uaa_location": ""}
+
+
+def test_the_http_api_checks_topic_permissions_on_publish_and_bind(managed) -> None:
+    call(managed, "PUT", "/api/users/pub", {"password": "pw", "tags": "management"})
+    call(managed, "PUT", "/api/permissions/%2F/pub", {"configure": ".*", "write": ".*", "read": ".*"})
+    call(managed, "PUT", "/api/topic-permissions/%2F/pub", {"exchange": "amq.topic", "write": "^ok\\.", "read": "^ok\\."})
+    call(managed, "PUT", "/api/queues/%2F/tq", {})
+    publish = {"routing_key": "no.key", "payload": "x", "payload_encoding": "string", "properties": {}}
+    assert call(managed, "POST", "/api/exchanges/%2F/amq.topic/publish", publish, user="pub", password="pw")[0] == 401
+    publish["routing_key"] = "ok.key"
+    assert call(managed, "POST", "/api/exchanges/%2F/amq.topic/publish", publish, user="pub", password="pw")[0] == 200
+    assert call(managed, "POST", "/api/bindings/%2F/e/amq.topic/q/tq", {"routing_key": "no.#"},
+                user="pub", password="pw")[0] == 401
+    assert call(managed, "POST", "/api/bindings/%2F/e/amq.topic/q/tq", {"routing_key": "ok.#"},
+                user="pub", password="pw")[0] == 201
+
+
+def test_a_management_user_s_overview_counts_its_vhosts_only(managed) -> None:
+    call(managed, "PUT", "/api/vhosts/mine", {})
+    call(managed, "PUT", "/api/queues/%2F/not-theirs", {})
+    call(managed, "PUT", "/api/queues/mine/theirs", {})
+    call(managed, "PUT", "/api/users/viewer", {"password": "pw", "tags": "management"})
+    call(managed, "PUT", "/api/permissions/mine/viewer", {"configure": ".*", "write": ".*", "read": ".*"})
+    status, overview = call(managed, "GET", "/api/overview", user="viewer", password="pw")
+    assert status == 200 and overview["object_totals"]["queues"] == 1
+    assert call(managed, "GET", "/api/overview")[1]["object_totals"]["queues"] == 2

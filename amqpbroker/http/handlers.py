@@ -136,11 +136,18 @@ class ApiBase:
             return [self._vhost(request)]
         return [vhost for vhost in self.broker.vhosts.values() if self._may_see(request, vhost.name)]
 
-    def _permit(self, request: Request, vhost: Any, action: str, kind: str, name: str) -> None:
+    def _permit(self, request: Request, vhost: Any, action: str, kind: str, name: str,
+                routing_key: str | None = None) -> None:
         """The API user's permission, as an AMQP client's (RabbitMQ checks it for every user,
-        administrators included)."""
+        administrators included); with ``routing_key``, on a topic exchange, its topic
+        permission too (a publish: write; a binding from it: read)."""
         try:
-            self.broker.users.access(request.state.user.name, vhost.name).check(action, kind, name)
+            access = self.broker.users.access(request.state.user.name, vhost.name)
+            access.check(action, kind, name)
+            if routing_key is not None and access.topic_permissions:
+                exchange = vhost.exchanges.get(name)
+                if exchange is not None and exchange.type_name == "topic":
+                    access.check_topic(action, name, routing_key)
         except AMQPError:
             raise HTTPError(401, "not_authorised", "Access refused.") from None
 

@@ -133,7 +133,9 @@ class _Api(ApiBase):
 
     @handler()
     async def overview(self, request: Request, user: Any) -> Any:
-        return views.overview(self.broker, self.listeners)
+        if self._sees_all(request):
+            return views.overview(self.broker, self.listeners)
+        return views.overview(self.broker, self.listeners, self._vhosts(request), self._sessions(request))
 
     @handler()
     async def whoami(self, request: Request, user: Any) -> Any:
@@ -276,6 +278,7 @@ class _Api(ApiBase):
             raise not_found()
         body = await bodies.json_object(request)
         key = bodies.text(body, "routing_key", "")
+        self._permit(request, vhost, WRITE, "exchange", name, routing_key=key)
         data = _payload(body)
         properties = bodies.amqp_properties(body.get("properties") or {})
         try:
@@ -313,9 +316,9 @@ class _Api(ApiBase):
             raise not_found()
         if request.method == "POST":
             self._permit(request, vhost, WRITE, "queue" if kind == "q" else "exchange", destination)
-            self._permit(request, vhost, READ, "exchange", source)
             body = await bodies.json_object(request)
             key, arguments = bodies.text(body, "routing_key", ""), bodies.arguments(body)
+            self._permit(request, vhost, READ, "exchange", source, routing_key=key)
             if kind == "q":
                 vhost.bind_queue(destination, source, key, arguments, owner=None)
             else:

@@ -241,9 +241,13 @@ def node_view(broker: Broker, memory_used: int | None, memory_limit: int | None)
             "uptime": 0, "rates_mode": "basic", "being_drained": False}
 
 
-def overview(broker: Broker, listeners: list[dict[str, Any]]) -> dict[str, Any]:
-    sessions = list(broker.sessions)
-    queues = [queue for vhost in broker.vhosts.values() for queue in vhost.queues.values()]
+def overview(broker: Broker, listeners: list[dict[str, Any]], vhosts: list[Any] | None = None,
+             sessions: list[Any] | None = None) -> dict[str, Any]:
+    """The node's totals, or those of the ``vhosts`` and ``sessions`` a user may see (its message
+    rates stay the node's)."""
+    sessions = list(broker.sessions) if sessions is None else sessions
+    vhosts = list(broker.vhosts.values()) if vhosts is None else vhosts
+    queues = [queue for vhost in vhosts for queue in vhost.queues.values()]
     totals = broker.totals.including(sessions)
     ready = sum(queue.message_count for queue in queues)
     unacked = sum(queue.unacked_count for queue in queues)
@@ -252,7 +256,7 @@ def overview(broker: Broker, listeners: list[dict[str, Any]]) -> dict[str, Any]:
         "product_version": __version__, "node": NODE, "cluster_name": NODE, "rates_mode": "basic",
         "object_totals": {
             "connections": len(sessions), "channels": sum(len(session.channels) for session in sessions),
-            "exchanges": sum(len(vhost.exchanges) for vhost in broker.vhosts.values()),
+            "exchanges": sum(len(vhost.exchanges) for vhost in vhosts),
             "queues": len(queues), "consumers": sum(len(queue.consumers) for queue in queues),
         },
         "queue_totals": {"messages": ready + unacked, "messages_ready": ready,
