@@ -182,3 +182,26 @@ def test_a_changed_permission_applies_to_the_next_check() -> None:
 def test_invalid_regexes_are_reported() -> None:
     assert check_regex("^ok$") is None
     assert "invalid regular expression" in check_regex("(")
+
+
+def test_a_damaged_access_record_is_skipped_and_named_and_the_rest_restored(tmp_path, caplog) -> None:
+    import json
+
+    from amqpbroker.broker.recovery import restore
+    from amqpbroker.store.rocks import RocksStore
+
+    store = RocksStore(str(tmp_path / "db"))
+    store.write([("meta", "v", "/", b'{"name": "/"}'),
+                 ("meta", "u", "ok", json.dumps({"name": "ok", "password_hash": "", "tags": []}).encode()),
+                 ("meta", "p", "/\0ok", b'{"user": "ok"}'),  # fields missing
+                 ("meta", "y", "/\0bad", b'{"vhost": "/", "name": "bad", "pattern": "(", "definition": {}}'),
+                 ("meta", "u", "garbled", b"not json")])
+    broker = Broker()
+    try:
+        restore(broker, store)
+    finally:
+        store.close()
+    assert set(broker.users.users) == {"ok"}
+    assert broker.users.permissions == {} and broker.vhosts["/"].policies == {}
+    assert "skipped an unusable access record (p)" in caplog.text
+    assert "skipped an unusable access record (y)" in caplog.text

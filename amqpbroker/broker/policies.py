@@ -61,7 +61,7 @@ class Policy:
             return False
         return re.search(self.pattern, name) is not None
 
-    def view(self, operator: bool = False) -> dict[str, Any]:
+    def view(self) -> dict[str, Any]:
         return {"vhost": self.vhost, "name": self.name, "pattern": self.pattern, "apply-to": self.apply_to,
                 "definition": dict(self.definition), "priority": self.priority}
 

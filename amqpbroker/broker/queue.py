@@ -118,12 +118,7 @@ class Queue:
             self.ready = PriorityReady(max_priority)
         self.expiring = False  # may hold messages with a TTL: check the head before handing out
         self.last_used = self.host.clock()
-        if self.options is not None:
-            if self.options.message_ttl is not None:
-                self.expiring = True
-            if self.options.message_ttl is not None or self.options.expires is not None:
-                self.host.timed.add(self)
-        self._update_dispatch()
+        self._options_changed()
 
     @property
     def arrivals(self) -> int:
@@ -216,9 +211,18 @@ class Queue:
         """Its policies changed: its options are now its own arguments merged with theirs
         (``policies.effective``), from the next message on; a lowered length limit drops (or
         dead-letters) the excess at once, as RabbitMQ applies a policy to a live queue."""
-        self.options = QueueOptions.from_arguments(arguments)
+        self.options = options = QueueOptions.from_arguments(arguments)
         if self.quorum:
             self.delivery_limit = arguments.get("x-delivery-limit")
+        self._options_changed()
+        if options is not None:
+            if options.message_ttl is not None:
+                self._drop_expired_head(self.host.clock())
+            if options.limited:
+                self._drop_over_limits()
+
+    def _options_changed(self) -> None:
+        """A TTL makes it check heads for expiry, a TTL or ``x-expires`` makes it timed."""
         options = self.options
         if options is not None:
             if options.message_ttl is not None:
@@ -226,11 +230,6 @@ class Queue:
             if options.message_ttl is not None or options.expires is not None:
                 self.host.timed.add(self)
         self._update_dispatch()
-        if options is not None:
-            if options.message_ttl is not None:
-                self._drop_expired_head(self.host.clock())
-            if options.limited:
-                self._drop_over_limits()
 
     def _update_dispatch(self) -> None:
         """Does ``dispatch`` need the general path (TTLs, consumer priorities, single active

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from amqpbroker.broker.access import Permission, TopicPermission, check_regex
@@ -178,44 +179,37 @@ def _limit_value(name: str, value: Any, known: tuple[str, ...]) -> int | None:
     return None if value < 0 else value
 
 
-def set_vhost_limit(broker: Broker, vhost_name: str, name: str, value: Any) -> None:
-    vhost = broker.vhosts.get(vhost_name)
-    if vhost is None:
-        raise TenancyError(f"no vhost '{vhost_name}'", missing=True)
-    limit = _limit_value(name, value, VHOST_LIMITS)
-    if limit is None:
-        vhost.limits.pop(name, None)
-    else:
-        vhost.limits[name] = limit
-    _record(broker, VHOST, vhost_name, vhost_record(vhost))
-
-
-def clear_vhost_limit(broker: Broker, vhost_name: str, name: str) -> None:
-    vhost = broker.vhosts.get(vhost_name)
-    if vhost is None or name not in vhost.limits:
-        raise TenancyError(f"no limit '{name}' on vhost '{vhost_name}'", missing=True)
-    del vhost.limits[name]
-    _record(broker, VHOST, vhost_name, vhost_record(vhost))
-
-
-def set_user_limit(broker: Broker, user_name: str, name: str, value: Any) -> None:
-    user = broker.users.users.get(user_name)
+def _limited(broker: Broker, kind: str, owner: str) -> tuple[Any, tuple[str, ...], Callable[[], None]]:
+    """The vhost or user whose limits change (``kind`` "vhost" or "user"), the limit names it
+    takes, and how to journal it afterwards."""
+    if kind == "vhost":
+        vhost = broker.vhosts.get(owner)
+        if vhost is None:
+            raise TenancyError(f"no vhost '{owner}'", missing=True)
+        return vhost, VHOST_LIMITS, lambda: _record(broker, VHOST, owner, vhost_record(vhost))
+    user = broker.users.users.get(owner)
     if user is None:
-        raise TenancyError(f"no user '{user_name}'", missing=True)
-    limit = _limit_value(name, value, USER_LIMITS)
+        raise TenancyError(f"no user '{owner}'", missing=True)
+    return user, USER_LIMITS, lambda: _record(broker, USER, owner, user_record(user))
+
+
+def set_limit(broker: Broker, kind: str, owner: str, name: str, value: Any) -> None:
+    """A vhost's or user's limit (a negative value: none)."""
+    holder, known, journal = _limited(broker, kind, owner)
+    limit = _limit_value(name, value, known)
     if limit is None:
-        user.limits.pop(name, None)
+        holder.limits.pop(name, None)
     else:
-        user.limits[name] = limit
-    _record(broker, USER, user_name, user_record(user))
+        holder.limits[name] = limit
+    journal()
 
 
-def clear_user_limit(broker: Broker, user_name: str, name: str) -> None:
-    user = broker.users.users.get(user_name)
-    if user is None or name not in user.limits:
-        raise TenancyError(f"no limit '{name}' on user '{user_name}'", missing=True)
-    del user.limits[name]
-    _record(broker, USER, user_name, user_record(user))
+def clear_limit(broker: Broker, kind: str, owner: str, name: str) -> None:
+    holder, _, journal = _limited(broker, kind, owner)
+    if name not in holder.limits:
+        raise TenancyError(f"no limit '{name}' on {kind} '{owner}'", missing=True)
+    del holder.limits[name]
+    journal()
 
 
 # ------------------------------------------------------------ policies
@@ -431,26 +425,41 @@ def restore_metadata(broker: Broker, records: list[tuple[str, str, bytes]]) -> b
     users.users.clear()
     users.permissions.clear()
     users.topic_permissions.clear()
-    stored_vhosts = {item["name"] for item in decoded[VHOST]}
+    stored_vhosts = {item.get("name") for item in decoded[VHOST] if isinstance(item, dict)}
     for name in [name for name in broker.vhosts if name not in stored_vhosts]:
         del broker.vhosts[name]  # (the default "/", deleted by an operator before the restart)
-    for item in decoded[VHOST]:
+
+    def vhost(item: dict[str, Any]) -> None:
         put_vhost(broker, item["name"], description=item.get("description", ""),
                   tags=tuple(item.get("tags", ())), default_queue_type=item.get("default_queue_type"),
                   limits=dict(item.get("limits") or {}))
-    for item in decoded[USER]:
+
+    def user(item: dict[str, Any]) -> None:
         put_user(broker, item["name"], password_hash=base64.b64decode(item.get("password_hash", "")),
                  tags=tuple(item.get("tags", ())), limits=dict(item.get("limits") or {}))
-    for item in decoded[PERMISSION]:
+
+    def permission(item: dict[str, Any]) -> None:
         users.permissions[(item["user"], item["vhost"])] = Permission(item["configure"], item["write"], item["read"])
-    for item in decoded[TOPIC_PERMISSION]:
+
+    def topic_permission(item: dict[str, Any]) -> None:
         users.topic_permissions.setdefault((item["user"], item["vhost"]), {})[item["exchange"]] = \
             TopicPermission(item["exchange"], item["write"], item["read"])
-    for kind in (POLICY, OPERATOR_POLICY):
+
+    def policy(item: dict[str, Any], operator: bool) -> None:
+        held_in = broker.vhosts.get(item["vhost"])
+        if held_in is not None:  # (applied to the queues as recovery declares them)
+            held = held_in.operator_policies if operator else held_in.policies
+            held[item["name"]] = Policy(item["vhost"], item["name"], check_pattern(item["pattern"]),
+                                        validate_definition(item["definition"], operator=operator),
+                                        item.get("priority", 0), item.get("apply-to", "all"))
+
+    appliers = ((VHOST, vhost), (USER, user), (PERMISSION, permission), (TOPIC_PERMISSION, topic_permission),
+                (POLICY, lambda item: policy(item, False)), (OPERATOR_POLICY, lambda item: policy(item, True)))
+    for kind, apply in appliers:
         for item in decoded[kind]:
-            vhost = broker.vhosts.get(item["vhost"])
-            if vhost is not None:  # (applied to the queues as recovery declares them)
-                held = vhost.operator_policies if kind == OPERATOR_POLICY else vhost.policies
-                held[item["name"]] = Policy(item["vhost"], item["name"], item["pattern"], item["definition"],
-                                            item.get("priority", 0), item.get("apply-to", "all"))
+            try:
+                apply(item)
+            except (KeyError, TypeError, ValueError, TenancyError, PolicyError) as exc:
+                # one damaged record is skipped, named; the broker starts with the rest
+                log.error("skipped an unusable access record (%s) %.200r: %r", kind, item, exc)
     return True

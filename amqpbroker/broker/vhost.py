@@ -199,7 +199,10 @@ class VirtualHost:
         """The policies changed: every queue and exchange gets what applies to it now."""
         for queue in list(self.queues.values()):
             if not queue.deleted:
-                self._apply_policies_to_queue(queue)
+                try:
+                    self._apply_policies_to_queue(queue)
+                except Exception as exc:  # one queue's fault: logged, the others get theirs
+                    log_internal_error(log, f"applying policies to queue '{queue.name}' in vhost '{self.name}'", exc)
         for exchange in self.exchanges.values():
             self._apply_policies_to_exchange(exchange)
 

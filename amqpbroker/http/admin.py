@@ -191,18 +191,7 @@ class LimitsApi(ApiBase):
 
     @handler(admin=True)
     async def vhost_limit(self, request: Request, user: Any) -> Any:
-        vhost, name = self._vhost(request).name, self._name(request)
-        try:
-            if request.method == "DELETE":
-                tenancy.clear_vhost_limit(self.broker, vhost, name)
-            else:
-                body = await bodies.json_object(request)
-                if "value" not in body:
-                    raise bad_request("value not found")
-                tenancy.set_vhost_limit(self.broker, vhost, name, body["value"])
-        except tenancy.TenancyError as exc:
-            raise _tenancy_error(exc) from None
-        return Response(status_code=204)
+        return await self._change(request, "vhost", self._vhost(request).name)
 
     @handler(admin=True)
     async def user_limits(self, request: Request, user: Any) -> Any:
@@ -218,15 +207,19 @@ class LimitsApi(ApiBase):
 
     @handler(admin=True)
     async def user_limit(self, request: Request, user: Any) -> Any:
-        name, limit = self._name(request, "user"), self._name(request)
+        return await self._change(request, "user", self._name(request, "user"))
+
+    async def _change(self, request: Request, kind: str, owner: str) -> Response:
+        """PUT ``{"value": N}`` or DELETE one limit of a vhost or user."""
+        name = self._name(request)
         try:
             if request.method == "DELETE":
-                tenancy.clear_user_limit(self.broker, name, limit)
+                tenancy.clear_limit(self.broker, kind, owner, name)
             else:
                 body = await bodies.json_object(request)
                 if "value" not in body:
                     raise bad_request("value not found")
-                tenancy.set_user_limit(self.broker, name, limit, body["value"])
+                tenancy.set_limit(self.broker, kind, owner, name, body["value"])
         except tenancy.TenancyError as exc:
             raise _tenancy_error(exc) from None
         return Response(status_code=204)
