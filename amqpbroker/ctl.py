@@ -44,6 +44,8 @@ _LISTS: dict[str, tuple[str, tuple[str, ...], bool]] = {
                                                                   "priority"), True),
     "list_vhost_limits": ("/api/vhost-limits/{vhost}", ("vhost", "value"), True),
     "list_user_limits": ("/api/user-limits", ("user", "value"), False),
+    "list_parameters": ("/api/parameters", ("component", "name", "value"), False),  # (-p: filtered below)
+    "list_global_parameters": ("/api/global-parameters", ("name", "value"), False),
 }
 
 
@@ -127,18 +129,24 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("command", help="a rabbitmqctl command: status, " + ", ".join(sorted(_LISTS)) +
                         ", add_user, delete_user, change_password, set_user_tags, add_vhost, delete_vhost, "
                         "set_permissions, clear_permissions, set_topic_permissions, clear_topic_permissions, "
-                        "set_vhost_limits, clear_vhost_limits, set_user_limits, clear_user_limits, set_policy, "
+                        "set_vhost_limits, clear_vhost_limits, set_user_limits, clear_user_limits, "
+                        "set_parameter, clear_parameter, set_global_parameter, clear_global_parameter, "
+                        "set_cluster_name, set_policy, "
                         "clear_policy, set_operator_policy, clear_operator_policy, purge_queue, "
                         "delete_queue, close_connection, export_definitions, import_definitions")
     parser.add_argument("args", nargs="*", help="the command's arguments (list_*: columns)")
     return parser
 
 
-def _set_limits(api: Api, base: str, limits_json: str) -> None:
+def _json(text: str, what: str) -> Any:
     try:
-        limits = json.loads(limits_json)
+        return json.loads(text)
     except ValueError:
-        raise CtlError(EX_USAGE, "limits must be a JSON object such as '{\"max-connections\": 10}'") from None
+        raise CtlError(EX_USAGE, f"{what} must be JSON, such as '{{\"max-connections\": 10}}' or '\"text\"'") from None
+
+
+def _set_limits(api: Api, base: str, limits_json: str) -> None:
+    limits = _json(limits_json, "limits")
     if not isinstance(limits, dict):
         raise CtlError(EX_USAGE, "limits must be a JSON object")
     for name, value in limits.items():
@@ -153,7 +161,9 @@ def run(api: Api, command: str, args: list[str], vhost: str, formatter: str, pri
 
     if command in _LISTS:
         path, default_columns, per_vhost = _LISTS[command]
-        rows = api.call("GET", path.format(vhost=_v(vhost)) if per_vhost else path)
+        rows = api.call("GET", path.format(vhost=_v(vhost)) if per_vhost else path) or []
+        if command == "list_parameters":  # every component's, in the one vhost
+            rows = [row for row in rows if row.get("vhost") == vhost]
         _print_rows(rows or [], tuple(args) or default_columns, formatter)
     elif command == "status":
         overview = api.call("GET", "/api/overview")
@@ -205,9 +215,9 @@ def run(api: Api, command: str, args: list[str], vhost: str, formatter: str, pri
             raise CtlError(EX_USAGE, "usage: amqpbroker ctl clear_topic_permissions [-p VHOST] USER [EXCHANGE]")
         tail = f"/{_v(args[1])}" if len(args) == 2 else ""
         api.call("DELETE", f"/api/topic-permissions/{_v(vhost)}/{_v(args[0])}{tail}")
-    elif command == "set_vhost_limits":
+    elif command == "set_vhost_limits":  # the whole set, as rabbitmqctl (user limits merge, as there)
         need(1, "[-p VHOST] '{\"max-connections\": N, \"max-queues\": N}'")
-        _set_limits(api, f"/api/vhost-limits/{_v(vhost)}", args[0])
+        api.call("PUT", f"/api/parameters/vhost-limits/{_v(vhost)}/limits", {"value": _json(args[0], "limits")})
     elif command == "clear_vhost_limits":
         need(0, "[-p VHOST]")
         for limits in api.call("GET", f"/api/vhost-limits/{_v(vhost)}") or []:
@@ -224,6 +234,21 @@ def run(api: Api, command: str, args: list[str], vhost: str, formatter: str, pri
                      for name in limits.get("value", {})]
         for name in names:
             api.call("DELETE", f"/api/user-limits/{_v(args[0])}/{_v(name)}")
+    elif command == "set_parameter":
+        need(3, "[-p VHOST] COMPONENT NAME VALUE")
+        api.call("PUT", f"/api/parameters/{_v(args[0])}/{_v(vhost)}/{_v(args[1])}", {"value": _json(args[2], "VALUE")})
+    elif command == "clear_parameter":
+        need(2, "[-p VHOST] COMPONENT NAME")
+        api.call("DELETE", f"/api/parameters/{_v(args[0])}/{_v(vhost)}/{_v(args[1])}")
+    elif command == "set_global_parameter":
+        need(2, "NAME VALUE")
+        api.call("PUT", f"/api/global-parameters/{_v(args[0])}", {"value": _json(args[1], "VALUE")})
+    elif command == "clear_global_parameter":
+        need(1, "NAME")
+        api.call("DELETE", f"/api/global-parameters/{_v(args[0])}")
+    elif command == "set_cluster_name":
+        need(1, "NAME")
+        api.call("PUT", "/api/cluster-name", {"name": args[0]})
     elif command in ("set_policy", "set_operator_policy"):
         need(3, "[-p VHOST] [--priority N] [--apply-to KIND] NAME PATTERN DEFINITION")
         try:

@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from amqpbroker import __version__
-from amqpbroker.broker.broker import Broker
+from amqpbroker.broker.broker import NODE_NAME, Broker
 
 __all__ = ["BrokerCollector"]
 
@@ -60,7 +60,7 @@ class BrokerCollector(Collector):
         sessions = list(broker.sessions)
         queues = [(vhost.name, queue) for vhost in broker.vhosts.values() for queue in vhost.queues.values()]
         yield _gauge("rabbitmq_identity_info", "RabbitMQ node & cluster identity info",
-                     1, rabbitmq_node="amqpbroker", rabbitmq_cluster="amqpbroker")
+                     1, rabbitmq_node=NODE_NAME, rabbitmq_cluster=broker.cluster_name)
         yield _gauge("rabbitmq_build_info", "RabbitMQ & Erlang/OTP version info", 1,
                      rabbitmq_version=__version__, product="amqpbroker")
         yield _gauge("rabbitmq_connections", "Connections currently open", len(sessions))

@@ -86,3 +86,47 @@ def test_policies_are_set_and_cleared_as_with_rabbitmqctl(managed) -> None:
     assert ctl(managed, "clear_policy", "cap").returncode == 0
     assert ctl(managed, "clear_operator_policy", "ttl").returncode == 0
     assert ctl(managed, "list_policies").stdout.splitlines() == ["name\tpattern\tapply-to\tdefinition\tpriority"]
+
+
+def test_parameters_limits_and_the_cluster_name_as_with_rabbitmqctl(managed) -> None:
+    assert ctl(managed, "set_vhost_limits", '{"max-queues": 5, "max-connections": 9}').returncode == 0
+    assert ctl(managed, "set_vhost_limits", '{"max-queues": 6}').returncode == 0  # the whole set, as rabbitmqctl
+    assert call(managed, "GET", "/api/vhost-limits/%2F")[1] == [{"vhost": "/", "value": {"max-queues": 6}}]
+    rows = json.loads(ctl(managed, "--formatter", "json", "list_parameters").stdout)
+    assert rows == [{"component": "vhost-limits", "name": "limits", "value": {"max-queues": 6}}]
+    refused = ctl(managed, "set_parameter", "shovel", "s1", '{"src-uri": "amqp://"}')
+    assert refused.returncode == 65 and "component shovel not found" in refused.stderr
+    assert ctl(managed, "set_parameter", "vhost-limits", "limits", "not json").returncode == 64
+    assert ctl(managed, "clear_parameter", "vhost-limits", "limits").returncode == 0
+    assert call(managed, "GET", "/api/vhost-limits")[1] == []
+    assert ctl(managed, "set_global_parameter", "app_mode", '"blue"').returncode == 0
+    assert "app_mode\tblue" in ctl(managed, "list_global_parameters").stdout.splitlines()
+    assert ctl(managed, "clear_global_parameter", "app_mode").returncode == 0
+    assert ctl(managed, "clear_global_parameter", "app_mode").returncode == 65
+    assert ctl(managed, "set_cluster_name", "orders-prod").returncode == 0
+    assert call(managed, "GET", "/api/overview")[1]["cluster_name"] == "orders-prod"
+    ctl(managed, "add_user", "app", "pw")
+    assert ctl(managed, "set_user_limits", "app", '{"max-channels": 3}').returncode == 0
+    assert ctl(managed, "set_user_limits", "app", '{"max-connections": 2}').returncode == 0  # merged, as there
+    assert call(managed, "GET", "/api/users/app")[1]["limits"] == {"max-channels": 3, "max-connections": 2}
+    assert ctl(managed, "clear_user_limits", "app", "all").returncode == 0
+    assert call(managed, "GET", "/api/users/app")[1]["limits"] == {}
+
+
+def test_queues_and_connections_are_purged_deleted_and_closed(managed) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(f"amqp://guest:guest@127.0.0.1:{managed.port}/"))
+    channel = connection.channel()
+    channel.queue_declare("ctl-q")
+    channel.confirm_delivery()
+    for _ in range(3):
+        channel.basic_publish("", "ctl-q", b"m")
+    assert ctl(managed, "purge_queue", "ctl-q").returncode == 0
+    assert call(managed, "GET", "/api/queues/%2F/ctl-q")[1]["messages"] == 0
+    assert ctl(managed, "delete_queue", "ctl-q").returncode == 0
+    assert call(managed, "GET", "/api/queues/%2F/ctl-q")[0] == 404
+    name = json.loads(ctl(managed, "--formatter", "json", "list_connections", "name").stdout)[0]["name"]
+    assert ctl(managed, "close_connection", name, "maintenance").returncode == 0
+    with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as closed:
+        connection.process_data_events(time_limit=5)
+        connection.process_data_events(time_limit=5)
+    assert closed.value.reply_code == 320 and "maintenance" in closed.value.reply_text

@@ -63,3 +63,20 @@ def test_rabbitmqadmin_declares_publishes_gets_and_lists(admin, tmp_path) -> Non
     admin("delete", "vhost", "name=adm")
     admin("delete", "user", "name=admu")
     assert "adm" not in admin("-f", "raw_json", "list", "vhosts")
+
+
+def test_rabbitmqadmin_manages_parameters_and_deletes_one_binding(admin) -> None:
+    admin("declare", "parameter", "component=vhost-limits", "name=limits", 'value={"max-queues": 9}')
+    listed = json.loads(admin("-f", "raw_json", "list", "parameters"))
+    assert listed == [{"value": {"max-queues": 9}, "vhost": "/", "component": "vhost-limits", "name": "limits"}]
+    admin("delete", "parameter", "component=vhost-limits", "name=limits")
+    assert json.loads(admin("-f", "raw_json", "list", "parameters")) == []
+    admin("declare", "queue", "name=bq")
+    admin("declare", "exchange", "name=bx", "type=direct")
+    admin("declare", "binding", "source=bx", "destination=bq", "routing_key=one/way")
+    admin("declare", "binding", "source=bx", "destination=bq", "routing_key=other")
+    bindings = json.loads(admin("-f", "raw_json", "list", "bindings", "source", "routing_key", "properties_key"))
+    key = next(each["properties_key"] for each in bindings if each["routing_key"] == "one/way")
+    admin("delete", "binding", "source=bx", "destination_type=queue", "destination=bq", f"properties_key={key}")
+    left = json.loads(admin("-f", "raw_json", "list", "bindings", "source", "routing_key"))
+    assert [each["routing_key"] for each in left if each["source"] == "bx"] == ["other"]

@@ -76,6 +76,12 @@ def parse_response(mechanism: str, response: bytes) -> tuple[str, str]:
                           10, 11)
 
 
+def shown(name: str) -> str:
+    """A user name a client sent, fit for a log line: quoted and escaped (no forged lines), at
+    most 64 characters of it."""
+    return repr(name[:64]) + ("..." if len(name) > 64 else "")
+
+
 class UserDatabase:
     """Users, and their permissions per virtual host (``(user, vhost)`` keys)."""
 
@@ -111,9 +117,9 @@ class UserDatabase:
             raise AuthenticationFailed("EXTERNAL login without a verified client certificate naming a user")
         user = self.users.get(name)
         if user is None:
-            raise AuthenticationFailed(f"EXTERNAL login: no user '{name}' (from the client certificate)")
+            raise AuthenticationFailed(f"EXTERNAL login: no user {shown(name)} (from the client certificate)")
         if name in self.loopback_users and not from_loopback:
-            raise AuthenticationFailed(f"user '{name}' can only connect via localhost")
+            raise AuthenticationFailed(f"user {shown(name)} can only connect via localhost")
         return user
 
     def check(self, name: str, password: str, *, from_loopback: bool) -> User:
@@ -121,7 +127,7 @@ class UserDatabase:
         user = self.users.get(name)
         # an unknown name costs the same hash as a wrong password (no enumeration by timing)
         if not password_matches(user.password_hash if user is not None else _NO_USER_HASH, password) or user is None:
-            raise AuthenticationFailed(f"invalid credentials for user '{name}'")
+            raise AuthenticationFailed(f"invalid credentials for user {shown(name)}")
         if name in self.loopback_users and not from_loopback:
-            raise AuthenticationFailed(f"user '{name}' can only connect via localhost")
+            raise AuthenticationFailed(f"user {shown(name)} can only connect via localhost")
         return user

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from amqpbroker.broker.auth import UserDatabase
 from amqpbroker.errors import log_internal_error
 from amqpbroker.broker.journal import Journal
+from amqpbroker.broker.parameters import CLUSTER_NAME, INTERNAL_CLUSTER_ID, new_cluster_id
 from amqpbroker.broker.queue import Queue
 from amqpbroker.broker.queueing import RATE_SAMPLES, SAMPLE_SECONDS
 from amqpbroker.broker.vhost import VirtualHost
@@ -22,7 +23,7 @@ from amqpbroker.broker.vhost import VirtualHost
 if TYPE_CHECKING:
     from amqpbroker.broker.session import Session
 
-__all__ = ["Broker", "Limits", "MessageTotals"]
+__all__ = ["Broker", "Limits", "MessageTotals", "NODE_NAME"]
 
 log = logging.getLogger("amqpbroker")
 
@@ -80,6 +81,9 @@ class MessageTotals:
         return totals
 
 
+NODE_NAME = "amqpbroker@localhost"  # the node's name (RabbitMQ's rabbit@host), the default cluster name
+
+
 class Broker:
     def __init__(self, limits: Limits = Limits(), *, default_user: str = "guest",
                  default_password: str = "guest", loopback_users: tuple[str, ...] = ("guest",),
@@ -101,6 +105,8 @@ class Broker:
         # (time, MessageTotals.including()) once a second: the overview's message rates
         self.total_samples: deque[tuple[float, dict[str, int]]] = deque(maxlen=RATE_SAMPLES + 1)
         self.journal = Journal(window_messages=paging_window[0], window_bytes=paging_window[1])
+        # RabbitMQ's global runtime parameters (broker/parameters.py): stored, exported, and two read
+        self.global_parameters: dict[str, Any] = {INTERNAL_CLUSTER_ID: new_cluster_id()}
         self.add_vhost(default_vhost).description = "Default virtual host"
 
     def add_vhost(self, name: str) -> VirtualHost:
@@ -115,6 +121,12 @@ class Broker:
         for session in self.sessions:
             if session.user == user and session.vhost is not None and session.vhost.name == vhost:
                 session.access = self.users.access(user, vhost)
+
+    @property
+    def cluster_name(self) -> str:
+        """The ``cluster_name`` global parameter, else the node's name (as RabbitMQ)."""
+        name = self.global_parameters.get(CLUSTER_NAME)
+        return name if isinstance(name, str) and name else NODE_NAME
 
     @property
     def memory_alarm(self) -> bool:

@@ -51,6 +51,9 @@ def restore(broker: Broker, store: Any) -> None:
         # a first start (or a data directory from before users and vhosts were stored): the
         # defaults the broker was built with are written now, as RabbitMQ does on a new node
         store.write(tenancy.metadata_records(broker))
+    elif not any(kind == tenancy.GLOBAL_PARAMETER for kind, _, _ in recovered.metadata):
+        # stored before global parameters were: the new internal_cluster_id is kept from now on
+        store.write([record for record in tenancy.metadata_records(broker) if record[1] == tenancy.GLOBAL_PARAMETER])
     for problem in recovered.unreadable:
         log.error("skipped an unreadable definition record: %s", problem)
 

@@ -6,7 +6,8 @@ value)``, JSON values in RabbitMQ's definitions shape) in one step. Live session
 permission change at their next check.
 
 Records: kind ``u`` (key: user name), ``v`` (vhost name), ``p`` (vhost NUL user), ``k`` (vhost
-NUL user NUL exchange).
+NUL user NUL exchange), ``y``/``o`` (vhost NUL policy name), ``g`` (a global parameter's name,
+:mod:`amqpbroker.broker.parameters`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ log = logging.getLogger("amqpbroker.tenancy")
 
 HASHING_ALGORITHM = "rabbit_password_hashing_sha256"
 USER, VHOST, PERMISSION, TOPIC_PERMISSION, POLICY, OPERATOR_POLICY = "u", "v", "p", "k", "y", "o"
+GLOBAL_PARAMETER = "g"  # (broker/parameters.py)
 VHOST_DELETED_TEXT = "vhost '{}' is deleted"
 
 
@@ -355,14 +357,6 @@ def import_definitions(broker: Broker, definitions: dict[str, Any]) -> None:
             set_policy(broker, text(item, "vhost"), text(item, "name"), pattern=item.get("pattern"),
                        definition=item.get("definition"), priority=item.get("priority", 0),
                        apply_to=item.get("apply-to", "all"), operator=operator)
-    for item in entries("parameters"):  # vhost limits are RabbitMQ's "vhost-limits" parameters
-        if item.get("component") == "vhost-limits":
-            vhost = text(item, "vhost")
-            if vhost not in broker.vhosts:
-                raise TenancyError(f"vhost-limits for vhost '{vhost}', which does not exist")
-            limits = import_limits(item.get("value"), VHOST_LIMITS, f"vhost '{vhost}'")
-            put_vhost(broker, vhost, description=broker.vhosts[vhost].description, tags=broker.vhosts[vhost].tags,
-                      default_queue_type=broker.vhosts[vhost].default_queue_type, limits=limits)
 
 
 def import_limits(value: Any, known: tuple[str, ...], owner: str) -> dict[str, int]:
@@ -406,6 +400,8 @@ def metadata_records(broker: Broker) -> list[tuple]:
             records.append(("meta", TOPIC_PERMISSION, f"{vhost}\0{user}\0{exchange}", dump(
                 {"user": user, "vhost": vhost, "exchange": exchange, "write": permission.write,
                  "read": permission.read})))
+    for name, value in broker.global_parameters.items():
+        records.append(("meta", GLOBAL_PARAMETER, name, dump({"name": name, "value": value})))
     return records
 
 
@@ -415,7 +411,7 @@ def restore_metadata(broker: Broker, records: list[tuple[str, str, bytes]]) -> b
     if not records:
         return False
     decoded: dict[str, list[dict[str, Any]]] = {USER: [], VHOST: [], PERMISSION: [], TOPIC_PERMISSION: [],
-                                               POLICY: [], OPERATOR_POLICY: []}
+                                               POLICY: [], OPERATOR_POLICY: [], GLOBAL_PARAMETER: []}
     for kind, key, value in records:
         try:
             decoded[kind].append(json.loads(value))
@@ -445,6 +441,12 @@ def restore_metadata(broker: Broker, records: list[tuple[str, str, bytes]]) -> b
         users.topic_permissions.setdefault((item["user"], item["vhost"]), {})[item["exchange"]] = \
             TopicPermission(item["exchange"], item["write"], item["read"])
 
+    if decoded[GLOBAL_PARAMETER]:  # (a data directory from before they were stored keeps the new id)
+        broker.global_parameters.clear()
+
+    def global_parameter(item: dict[str, Any]) -> None:
+        broker.global_parameters[item["name"]] = item["value"]
+
     def policy(item: dict[str, Any], operator: bool) -> None:
         held_in = broker.vhosts.get(item["vhost"])
         if held_in is not None:  # (applied to the queues as recovery declares them)
@@ -454,7 +456,8 @@ def restore_metadata(broker: Broker, records: list[tuple[str, str, bytes]]) -> b
                                         item.get("priority", 0), item.get("apply-to", "all"))
 
     appliers = ((VHOST, vhost), (USER, user), (PERMISSION, permission), (TOPIC_PERMISSION, topic_permission),
-                (POLICY, lambda item: policy(item, False)), (OPERATOR_POLICY, lambda item: policy(item, True)))
+                (POLICY, lambda item: policy(item, False)), (OPERATOR_POLICY, lambda item: policy(item, True)),
+                (GLOBAL_PARAMETER, global_parameter))
     for kind, apply in appliers:
         for item in decoded[kind]:
             try:

@@ -1,8 +1,9 @@
 """Definitions in RabbitMQ's JSON: export everything durable, import a file (the API's
 ``/api/definitions`` and ``load_definitions`` at start-up alike).
 
-Import order is RabbitMQ's: users, vhosts, permissions, topic permissions, vhost limits
-(:func:`amqpbroker.broker.tenancy.import_definitions`), then exchanges, queues and bindings, each
+Import order is RabbitMQ's: users, vhosts, permissions, topic permissions, policies
+(:func:`amqpbroker.broker.tenancy.import_definitions`), runtime and global parameters
+(:func:`amqpbroker.broker.parameters.import_parameters`), then exchanges, queues and bindings, each
 through the checks an AMQP client's declare takes. Importing is idempotent; the first bad entry
 raises (an ``HTTPError`` 400 naming it, or the AMQP error its declare got), and what came before it
 stays applied, as with RabbitMQ.
@@ -13,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from amqpbroker import __version__
-from amqpbroker.broker import tenancy
+from amqpbroker.broker import parameters, tenancy
 from amqpbroker.broker.broker import Broker
 from amqpbroker.http import bodies, views
 from amqpbroker.http.errors import HTTPError, bad_request
@@ -50,8 +51,8 @@ def export_definitions(broker: Broker, vhost_name: str | None = None) -> dict[st
             "users": [{**views.user_view(each), "tags": ",".join(each.tags)} for each in broker.users.users.values()],
             "vhosts": [{"name": name, "description": vhost.description, "tags": list(vhost.tags)}
                        for name, vhost in broker.vhosts.items()],
-            "parameters": [{"value": dict(vhost.limits), "vhost": name, "component": "vhost-limits",
-                            "name": "limits"} for name, vhost in broker.vhosts.items() if vhost.limits],
+            "parameters": parameters.parameter_views(broker),
+            "global_parameters": parameters.global_parameter_views(broker),
             "topic_permissions": views.topic_permission_views(broker.users),
             "permissions": views.permission_views(broker.users),
             "policies": [policy.view() for vhost in broker.vhosts.values() for policy in vhost.policies.values()],
@@ -69,6 +70,7 @@ def import_definitions(broker: Broker, definitions: dict[str, Any], vhost_name: 
         definitions = scoped
     try:
         tenancy.import_definitions(broker, definitions)
+        parameters.import_parameters(broker, definitions)
     except tenancy.TenancyError as exc:
         raise bad_request(exc.reason) from None
     for item in _entries(definitions, "exchanges"):

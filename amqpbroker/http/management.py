@@ -28,6 +28,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from amqpbroker.broker.broker import Broker
+from amqpbroker.broker.queue import Queue
 from amqpbroker.broker.message import Message
 from amqpbroker.broker.publishing import message_ttl
 from amqpbroker.codec.content import encode_content_header
@@ -36,6 +37,7 @@ from amqpbroker.errors import AMQPError, ReplyCode, access_refused, precondition
 from amqpbroker.http import bodies, views
 from amqpbroker.http.definitions import declare_exchange, declare_queue, export_definitions, import_definitions
 from amqpbroker.http.admin import AdminApi, LimitsApi, PoliciesApi, admin_routes, by_method
+from amqpbroker.http.parameters import ParametersApi, parameter_routes
 from amqpbroker.http.errors import HTTPError, bad_request, not_found, refused
 from amqpbroker.http.guard import RequestGuard
 from amqpbroker.broker.access import CONFIGURE, READ, WRITE
@@ -79,6 +81,7 @@ def management_app(broker: Broker, listeners: list[dict[str, Any]], memory_limit
               methods=["GET", "PUT", "DELETE"]),
         *admin_routes(admin, LimitsApi(broker, listeners, memory_limit, guard),
                       PoliciesApi(broker, listeners, memory_limit, guard)),
+        *parameter_routes(ParametersApi(broker, listeners, memory_limit, guard)),
         Route("/api/permissions", api.permissions),
         Route("/api/queues", api.queues),
         Route("/api/queues/{vhost}", api.queues),
@@ -93,6 +96,8 @@ def management_app(broker: Broker, listeners: list[dict[str, Any]], memory_limit
         Route("/api/bindings", api.bindings),
         Route("/api/bindings/{vhost}", api.bindings),
         Route("/api/bindings/{vhost}/e/{source}/{kind}/{destination}", api.bind, methods=["GET", "POST"]),
+        Route("/api/bindings/{vhost}/e/{source}/{kind}/{destination}/{props}", api.binding,
+              methods=["GET", "DELETE"]),
         Route("/api/connections", api.connections),
         Route("/api/connections/{name}", api.connection, methods=["GET", "DELETE"]),
         Route("/api/channels", api.channels),
@@ -328,6 +333,32 @@ class _Api(ApiBase):
         return [view for view in views.binding_views(self.broker, vhost.name)
                 if view["source"] == source and view["destination"] == destination
                 and view["destination_type"] == wanted]
+
+    @handler()
+    async def binding(self, request: Request, user: Any) -> Any:
+        """One binding by its ``properties_key``: GET it, or DELETE it (write on the destination,
+        read on the source, as ``queue.unbind``)."""
+        vhost = self._vhost(request)
+        source, destination = self._exchange_name(request, "source"), self._name(request, "destination")
+        kind, props = request.path_params["kind"], self._name(request, "props")
+        exchange = vhost.exchanges.get(source)
+        found = None if exchange is None or kind not in ("q", "e") else next(
+            (binding for binding in exchange.bindings.values()
+             if binding.destination.name == destination and isinstance(binding.destination, Queue) == (kind == "q")
+             and views.properties_key(binding.routing_key, binding.arguments) == props), None)
+        if found is None:
+            raise not_found()
+        if request.method == "GET":
+            return next(view for view in views.binding_views(self.broker, vhost.name)
+                        if view["source"] == source and view["destination"] == destination
+                        and view["properties_key"] == props)
+        self._permit(request, vhost, WRITE, "queue" if kind == "q" else "exchange", destination)
+        self._permit(request, vhost, READ, "exchange", source, routing_key=found.routing_key)
+        if kind == "q":
+            vhost.unbind_queue(destination, source, found.routing_key, dict(found.arguments), owner=None)
+        else:
+            vhost.unbind_exchange(destination, source, found.routing_key, dict(found.arguments))
+        return Response(status_code=204)
 
     # ------------------------------------------------------------ connections, channels, consumers
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 import base64
 import datetime
 import decimal
+import hashlib
+import json
 import math
 from typing import Any
 
 from amqpbroker import __version__
-from amqpbroker.broker.broker import Broker
+from amqpbroker.broker.broker import NODE_NAME, Broker
 from amqpbroker.broker.policies import effective_definition
 from amqpbroker.broker.queue import Queue
 from amqpbroker.broker.session import Session
@@ -21,7 +23,7 @@ __all__ = ["NODE", "MAX_JSON_DEPTH", "TOO_DEEP", "json_value", "overview", "queu
            "binding_views", "connection_view", "channel_views", "consumer_views", "vhost_view", "user_view",
            "node_view"]
 
-NODE = "amqpbroker@localhost"
+NODE = NODE_NAME
 
 MAX_JSON_DEPTH = 100  # tables and arrays shown inside one another; deeper ones become TOO_DEEP
 TOO_DEEP = f"(nested deeper than {MAX_JSON_DEPTH} levels)"
@@ -148,7 +150,17 @@ def binding_views(broker: Broker, vhost_name: str | None = None) -> list[dict[st
 def _binding(vhost: str, source: str, destination: str, kind: str, key: str, arguments: dict) -> dict[str, Any]:
     return {"source": source, "vhost": vhost, "destination": destination, "destination_type": kind,
             "routing_key": key, "arguments": json_value(arguments),
-            "properties_key": key.replace("%", "%25").replace("/", "%2F") if not arguments else f"{key}~"}
+            "properties_key": properties_key(key, arguments)}
+
+
+def properties_key(routing_key: str, arguments: dict) -> str:
+    """What names a binding in ``/api/bindings/.../{props}`` paths, as RabbitMQ: the quoted routing
+    key, and with arguments ``~`` and a digest of them."""
+    quoted = routing_key.replace("%", "%25").replace("/", "%2F")
+    if not arguments:
+        return quoted
+    digest = hashlib.sha256(json.dumps(json_value(arguments), sort_keys=True, default=str).encode()).digest()
+    return f"{quoted}~{base64.urlsafe_b64encode(digest[:9]).decode()}"
 
 
 def connection_view(session: Session) -> dict[str, Any]:
@@ -253,7 +265,7 @@ def overview(broker: Broker, listeners: list[dict[str, Any]], vhosts: list[Any] 
     unacked = sum(queue.unacked_count for queue in queues)
     return {
         "management_version": __version__, "rabbitmq_version": __version__, "product_name": "amqpbroker",
-        "product_version": __version__, "node": NODE, "cluster_name": NODE, "rates_mode": "basic",
+        "product_version": __version__, "node": NODE, "cluster_name": broker.cluster_name, "rates_mode": "basic",
         "object_totals": {
             "connections": len(sessions), "channels": sum(len(session.channels) for session in sessions),
             "exchanges": sum(len(vhost.exchanges) for vhost in vhosts),
