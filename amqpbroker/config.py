@@ -32,6 +32,9 @@ class Config:
     connection_max_per_user: int = 0  # connections of one user (0: no limit)
     consumer_max_per_channel: int = 0  # (0: no limit)
     queue_max_per_vhost: int = 0  # (0: no limit)
+    # ms a consumer's delivery may stay unacknowledged before the consumer is cancelled (0: no
+    # limit; RabbitMQ's default is 30 minutes: broker/consumer_timeouts.py says why not here)
+    consumer_timeout: int = 0
     default_user: str = "guest"
     default_password: str = "guest"
     default_vhost: str = "/"  # the vhost made on the first start (the default user may use it)

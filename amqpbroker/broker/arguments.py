@@ -91,6 +91,7 @@ QUEUE_ARGUMENTS: dict[str, Callable[[Any], str | None]] = {
     "x-queue-type": _one_of("unsupported queue type '{value}'", "classic", "quorum", "stream"),
     "x-single-active-consumer": _boolean,
     "x-delivery-limit": _non_negative_int,
+    "x-consumer-timeout": _non_negative_int,
     "x-queue-master-locator": _string,
     "x-quorum-initial-group-size": _positive_int,
 }

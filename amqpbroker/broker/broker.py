@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from amqpbroker.broker.auth import UserDatabase
 from amqpbroker.errors import log_internal_error
+from amqpbroker.broker.consumer_timeouts import ConsumerTimeouts
 from amqpbroker.broker.journal import Journal
 from amqpbroker.broker.parameters import CLUSTER_NAME, INTERNAL_CLUSTER_ID, new_cluster_id
 from amqpbroker.broker.queue import Queue
@@ -42,6 +43,7 @@ class Limits:
     connection_max_per_user: int = 0
     consumer_max_per_channel: int = 0
     queue_max_per_vhost: int = 0
+    consumer_timeout: int = 0  # ms a delivery may stay unacknowledged (0: no limit; broker/consumer_timeouts.py)
 
 
 class MessageTotals:
@@ -104,6 +106,7 @@ class Broker:
         self._sampled_at = 0.0
         # (time, MessageTotals.including()) once a second: the overview's message rates
         self.total_samples: deque[tuple[float, dict[str, int]]] = deque(maxlen=RATE_SAMPLES + 1)
+        self.consumer_timeouts = ConsumerTimeouts(limits.consumer_timeout)
         self.journal = Journal(window_messages=paging_window[0], window_bytes=paging_window[1])
         # RabbitMQ's global runtime parameters (broker/parameters.py): stored, exported, and two read
         self.global_parameters: dict[str, Any] = {INTERNAL_CLUSTER_ID: new_cluster_id()}
@@ -175,6 +178,10 @@ class Broker:
                 for queue in vhost.queues.values():
                     queue.sampler.record(now, queue.arrivals, queue.completed,
                                          queue.message_count + queue.unacked_count)
+        try:
+            self.consumer_timeouts.check(self, now)
+        except Exception as exc:  # a fault in the check: logged, the timer and the broker go on
+            log_internal_error(log, "the consumer timeout check", exc)
         self.run_pending()
 
     def run_pending(self) -> None:

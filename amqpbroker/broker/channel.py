@@ -129,7 +129,8 @@ class Channel:
                 unacked.clear()
                 return taken
             if delivery_tag not in unacked:  # even with multiple, the tag itself must be outstanding
-                raise precondition_failed(f"unknown delivery tag {delivery_tag}")
+                if not self._reclaimed(delivery_tag):
+                    raise precondition_failed(f"unknown delivery tag {delivery_tag}")
             tags = []
             for tag in unacked:
                 if tag > delivery_tag:
@@ -138,14 +139,20 @@ class Channel:
             return [unacked.pop(tag) for tag in tags]
         found = unacked.pop(delivery_tag, None)
         if found is None:
+            if self._reclaimed(delivery_tag):
+                return []
             raise precondition_failed(f"unknown delivery tag {delivery_tag}")
         return [found]
+
+    def _reclaimed(self, tag: int) -> bool:
+        """Was the tag taken back from a consumer that timed out? (Its late ack is ignored.)"""
+        return self.session.broker.consumer_timeouts.reclaimed(self, tag)
 
     def check_tags(self, delivery_tag: int, multiple: bool) -> None:
         """Raise as ``take_unacked`` would, without taking anything (for transactions)."""
         if multiple and delivery_tag == 0:
             return
-        if delivery_tag not in self.unacked:
+        if delivery_tag not in self.unacked and not self._reclaimed(delivery_tag):
             raise precondition_failed(f"unknown delivery tag {delivery_tag}")
 
     def settle(self, deliveries: Iterable[Unacked], requeue: bool, rejected: bool = False) -> None:

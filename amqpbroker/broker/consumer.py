@@ -17,7 +17,7 @@ UNLIMITED = 1 << 62
 
 class Consumer:
     __slots__ = ("tag", "queue", "channel", "no_ack", "exclusive", "prefetch", "unacked", "prefix",
-                 "arguments", "priority")
+                 "arguments", "priority", "timeout")
 
     def __init__(self, tag: str, queue: Queue, channel: Channel, *, no_ack: bool, exclusive: bool,
                  prefetch: int, arguments: dict[str, Any]) -> None:
@@ -32,6 +32,7 @@ class Consumer:
         self.arguments = arguments
         priority = arguments.get("x-priority", 0)
         self.priority = priority if isinstance(priority, int) and not isinstance(priority, bool) else 0
+        self.timeout: int | None = None  # x-consumer-timeout (ms; broker/consumer_timeouts.py)
 
     def has_credit(self) -> bool:
         """May this consumer take one more message now?"""

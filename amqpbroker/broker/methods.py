@@ -18,6 +18,7 @@ from pamqp import commands
 from amqpbroker.broker.access import CONFIGURE, READ, WRITE
 from amqpbroker.broker.channel import Channel
 from amqpbroker.broker.consumer import Consumer
+from amqpbroker.broker.consumer_timeouts import consumer_timeout_argument
 from amqpbroker.broker.message import Message
 from amqpbroker.broker.publishing import route
 from amqpbroker.broker.queue import Queue
@@ -227,8 +228,14 @@ def _basic_consume(session: Session, channel: Channel, m: commands.Basic.Consume
                               f"'{session.vhost.name}' does not support global qos", 60, 20)
     if queue.exclusive_consumer is not None or (m.exclusive and queue.consumers):
         raise access_refused(f"queue '{queue.name}' in vhost '{session.vhost.name}' in exclusive use")
+    arguments = dict(m.arguments or {})
+    try:
+        timeout = consumer_timeout_argument(arguments)
+    except ValueError as exc:
+        raise precondition_failed(str(exc)) from None
     consumer = Consumer(tag, queue, channel, no_ack=m.no_ack, exclusive=m.exclusive,
-                        prefetch=channel.consumer_prefetch, arguments=dict(m.arguments or {}))
+                        prefetch=channel.consumer_prefetch, arguments=arguments)
+    consumer.timeout = timeout
     channel.consumers[tag] = consumer
     if not m.nowait:
         channel.send(commands.Basic.ConsumeOk(consumer_tag=tag))

@@ -8,11 +8,10 @@ separately the highest-priority operator policy.
 
 Where a queue argument, a policy and an operator policy set the same key, RabbitMQ's rules
 apply (``rabbit_queue_type_util:args_policy_lookup``): for the numeric limits (message-ttl,
-expires, max-length, max-length-bytes, delivery-limit) the lowest value wins, so an operator
-policy caps; for the rest (overflow, dead-letter-exchange, dead-letter-routing-key,
-alternate-exchange) the queue argument wins over the policy. ``queue-mode`` is accepted and
-ignored (every classic queue pages here); ``consumer-timeout`` is stored and shown, not yet
-enforced.
+expires, max-length, max-length-bytes, delivery-limit, consumer-timeout) the lowest value
+wins, so an operator policy caps; for the rest (overflow, dead-letter-exchange,
+dead-letter-routing-key, alternate-exchange) the queue argument wins over the policy.
+``queue-mode`` is accepted and ignored (every classic queue pages here).
 """
 
 from __future__ import annotations
@@ -32,8 +31,10 @@ OPERATOR_KEYS = ("expires", "message-ttl", "max-length", "max-length-bytes", "de
 QUEUE_KEYS = {"message-ttl": "x-message-ttl", "expires": "x-expires", "max-length": "x-max-length",
               "max-length-bytes": "x-max-length-bytes", "overflow": "x-overflow",
               "dead-letter-exchange": "x-dead-letter-exchange",
-              "dead-letter-routing-key": "x-dead-letter-routing-key", "delivery-limit": "x-delivery-limit"}
-_MINIMUM = {"x-message-ttl", "x-expires", "x-max-length", "x-max-length-bytes", "x-delivery-limit"}
+              "dead-letter-routing-key": "x-dead-letter-routing-key", "delivery-limit": "x-delivery-limit",
+              "consumer-timeout": "x-consumer-timeout"}
+_MINIMUM = {"x-message-ttl", "x-expires", "x-max-length", "x-max-length-bytes", "x-delivery-limit",
+            "x-consumer-timeout"}
 
 
 class PolicyError(Exception):

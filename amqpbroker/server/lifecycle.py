@@ -44,7 +44,8 @@ def build_broker(config: Config) -> Broker:
                          connection_max=config.connection_max,
                          connection_max_per_user=config.connection_max_per_user,
                          consumer_max_per_channel=config.consumer_max_per_channel,
-                         queue_max_per_vhost=config.queue_max_per_vhost),
+                         queue_max_per_vhost=config.queue_max_per_vhost,
+                         consumer_timeout=config.consumer_timeout),
                   default_user=config.default_user, default_password=config.default_password,
                   loopback_users=config.loopback_user_names(), default_vhost=config.default_vhost,
                   paging_window=(config.queue_window_messages, config.queue_window_bytes))
