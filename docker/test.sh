@@ -50,35 +50,88 @@ podman build --format docker --network host "${build_mounts[@]}" -q -f docker/Do
 rm -f "${pip_conf:-}"
 
 ports=$("$python" -c 'import socket
-ss=[socket.socket() for _ in range(3)]
+ss=[socket.socket() for _ in range(5)]
 [s.bind(("127.0.0.1",0)) for s in ss]
 print(" ".join(str(s.getsockname()[1]) for s in ss))')
-read -r amqp metrics management <<<"$ports"
-# Run it on the host network. Where the container runtime cannot start containers (this
-# workplace's sandbox refuses setrlimit(RLIMIT_NPROC), which runc and crun both make), run the
-# image's own root filesystem under chroot as its user instead: the same files, the same command.
-health=(podman exec "$name" /opt/amqpbroker/bin/amqpbroker diagnostics ping --port "$amqp")
-cleanup() { podman rm -f "$name" >/dev/null 2>&1 || true; rm -rf "${rootfs:-/nonexistent}"; }
-trap cleanup EXIT
-if ! podman run -d --rm --network host --name "$name" "$image" \
-    --port "$amqp" --prometheus-port "$metrics" --management-port "$management" >/dev/null 2>"$0.err.$$"; then
-  grep -qi rlimit "$0.err.$$" || { cat "$0.err.$$" >&2; rm -f "$0.err.$$"; exit 1; }
-  echo "docker/test.sh: podman cannot start containers here ($(grep -oi 'setrlimit[^:]*' "$0.err.$$" | head -1 || echo rlimit));" \
-       "running the image's filesystem under chroot instead" >&2
-  container=$(buildah from "$image")
-  root=$(buildah mount "$container")
-  env=$(podman image inspect --format '{{range .Config.Env}}{{.}} {{end}}' "$image")
-  user=$(podman image inspect --format '{{.Config.User}}' "$image")
-  # shellcheck disable=SC2086  # env is a list of NAME=value words
-  chroot --userspec="$user" "$root" /usr/bin/env -i $env HOME=/var/lib/amqpbroker /opt/amqpbroker/bin/amqpbroker \
-    --port "$amqp" --prometheus-port "$metrics" --management-port "$management" &
-  runner=$!
-  health=(chroot --userspec="$user" "$root" /opt/amqpbroker/bin/amqpbroker diagnostics ping --port "$amqp")
-  cleanup() { kill "$runner" 2>/dev/null; wait "$runner" 2>/dev/null; buildah umount "$container" >/dev/null;
-              buildah rm "$container" >/dev/null; rm -rf "${rootfs:-/nonexistent}"; }
-fi
-rm -f "$0.err.$$"
+read -r amqp metrics management amqps amqp2 <<<"$ports"
 
+# What an operator mounts: TLS files and a definitions file (readable by the image's uid 999)
+mounted=$(mktemp -d)
+chmod 755 "$mounted"
+"$python" - "$mounted" <<'PY'
+import json, sys
+import trustme
+where = sys.argv[1]
+ca = trustme.CA()
+server = ca.issue_cert("localhost", "127.0.0.1")
+ca.cert_pem.write_to_path(f"{where}/ca.pem")
+server.cert_chain_pems[0].write_to_path(f"{where}/cert.pem")
+server.private_key_pem.write_to_path(f"{where}/key.pem")
+with open(f"{where}/definitions.json", "w") as file:
+    json.dump({"vhosts": [{"name": "app"}],
+               "queues": [{"name": "from-definitions", "vhost": "app", "durable": True, "auto_delete": False,
+                           "arguments": {"x-max-length": 10}}]}, file)
+PY
+chmod 644 "$mounted"/*
+
+# Run the image on the host network: launch NAME [NAME=VALUE...] -- BROKER ARGS. Where the
+# container runtime cannot start containers (this workplace's sandbox refuses
+# setrlimit(RLIMIT_NPROC), which runc and crun both make), run the image's own root filesystem
+# under chroot as its user instead: the same files and command, the mounts copied in.
+runners=()
+containers=()
+chrooted=""
+cleanup() {
+  for each in "${containers[@]}"; do podman rm -f "$each" >/dev/null 2>&1 || true; done
+  for each in "${runners[@]}"; do kill "$each" 2>/dev/null; wait "$each" 2>/dev/null || true; done
+  if [ -n "$chrooted" ]; then buildah umount "$chrooted" >/dev/null; buildah rm "$chrooted" >/dev/null; fi
+  rm -rf "${rootfs:-/nonexistent}" "$mounted"
+}
+trap cleanup EXIT
+launch() {
+  local name=$1; shift
+  local settings=()
+  while [ "$1" != "--" ]; do settings+=("$1"); shift; done
+  shift
+  if [ -z "$chrooted" ]; then
+    local flags=()
+    for each in "${settings[@]}"; do flags+=(--env "$each"); done
+    if podman run -d --rm --network host --name "$name" --volume "$mounted:/etc/amqpbroker:ro" "${flags[@]}" \
+        "$image" "$@" >/dev/null 2>"$0.err.$$"; then
+      containers+=("$name")
+      rm -f "$0.err.$$"
+      return
+    fi
+    grep -qi rlimit "$0.err.$$" || { cat "$0.err.$$" >&2; rm -f "$0.err.$$"; exit 1; }
+    echo "docker/test.sh: podman cannot start containers here ($(grep -oi 'setrlimit[^:]*' "$0.err.$$" | head -1 || echo rlimit));" \
+         "running the image's filesystem under chroot instead" >&2
+    rm -f "$0.err.$$"
+    chrooted=$(buildah from "$image")
+    root=$(buildah mount "$chrooted")
+    image_env=$(podman image inspect --format '{{range .Config.Env}}{{.}} {{end}}' "$image")
+    user=$(podman image inspect --format '{{.Config.User}}' "$image")
+    mkdir -p "$root/etc/amqpbroker"
+    cp "$mounted"/* "$root/etc/amqpbroker/"
+  fi
+  # each chrooted broker gets a data directory of its own, as each container gets its volume
+  local data="/var/lib/amqpbroker/data-$name"
+  mkdir -p "$root$data" && chown "$user" "$root$data"
+  # shellcheck disable=SC2086  # image_env is a list of NAME=value words
+  chroot --userspec="$user" "$root" /usr/bin/env -i $image_env "${settings[@]}" AMQPBROKER_DATA_DIR="$data" \
+    HOME=/var/lib/amqpbroker /opt/amqpbroker/bin/amqpbroker "$@" &
+  runners+=($!)
+}
+health() {
+  if [ -n "$chrooted" ]; then
+    chroot --userspec="$user" "$root" /opt/amqpbroker/bin/amqpbroker diagnostics ping "$@"
+  else
+    podman exec "$name" /opt/amqpbroker/bin/amqpbroker diagnostics ping "$@"
+  fi
+}
+
+# 1. as the image comes: guest/guest from anywhere, AMQP and /metrics
+name=amqpbroker-test-$$
+launch "$name" -- --port "$amqp" --prometheus-port "$metrics" --management-port "$management"
 "$python" - "$amqp" "$metrics" <<'PY'
 import sys, time, urllib.request
 import pika
@@ -102,5 +155,41 @@ with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5) as
     assert b"rabbitmq_connections" in response.read()
 print("container: AMQP and /metrics answer")
 PY
-"${health[@]}"
+health --port "$amqp"
+
+# 2. as an operator sets it up: another default user (guest then does not exist), TLS files and
+#    a definitions file from the mounted directory
+name=amqpbroker-test-operator-$$
+launch "$name" AMQPBROKER_DEFAULT_USER=admin AMQPBROKER_DEFAULT_PASS=s3cret AMQPBROKER_DEFAULT_VHOST=app \
+  AMQPBROKER_TLS_CERTFILE=/etc/amqpbroker/cert.pem AMQPBROKER_TLS_KEYFILE=/etc/amqpbroker/key.pem \
+  AMQPBROKER_TLS_PORT="$amqps" AMQPBROKER_LOAD_DEFINITIONS=/etc/amqpbroker/definitions.json \
+  -- --port "$amqp2" --prometheus-port 0 --management-port 0
+"$python" - "$amqp2" "$amqps" "$mounted/ca.pem" <<'PY'
+import ssl, sys, time
+import pika
+amqp, amqps, ca = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+deadline = time.monotonic() + 30
+while True:
+    try:
+        connection = pika.BlockingConnection(pika.URLParameters(f"amqp://admin:s3cret@127.0.0.1:{amqp}/app"))
+        break
+    except pika.exceptions.AMQPConnectionError as exc:
+        if time.monotonic() > deadline or isinstance(exc, pika.exceptions.ProbableAuthenticationError):
+            raise
+        time.sleep(0.5)
+channel = connection.channel()
+assert channel.queue_declare("from-definitions", passive=True).method.message_count == 0
+connection.close()
+try:
+    pika.BlockingConnection(pika.URLParameters(f"amqp://guest:guest@127.0.0.1:{amqp}/"))
+    raise SystemExit("guest logged in although another default user was set")
+except pika.exceptions.ProbableAuthenticationError:
+    pass
+context = ssl.create_default_context(cafile=ca)
+parameters = pika.ConnectionParameters("localhost", amqps, "app", pika.PlainCredentials("admin", "s3cret"),
+                                       ssl_options=pika.SSLOptions(context, "localhost"))
+with pika.BlockingConnection(parameters) as connection:
+    connection.channel().queue_declare("from-definitions", passive=True)
+print("container: the default user, vhost, TLS files and definitions from the environment and mounts")
+PY
 echo "docker/test.sh: ok"

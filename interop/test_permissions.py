@@ -258,3 +258,24 @@ def test_a_management_user_sees_its_vhosts_and_changes_what_its_permissions_allo
         assert own.call("DELETE", f"/api/queues/%2F/{unique}-mine") == 204
     finally:
         admin.call("DELETE", f"/api/queues/%2F/{unique}-mine")
+
+
+def test_only_an_impersonator_publishes_with_another_user_id(amqp_url, admin, tenant, cleanup, unique) -> None:
+    queue = cleanup.queue(f"{unique}-q")
+    _permit(admin, tenant, configure=".*", write=".*", read=".*")
+    forged = pika.BasicProperties(user_id="someone-else")
+    with _connect(amqp_url, tenant) as connection:
+        channel = connection.channel()
+        channel.queue_declare(queue)
+        channel.basic_publish("", queue, b"forged", forged)
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
+            channel.queue_declare(queue, passive=True)
+        assert refused.value.reply_code == 406 and "user_id property set to 'someone-else'" in refused.value.reply_text
+    assert admin.call("PUT", f"/api/users/{tenant['user']}",
+                      {"password": tenant["password"], "tags": "impersonator"}) == 204
+    with _connect(amqp_url, tenant) as connection:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.basic_publish("", queue, b"on behalf", forged)
+        method, properties, body = channel.basic_get(queue, auto_ack=True)
+        assert body == b"on behalf" and properties.user_id == "someone-else"

@@ -154,3 +154,27 @@ def test_one_binding_is_read_and_deleted_by_its_properties_key(managed) -> None:
         assert call(managed, "GET", "/api/bindings/%2F/e/nowhere/q/props-q/a")[0] == 404
     finally:
         connection.close()
+
+
+def test_a_vhost_s_default_queue_type_applies_to_durable_shared_queues_and_is_exported(managed, start_broker) -> None:
+    assert call(managed, "PUT", "/api/vhosts/dqt", {"default_queue_type": "quorum"})[0] == 201
+    assert call(managed, "PUT", "/api/vhosts/bad", {"default_queue_type": "stream"})[0] == 400
+    connection = pika.BlockingConnection(pika.URLParameters(f"amqp://guest:guest@127.0.0.1:{managed.port}/dqt"))
+    try:
+        channel = connection.channel()
+        channel.queue_declare("dqt-durable", durable=True)
+        channel.queue_declare("dqt-durable", durable=True)  # redeclared the same way: equivalent
+        channel.queue_declare("dqt-transient")
+        channel.queue_declare("dqt-exclusive", exclusive=True)
+        channel.queue_declare("dqt-classic", durable=True, arguments={"x-queue-type": "classic"})
+        types = {queue["name"]: queue["type"] for queue in call(managed, "GET", "/api/queues/dqt")[1]}
+    finally:
+        connection.close()
+    assert types == {"dqt-durable": "quorum", "dqt-transient": "classic", "dqt-exclusive": "classic",
+                     "dqt-classic": "classic"}
+    exported = call(managed, "GET", "/api/definitions")[1]
+    [entry] = [vhost for vhost in exported["vhosts"] if vhost["name"] == "dqt"]
+    assert entry["default_queue_type"] == "quorum" and entry["metadata"]["default_queue_type"] == "quorum"
+    fresh = start_broker(management_port=_free_port())
+    assert call(fresh, "POST", "/api/definitions", exported)[0] == 204
+    assert call(fresh, "GET", "/api/vhosts/dqt")[1]["default_queue_type"] == "quorum"

@@ -81,7 +81,7 @@ def test_the_web_ui_shows_live_figures_and_acts_on_queues_and_connections(page_a
     assert closed.value.reply_code == 320
 
 
-def test_the_admin_tab_manages_users_vhosts_permissions_and_policies(page_and_broker) -> None:
+def test_the_admin_tab_manages_users_vhosts_permissions_policies_and_limits(page_and_broker) -> None:
     page, broker = page_and_broker
     answers = []
     page.on("dialog", lambda dialog: (answers.append(dialog.message), dialog.accept()))
@@ -114,10 +114,28 @@ def test_the_admin_tab_manages_users_vhosts_permissions_and_policies(page_and_br
     page.click("#policy-form button")
     page.wait_for_selector("tr[data-policy='ui-cap']")
 
+    page.select_option("#limit-kind", "vhost")
+    page.fill("#limit-owner", "ui-vhost")
+    page.select_option("#limit-name", "max-queues")
+    page.fill("#limit-value", "1")
+    page.click("#limit-form button")
+    page.wait_for_selector("tr[data-limit='vhost:ui-vhost:max-queues']")
+    page.select_option("#limit-kind", "user")
+    page.fill("#limit-owner", "ui-user")
+    page.select_option("#limit-name", "max-queues")  # not a user limit: the API's reason is shown
+    page.click("#limit-form button")
+    page.wait_for_selector("#admin-result:has-text('max-queues')")
+
     credentials = pika.PlainCredentials("ui-user", "ui-pw")
     with pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", broker.port, "ui-vhost",
                                                            credentials)) as connection:
-        connection.channel().queue_declare("ui.q")
+        channel = connection.channel()
+        channel.queue_declare("ui.q")
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:  # the limit set in the page
+            channel.queue_declare("ui.q2")
+        assert refused.value.reply_code == 406
+    page.click("tr[data-limit='vhost:ui-vhost:max-queues'] button:has-text('Clear')")
+    page.wait_for_selector("tr[data-limit='vhost:ui-vhost:max-queues']", state="detached")
 
     page.click("tr[data-vhost='ui-vhost'] button:has-text('Delete')")  # asks first
     page.wait_for_selector("tr[data-vhost='ui-vhost']", state="detached")

@@ -122,6 +122,11 @@ class UserDatabase:
             raise AuthenticationFailed(f"user {shown(name)} can only connect via localhost")
         return user
 
+    def may_impersonate(self, name: str) -> bool:
+        """May the user publish with another user's ``user_id`` (RabbitMQ's ``impersonator`` tag)?"""
+        user = self.users.get(name)
+        return user is not None and "impersonator" in user.tags
+
     def check(self, name: str, password: str, *, from_loopback: bool) -> User:
         """The user, if the password is right and it may log in from there (AMQP and HTTP)."""
         user = self.users.get(name)

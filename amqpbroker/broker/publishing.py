@@ -64,7 +64,7 @@ def on_publish(session: Session, number: int, publish: Publish, header: bytes, b
         _special_properties(session, channel, message)
     if header[13] & _USER_ID_FLAG:
         user_id = message.properties.user_id
-        if user_id is not None and user_id != session.user:
+        if user_id is not None and user_id != session.user and not session.broker.users.may_impersonate(session.user):
             raise precondition_failed(f"user_id property set to '{user_id}' but authenticated "
                                       f"user was '{session.user}'")
     if channel.tx is not None:

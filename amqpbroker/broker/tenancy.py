@@ -133,6 +133,10 @@ def put_vhost(broker: Broker, name: str, *, description: str = "", tags: tuple[s
     """Create a virtual host (with its ``amq.*`` exchanges), or update its description and tags."""
     if not name:
         raise TenancyError("vhost name must not be empty")
+    default_queue_type = default_queue_type or None
+    if default_queue_type not in (None, "classic", "quorum"):
+        raise TenancyError(f"default_queue_type {default_queue_type!r} is not supported: classic or quorum "
+                           f"(streams are not implemented yet)")
     vhost = broker.vhosts.get(name) or broker.add_vhost(name)
     vhost.description = description
     vhost.tags = tags

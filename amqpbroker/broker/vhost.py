@@ -341,6 +341,15 @@ class VirtualHost:
 
     # ------------------------------------------------------------ queues
 
+    def _default_type(self, arguments: dict[str, Any], *, durable: bool, exclusive: bool,
+                      auto_delete: bool) -> str | None:
+        """The vhost's default queue type, for a declare that names none (RabbitMQ 3.11+/4.x:
+        durable, non-exclusive, non-auto-delete queues only; the others stay classic)."""
+        wanted = self.default_queue_type
+        if wanted in (None, "classic") or "x-queue-type" in arguments or not durable or exclusive or auto_delete:
+            return None
+        return wanted
+
     def declare_queue(self, name: str, *, passive: bool, durable: bool, exclusive: bool,
                       auto_delete: bool, arguments: dict[str, Any], owner: Any,
                       server_named: bool = False) -> Queue:
@@ -354,6 +363,9 @@ class VirtualHost:
         if not name:
             name = server_named_queue()
         existing = self.queues.get(name)
+        default_type = self._default_type(arguments, durable=durable, exclusive=exclusive, auto_delete=auto_delete)
+        if default_type is not None and (existing is None or existing.arguments.get("x-queue-type") == default_type):
+            arguments = {**arguments, "x-queue-type": default_type}  # (an older queue keeps its type)
         if existing is None:
             most = self.limits.get("max-queues", self.max_queues or None)
             if most is not None and len(self.queues) >= most:

@@ -49,8 +49,7 @@ def export_definitions(broker: Broker, vhost_name: str | None = None) -> dict[st
                 for view in views.binding_views(broker) if view["source"]]
     return {"rabbit_version": __version__, "product_name": "amqpbroker",
             "users": [{**views.user_view(each), "tags": ",".join(each.tags)} for each in broker.users.users.values()],
-            "vhosts": [{"name": name, "description": vhost.description, "tags": list(vhost.tags)}
-                       for name, vhost in broker.vhosts.items()],
+            "vhosts": [_vhost_entry(vhost) for vhost in broker.vhosts.values()],
             "parameters": parameters.parameter_views(broker),
             "global_parameters": parameters.global_parameter_views(broker),
             "topic_permissions": views.topic_permission_views(broker.users),
@@ -59,6 +58,17 @@ def export_definitions(broker: Broker, vhost_name: str | None = None) -> dict[st
             "operator_policies": [policy.view() for vhost in broker.vhosts.values()
                                   for policy in vhost.operator_policies.values()],
             "queues": queues, "exchanges": exchanges, "bindings": bindings}
+
+
+def _vhost_entry(vhost: Any) -> dict[str, Any]:
+    """A vhost as RabbitMQ 3.11+ exports it (its default queue type at the top and in ``metadata``,
+    when set)."""
+    entry: dict[str, Any] = {"name": vhost.name, "description": vhost.description, "tags": list(vhost.tags)}
+    if vhost.default_queue_type:
+        entry["default_queue_type"] = vhost.default_queue_type
+        entry["metadata"] = {"description": vhost.description, "tags": list(vhost.tags),
+                             "default_queue_type": vhost.default_queue_type}
+    return entry
 
 
 def import_definitions(broker: Broker, definitions: dict[str, Any], vhost_name: str | None = None) -> None:

@@ -493,7 +493,7 @@ def _check_publish(vhost: Any, exchange: Any, properties: Any, user: Any) -> Non
     """What RabbitMQ's channel refuses in a publish: an internal exchange, a forged ``user_id``."""
     if exchange.internal:
         raise access_refused(f"cannot publish to internal exchange '{exchange.name}' in vhost '{vhost.name}'")
-    if properties.user_id is not None and properties.user_id != user.name:
+    if properties.user_id is not None and properties.user_id != user.name and "impersonator" not in user.tags:
         raise precondition_failed(f"user_id property set to '{properties.user_id}' but authenticated "
                                   f"user was '{user.name}'")
 
