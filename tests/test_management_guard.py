@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import http.client
 import urllib.error
 import urllib.request
 
@@ -81,3 +82,17 @@ def test_the_failed_login_window_passes() -> None:
         guard.check_login_rate("10.0.0.1", now=float(FAILED_LOGINS))
     guard.check_login_rate("10.0.0.2", now=float(FAILED_LOGINS))  # another address is not concerned
     guard.check_login_rate("10.0.0.1", now=FAILED_LOGINS + 61.0)
+
+
+def test_a_401_challenges_a_browser_but_not_the_web_ui_s_own_calls(managed) -> None:
+    def challenge(headers: dict[str, str]) -> str | None:
+        connection = http.client.HTTPConnection("127.0.0.1", managed.management_port, timeout=5)
+        try:
+            connection.request("GET", "/api/overview", headers=headers)
+            response = connection.getresponse()
+            assert response.status == 401
+            return response.getheader("WWW-Authenticate")
+        finally:
+            connection.close()
+    assert challenge({}) == 'Basic realm="RabbitMQ Management"'  # as RabbitMQ: a browser asks for a login
+    assert challenge({"X-Requested-With": "XMLHttpRequest"}) is None  # the page shows its own login form
