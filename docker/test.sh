@@ -94,18 +94,19 @@ launch() {
   while [ "$1" != "--" ]; do settings+=("$1"); shift; done
   shift
   if [ -z "$chrooted" ]; then
-    local flags=()
+    local flags=() errors
+    errors=$(mktemp)
     for each in "${settings[@]}"; do flags+=(--env "$each"); done
     if podman run -d --rm --network host --name "$name" --volume "$mounted:/etc/amqpbroker:ro" "${flags[@]}" \
-        "$image" "$@" >/dev/null 2>"$0.err.$$"; then
+        "$image" "$@" >/dev/null 2>"$errors"; then
       containers+=("$name")
-      rm -f "$0.err.$$"
+      rm -f "$errors"
       return
     fi
-    grep -qi rlimit "$0.err.$$" || { cat "$0.err.$$" >&2; rm -f "$0.err.$$"; exit 1; }
-    echo "docker/test.sh: podman cannot start containers here ($(grep -oi 'setrlimit[^:]*' "$0.err.$$" | head -1 || echo rlimit));" \
+    grep -qi rlimit "$errors" || { cat "$errors" >&2; rm -f "$errors"; exit 1; }
+    echo "docker/test.sh: podman cannot start containers here ($(grep -oi 'setrlimit[^:]*' "$errors" | head -1 || echo rlimit));" \
          "running the image's filesystem under chroot instead" >&2
-    rm -f "$0.err.$$"
+    rm -f "$errors"
     chrooted=$(buildah from "$image")
     root=$(buildah mount "$chrooted")
     image_env=$(podman image inspect --format '{{range .Config.Env}}{{.}} {{end}}' "$image")

@@ -10,6 +10,7 @@ import pika.exceptions
 import pytest
 from pamqp import commands
 
+from amqpbroker.broker import channel as channel_module
 from amqpbroker.broker.broker import Broker, Limits
 from amqpbroker.broker.consumer_timeouts import CHECK_SECONDS
 from tests.helpers import CLIENT_CAPABILITIES, FakeClient, deliveries
@@ -32,11 +33,27 @@ def _consuming(broker: Broker, *, queue_arguments: dict | None = None, consumer_
     return client
 
 
-def _run_clock(broker: Broker, seconds: float) -> None:
-    """The broker's timer, once per check interval, from NOW to NOW + seconds."""
-    step = 0.0
+_CLOCK = [NOW]
+
+
+@pytest.fixture(autouse=True)
+def driven_clock(monkeypatch) -> None:
+    """The monotonic clock deliveries are stamped with and timeouts read: NOW until ``_at`` moves it."""
+    _CLOCK[0] = NOW
+    monkeypatch.setattr(channel_module, "monotonic", lambda: _CLOCK[0])
+
+
+def _at(broker: Broker, moment: float) -> None:
+    """The broker's timer at NOW + moment."""
+    _CLOCK[0] = NOW + moment
+    broker.tick(NOW + moment)
+
+
+def _run_clock(broker: Broker, seconds: float, start: float = 0.0) -> None:
+    """The broker's timer, once per check interval, from NOW + start to NOW + seconds."""
+    step = start
     while step <= seconds:
-        broker.tick(NOW + step)
+        _at(broker, step)
         step += CHECK_SECONDS
 
 
@@ -45,7 +62,7 @@ def test_a_consumer_past_its_timeout_is_cancelled_and_its_deliveries_requeued() 
     client = _consuming(broker, consumer_arguments={"x-consumer-timeout": 3000})
     _run_clock(broker, 2.0)
     assert client.methods() == []  # not before its time
-    _run_clock(broker, 4.0)
+    _run_clock(broker, 4.0, start=3.0)
     [(_, cancel)] = client.methods()
     assert isinstance(cancel, commands.Basic.Cancel) and cancel.consumer_tag == "worker"
     queue = broker.vhosts["/"].queues["slow"]
@@ -70,7 +87,7 @@ def test_the_queue_s_timeout_or_the_broker_s_applies_when_the_consumer_has_none(
     client = _consuming(broker, queue_arguments={"x-consumer-timeout": 2000} if source == "argument" else None)
     _run_clock(broker, 1.0)
     assert client.methods() == []
-    _run_clock(broker, 3.0)
+    _run_clock(broker, 3.0, start=2.0)
     assert [type(method) for _, method in client.methods()] == [commands.Basic.Cancel]
 
 
@@ -113,7 +130,7 @@ def test_acked_deliveries_and_no_configured_timeout_leave_everything_alone() -> 
     broker = Broker()
     client = _consuming(broker)
     _run_clock(broker, 100.0)
-    assert client.methods() == [] and not broker.consumer_timeouts._marks  # nothing tracked
+    assert client.methods() == []
     broker = Broker(Limits(consumer_timeout=1000))
     client = _consuming(broker)
     client.ack(2, multiple=True)
@@ -135,21 +152,63 @@ def test_a_bad_consumer_timeout_argument_is_a_406() -> None:
     assert isinstance(close, commands.Channel.Close) and close.reply_code == 406
 
 
-def test_many_old_deliveries_keep_a_bounded_record_and_still_time_out() -> None:
-    broker = Broker(Limits(consumer_timeout=3_600_000))  # an hour
+def test_each_delivery_is_timed_by_its_own_consumer_s_timeout_on_a_shared_channel() -> None:
+    """kombu consumes several queues on one channel: a long timeout held by the oldest delivery
+    does not hide a shorter one on a later delivery."""
+    broker = Broker()
     client = FakeClient(broker)
     client.open_channel()
-    client.declare_queue("trickle")
-    client.consume("trickle", "slowpoke")
-    for second in range(3000):  # one delivery a second, never acked
-        client.publish(1, "", "trickle", b"m")
-        broker.tick(NOW + second)
-    assert len(broker.consumer_timeouts._marks[client.session.channels[1]]) <= 512
+    for name in ("patient", "hasty"):
+        client.declare_queue(name)
+    client.consume("patient", "a", arguments={"x-consumer-timeout": 86_400_000})  # a day
+    client.send(commands.Queue.Declare(queue="hasty-2", arguments={"x-consumer-timeout": 1_800_000}))
+    client.publish(1, "", "patient", b"held for a day")
     client.received()
-    broker.tick(NOW + 3599)
+    _at(broker, 1000)
+    client.consume("hasty-2", "b")
+    for second in range(1000, 2700, 7):  # deliveries to b spread over time, never acked
+        _at(broker, second)
+        client.publish(1, "", "hasty-2", b"m")
+    client.received()
+    _at(broker, 1000 + 1799)
     assert client.methods() == []
-    broker.tick(NOW + 3601)
-    assert any(isinstance(method, commands.Basic.Cancel) for _, method in client.methods())
+    _at(broker, 1000 + 1801)
+    [(_, cancel)] = client.methods()
+    assert isinstance(cancel, commands.Basic.Cancel) and cancel.consumer_tag == "b"
+    assert broker.vhosts["/"].queues["hasty-2"].unacked_count == 0
+    assert broker.vhosts["/"].queues["patient"].unacked_count == 1
+
+
+def test_a_wall_clock_step_changes_nothing() -> None:
+    broker = Broker(Limits(consumer_timeout=60_000))
+    client = _consuming(broker)
+    broker.tick(NOW + 3600)  # the wall clock jumps an hour; the monotonic one did not move
+    _at(broker, 1.0)
+    assert client.methods() == []
+
+
+def test_deliveries_of_a_consumer_the_client_cancelled_close_the_channel() -> None:
+    broker = Broker(Limits(consumer_timeout=1000))
+    client = _consuming(broker)
+    client.send(commands.Basic.Cancel(consumer_tag="worker"))
+    client.received()
+    _at(broker, 2.0)
+    [(_, close)] = client.methods()  # nobody to cancel: RabbitMQ 4.x closes the channel too
+    assert isinstance(close, commands.Channel.Close) and close.reply_code == 406
+
+
+def test_an_auto_delete_queue_whose_consumer_timed_out_goes_with_its_messages() -> None:
+    broker = Broker()
+    client = FakeClient(broker)
+    client.open_channel()
+    client.send(commands.Queue.Declare(queue="temp", auto_delete=True))
+    client.expect(commands.Queue.DeclareOk)
+    client.consume("temp", "only", arguments={"x-consumer-timeout": 1000})
+    client.publish(1, "", "temp", b"x")
+    client.received()
+    _at(broker, 2.0)
+    assert [type(method) for _, method in client.methods()] == [commands.Basic.Cancel]
+    assert "temp" not in broker.vhosts["/"].queues and not client.closed
 
 
 def test_pika_consumer_is_cancelled_and_another_gets_the_message(start_broker) -> None:

@@ -260,7 +260,7 @@ def assert_consistent(broker: Broker) -> None:
             assert not ready_seqs & {entry[0] for _, entry in unacked}, queue
     for channel in channels:
         for consumer in channel.consumers.values():
-            held = sum(1 for _, _, owner in channel.unacked.values() if owner is consumer)
+            held = sum(1 for _, _, owner, _ in channel.unacked.values() if owner is consumer)
             assert consumer.unacked == held, (consumer, held)
 
 

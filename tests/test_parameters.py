@@ -178,3 +178,53 @@ def test_a_vhost_s_default_queue_type_applies_to_durable_shared_queues_and_is_ex
     fresh = start_broker(management_port=_free_port())
     assert call(fresh, "POST", "/api/definitions", exported)[0] == 204
     assert call(fresh, "GET", "/api/vhosts/dqt")[1]["default_queue_type"] == "quorum"
+
+
+def test_default_queue_type_edge_cases(managed, start_broker, tmp_path) -> None:
+    # a classic queue made before the vhost got a default type stays classic through definitions
+    call(managed, "PUT", "/api/vhosts/later", {})
+    call(managed, "PUT", "/api/queues/later/old-classic", {"durable": True})
+    call(managed, "PUT", "/api/vhosts/later", {"default_queue_type": "quorum"})
+    exported = call(managed, "GET", "/api/definitions")[1]
+    assert {"name": "old-classic", "type": "classic"}.items() <= next(
+        queue for queue in exported["queues"] if queue["name"] == "old-classic").items()
+    fresh = start_broker(management_port=_free_port())
+    assert call(fresh, "POST", "/api/definitions", exported)[0] == 204
+    assert call(fresh, "GET", "/api/queues/later/old-classic")[1]["type"] == "classic"
+    # RabbitMQ 3.12/3.13 export "undefined" for a vhost without one
+    assert call(fresh, "POST", "/api/definitions", {"vhosts": [{"name": "v313", "default_queue_type": "undefined"}]})[0] == 204
+    assert call(fresh, "GET", "/api/vhosts/v313")[1]["default_queue_type"] == "classic"
+    # limits given as 0 or text are refused, not taken for "none"
+    status, _ = call(fresh, "PUT", "/api/parameters/vhost-limits/v313/limits", {"value": 0})
+    assert status == 400
+
+
+def test_a_stored_vhost_with_an_unsupported_default_type_is_kept_without_it(tmp_path, caplog) -> None:
+    path = str(tmp_path / "db")
+    store = RocksStore(path)
+    try:
+        store.write([("meta", "v", "/", b'{"name": "/"}'),
+                     ("meta", "v", "events", b'{"name": "events", "description": "kept", "default_queue_type": "stream"}')])
+        broker = Broker()
+        restore(broker, store)
+    finally:
+        store.close()
+    assert broker.vhosts["events"].description == "kept" and broker.vhosts["events"].default_queue_type is None
+    assert "not supported" in caplog.text
+
+
+def test_a_binding_with_an_empty_routing_key_is_named_by_a_tilde(managed) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(f"amqp://guest:guest@127.0.0.1:{managed.port}/"))
+    try:
+        channel = connection.channel()
+        channel.exchange_declare("fan", "fanout")
+        channel.queue_declare("fan-q")
+        channel.queue_bind("fan-q", "fan", routing_key="")
+        [binding] = call(managed, "GET", "/api/bindings/%2F/e/fan/q/fan-q")[1]
+        assert binding["properties_key"] == "~"  # as RabbitMQ
+        assert call(managed, "GET", "/api/bindings/%2F/e/fan/q/fan-q/~")[1]["destination"] == "fan-q"
+        assert call(managed, "GET", "/api/bindings/%2F/e/fan/e/fan-q/~")[0] == 404  # a queue's, not an exchange's
+        assert call(managed, "DELETE", "/api/bindings/%2F/e/fan/q/fan-q/~")[0] == 204
+        assert call(managed, "GET", "/api/bindings/%2F/e/fan/q/fan-q")[1] == []
+    finally:
+        connection.close()

@@ -179,7 +179,7 @@ class Broker:
                     queue.sampler.record(now, queue.arrivals, queue.completed,
                                          queue.message_count + queue.unacked_count)
         try:
-            self.consumer_timeouts.check(self, now)
+            self.consumer_timeouts.check(self)
         except Exception as exc:  # a fault in the check: logged, the timer and the broker go on
             log_internal_error(log, "the consumer timeout check", exc)
         self.run_pending()

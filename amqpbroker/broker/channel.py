@@ -2,13 +2,14 @@
 and transactions.
 
 Delivery tags count up from 1 per channel; ``unacked`` maps each outstanding tag to
-``(queue, entry, consumer)`` in tag order (dict insertion order), so ``multiple`` acks walk it
-from the front.
+``(queue, entry, consumer, delivered_at)`` in tag order (dict insertion order), so ``multiple``
+acks walk it from the front (``delivered_at``: the monotonic clock, for consumer timeouts).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from amqpbroker.broker.dead_letter import REJECTED
@@ -32,7 +33,7 @@ __all__ = ["Channel", "OUTPUT_HIGH_WATER"]
 OUTPUT_HIGH_WATER = 8192
 OUTPUT_BYTES_HIGH_WATER = 4 << 20
 
-Unacked = tuple  # (queue, entry, consumer or None for basic.get)
+Unacked = tuple  # (queue, entry, consumer or None for basic.get, delivered_at)
 
 
 class Channel:
@@ -87,7 +88,7 @@ class Channel:
             if message.message_id is not None:
                 queue.discard(entry)
         else:
-            self.unacked[tag] = (queue, entry, consumer)
+            self.unacked[tag] = (queue, entry, consumer, monotonic())
             consumer.unacked += 1
             queue.unacked_count += 1
             if message.message_id is not None and not entry[2] and queue.queue_id is not None:
@@ -109,7 +110,7 @@ class Channel:
             queue.completed += 1
             queue.discard(entry)
         else:
-            self.unacked[tag] = (queue, entry, None)
+            self.unacked[tag] = (queue, entry, None, monotonic())
             queue.unacked_count += 1
             if message.message_id is not None and not entry[2] and queue.queue_id is not None:
                 queue.journal.mark_delivered(queue, entry)
@@ -159,7 +160,7 @@ class Channel:
         """Finish deliveries: drop them (ack; reject without requeue, which dead-letters) or put
         them back."""
         freed: dict[Queue, list] = {}
-        for queue, entry, consumer in deliveries:
+        for queue, entry, consumer, _ in deliveries:
             queue.unacked_count -= 1
             if consumer is not None:
                 consumer.unacked -= 1
@@ -187,7 +188,7 @@ class Channel:
     def ack(self, ack: Ack) -> None:
         deliveries = self.take_unacked(ack.delivery_tag, ack.multiple)
         self.acknowledged += len(deliveries)
-        for queue, _, _ in deliveries:
+        for queue, _, _, _ in deliveries:
             queue.completed += 1
         self.settle(deliveries, requeue=False)
 

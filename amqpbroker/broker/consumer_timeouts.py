@@ -5,27 +5,25 @@ The timeout of a delivery is, first found: its consumer's ``x-consumer-timeout``
 the lower of the two and of an operator policy's), the broker's ``consumer_timeout`` (off unless
 configured). All in milliseconds; 0 or absent: none.
 
-What happens then is RabbitMQ 4.x's: a consumer whose connection advertised
+What happens then is RabbitMQ 4.3+'s: a consumer whose connection advertised
 ``consumer_cancel_notify`` gets ``basic.cancel``, and its unacknowledged deliveries on that channel
 return to their queues (redelivered, counted by a queue that counts deliveries); a late ack, nack
 or reject of one of them is ignored rather than an unknown-tag error. A ``basic.get`` delivery, a
 cancelled consumer's, or a consumer whose client cannot take ``basic.cancel`` closes the channel
 with 406 and RabbitMQ 3.x's text (which returns all of the channel's deliveries).
 
-Deliveries carry no timestamp (the hot path stays as it is): once a second each channel with
-unacknowledged deliveries gets a mark ``(last delivery tag, now)``, and a delivery's age is taken
-from the first mark at or after its tag. Ages are never overestimated, so a timeout fires between
-its value and about a second later, like RabbitMQ's coarse timer. Nothing is tracked while no
-timeout is configured anywhere.
+Each unacknowledged delivery carries the monotonic time it was sent (``Channel.unacked``); once
+a second the channels holding deliveries older than the shortest timeout anywhere are looked at,
+oldest delivery first, so a timeout fires between its value and a second later (RabbitMQ's
+timer is coarser). Nothing is looked at while no timeout is configured anywhere.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import deque
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from amqpbroker.broker import channel as delivery_clock
 from amqpbroker.errors import ChannelError, ReplyCode
 
 if TYPE_CHECKING:
@@ -38,7 +36,7 @@ __all__ = ["ConsumerTimeouts", "CHECK_SECONDS", "consumer_timeout_argument"]
 log = logging.getLogger("amqpbroker.consumer_timeouts")
 
 CHECK_SECONDS = 1.0
-_MAX_MARKS = 512  # per channel; past it every other older mark goes (the oldest stays: ages only get younger)
+_RECLAIMED_KEPT = 4096  # per channel: tags whose late ack is ignored (older ones are an unknown tag again)
 TIMED_OUT_TEXT = ("delivery acknowledgement on channel {} timed out. Timeout value used: "
                   "{} ms. This timeout value can be configured, see consumers doc guide to learn more")
 
@@ -54,15 +52,19 @@ def consumer_timeout_argument(arguments: dict[str, Any]) -> int | None:
 
 
 def _queue_timeout(queue: Any) -> int | None:
-    options = queue.options
-    return options.consumer_timeout if options is not None else None
+    """The queue's own: the lowest of its argument, its policy's and its operator policy's."""
+    found = [value for value in (
+        queue.arguments.get("x-consumer-timeout"),
+        queue.policy.definition.get("consumer-timeout") if queue.policy is not None else None,
+        queue.operator_policy.definition.get("consumer-timeout") if queue.operator_policy is not None else None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0]
+    return min(found) if found else None
 
 
 class ConsumerTimeouts:
     def __init__(self, default_ms: int = 0) -> None:
         self.default_ms = default_ms
-        self._marks: dict[Channel, deque[tuple[int, float]]] = {}
-        self._reclaimed: dict[Channel, set[int]] = {}
+        self._reclaimed: dict[Channel, dict[int, None]] = {}  # (ordered: the oldest go first)
         self._next_check = 0.0
         self.timed_out = 0  # consumers cancelled and channels closed, since the start
 
@@ -71,25 +73,25 @@ class ConsumerTimeouts:
         held = self._reclaimed.get(channel)
         return held is not None and tag in held
 
-    def check(self, broker: Broker, now: float) -> None:
+    def check(self, broker: Broker) -> None:
         """Once a second (the broker's timer calls it more often): act on what timed out."""
-        if now < self._next_check:
+        now = delivery_clock.monotonic()  # the clock deliveries are stamped with (no wall-clock steps)
+        if self._next_check - CHECK_SECONDS < now < self._next_check:
             return
         self._next_check = now + CHECK_SECONDS
-        shortest = self._shortest_timeout(broker)
-        live = set()
-        for session in list(broker.sessions):
-            for channel in list(session.channels.values()):
-                live.add(channel)
-                if shortest is not None and channel.unacked:
-                    self._check_channel(channel, now, shortest)
-                else:
-                    self._marks.pop(channel, None)
-        for held in (self._marks, self._reclaimed):
-            for channel in [channel for channel in held if channel not in live]:
-                del held[channel]
+        channels = [channel for session in list(broker.sessions) for channel in list(session.channels.values())]
+        live = set(channels)
+        for channel in [channel for channel in self._reclaimed if channel not in live]:
+            del self._reclaimed[channel]
+        holding = [channel for channel in channels if channel.unacked]
+        shortest = self._shortest(broker) if holding else None
+        if shortest is None:
+            return
+        for channel in holding:
+            if channel.number in channel.session.channels:  # (not closed by an earlier one)
+                self._check_channel(channel, now, shortest)
 
-    def _shortest_timeout(self, broker: Broker) -> int | None:
+    def _shortest(self, broker: Broker) -> int | None:
         """The shortest timeout anything has (None: nothing to watch)."""
         found = [self.default_ms] if self.default_ms else []
         for vhost in broker.vhosts.values():
@@ -98,9 +100,8 @@ class ConsumerTimeouts:
                 if timeout:
                     found.append(timeout)
                 for consumer in queue.consumers:
-                    timeout = consumer.timeout
-                    if timeout:
-                        found.append(timeout)
+                    if consumer.timeout:
+                        found.append(consumer.timeout)
         return min(found) if found else None
 
     def _timeout_of(self, channel: Channel, queue: Any, consumer: Consumer | None) -> int | None:
@@ -108,27 +109,10 @@ class ConsumerTimeouts:
             return consumer.timeout
         return _queue_timeout(queue) or self.default_ms or None
 
-    def _ages(self, channel: Channel, now: float) -> Iterator[tuple[int, float, Any]]:
-        """Each unacknowledged delivery, oldest first, with its age in ms (never overestimated)."""
-        marks = self._marks[channel]
-        index = 0
-        for tag, delivery in channel.unacked.items():
-            while marks[index][0] < tag:  # the last mark holds the channel's latest tag
-                index += 1
-            yield tag, (now - marks[index][1]) * 1000, delivery
-
     def _check_channel(self, channel: Channel, now: float, shortest: int) -> None:
-        marks = self._marks.setdefault(channel, deque())
-        marks.append((channel.next_tag, now))
-        oldest = next(iter(channel.unacked))
-        while marks[0][0] < oldest:
-            marks.popleft()
-        if len(marks) > _MAX_MARKS:
-            kept = list(marks)
-            marks.clear()
-            marks.extend(kept[:-(_MAX_MARKS // 2):2] + kept[-(_MAX_MARKS // 2):])
         expired: dict[Consumer | None, int] = {}
-        for _, age, (queue, _, consumer) in self._ages(channel, now):
+        for queue, _, consumer, delivered_at in channel.unacked.values():
+            age = (now - delivered_at) * 1000
             if age < shortest:
                 break  # every later delivery is younger still
             timeout = self._timeout_of(channel, queue, consumer)
@@ -148,11 +132,16 @@ class ConsumerTimeouts:
                         "%d ms: cancelled, its deliveries requeued", consumer.tag, channel.number, session.name,
                         consumer.queue.name, timeout)
             tags = [tag for tag, delivery in channel.unacked.items() if delivery[2] is consumer]
-            self._reclaimed.setdefault(channel, set()).update(tags)
+            reclaimed = self._reclaimed.setdefault(channel, {})
+            reclaimed.update(dict.fromkeys(tags))
+            for old in list(reclaimed)[:max(0, len(reclaimed) - _RECLAIMED_KEPT)]:
+                del reclaimed[old]
             deliveries = [channel.unacked.pop(tag) for tag in tags]
-            session.remove_consumer(channel, consumer)
-            session.cancel_by_broker(consumer)
-            channel.settle(deliveries, requeue=True)
+            try:
+                session.remove_consumer(channel, consumer)
+                session.cancel_by_broker(consumer)
+            finally:  # the deliveries go back whatever happened to the consumer
+                channel.settle(deliveries, requeue=True)
             return
         error = ChannelError(ReplyCode.PRECONDITION_FAILED, TIMED_OUT_TEXT.format(channel.number, timeout))
         log.warning("%s (%s)", error.reply_text, session.name)

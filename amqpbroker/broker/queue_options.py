@@ -1,5 +1,4 @@
-"""What a queue's ``x-`` arguments make it do: TTLs, expiry, length limits, dead-lettering,
-consumer timeouts.
+"""What a queue's ``x-`` arguments make it do: TTLs, expiry, length limits, dead-lettering.
 
 Parsed once at declare (arguments were validated by ``arguments.py`` already). A queue without
 any of them has no ``QueueOptions`` at all (``Queue.options is None``), which keeps the plain
@@ -29,7 +28,6 @@ class QueueOptions:
     overflow: str = DROP_HEAD
     dead_letter_exchange: str | None = None
     dead_letter_routing_key: str | None = None
-    consumer_timeout: int | None = None  # ms an unacked delivery may wait (broker/consumer_timeouts.py)
 
     @classmethod
     def from_arguments(cls, arguments: dict[str, Any]) -> QueueOptions | None:
@@ -45,7 +43,6 @@ class QueueOptions:
             overflow=_text(arguments.get("x-overflow", DROP_HEAD)),
             dead_letter_exchange=_text(dlx) if dlx is not None else None,
             dead_letter_routing_key=_text(dlrk) if dlrk is not None else None,
-            consumer_timeout=arguments.get("x-consumer-timeout") or None,
         )
         return None if options == cls() else options
 

@@ -63,7 +63,8 @@ class Session:
         self.tls = tls
         self.certificate_user = certificate_user  # who a verified client certificate names (EXTERNAL)
         limits = broker.limits
-        self.connection = Connection(self, cluster_name=broker.cluster_name, channel_max=limits.channel_max, frame_max=limits.frame_max,
+        self.connection = Connection(self, cluster_name=broker.cluster_name, channel_max=limits.channel_max,
+                                     frame_max=limits.frame_max,
                                      heartbeat=limits.heartbeat, max_message_size=limits.max_message_size,
                                      mechanisms="PLAIN AMQPLAIN EXTERNAL" if certificate_user else "PLAIN AMQPLAIN")
         self.out = self.connection.out

@@ -133,7 +133,8 @@ def put_vhost(broker: Broker, name: str, *, description: str = "", tags: tuple[s
     """Create a virtual host (with its ``amq.*`` exchanges), or update its description and tags."""
     if not name:
         raise TenancyError("vhost name must not be empty")
-    default_queue_type = default_queue_type or None
+    if default_queue_type in ("", "undefined"):  # (RabbitMQ 3.12/3.13 export "undefined" for none)
+        default_queue_type = None
     if default_queue_type not in (None, "classic", "quorum"):
         raise TenancyError(f"default_queue_type {default_queue_type!r} is not supported: classic or quorum "
                            f"(streams are not implemented yet)")
@@ -365,7 +366,7 @@ def import_definitions(broker: Broker, definitions: dict[str, Any]) -> None:
 
 def import_limits(value: Any, known: tuple[str, ...], owner: str) -> dict[str, int]:
     """A definitions entry's limits (a missing or empty one, or RabbitMQ's ``[]``: none)."""
-    if not value:
+    if value is None or value == [] or value == {}:
         return {}
     if not isinstance(value, dict):
         raise TenancyError(f"limits of {owner} must be an object")
@@ -430,8 +431,13 @@ def restore_metadata(broker: Broker, records: list[tuple[str, str, bytes]]) -> b
         del broker.vhosts[name]  # (the default "/", deleted by an operator before the restart)
 
     def vhost(item: dict[str, Any]) -> None:
+        queue_type = item.get("default_queue_type")
+        if queue_type not in (None, "classic", "quorum"):
+            log.warning("vhost '%s': its stored default queue type %r is not supported; it has none now",
+                        item["name"], queue_type)
+            queue_type = None
         put_vhost(broker, item["name"], description=item.get("description", ""),
-                  tags=tuple(item.get("tags", ())), default_queue_type=item.get("default_queue_type"),
+                  tags=tuple(item.get("tags", ())), default_queue_type=queue_type,
                   limits=dict(item.get("limits") or {}))
 
     def user(item: dict[str, Any]) -> None:

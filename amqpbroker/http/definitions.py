@@ -38,7 +38,8 @@ def export_definitions(broker: Broker, vhost_name: str | None = None) -> dict[st
         for queue in vhost.queues.values():
             if queue.durable and not queue.exclusive:
                 view = views.queue_view(vhost.name, queue)
-                queues.append({key: view[key] for key in ("name", "vhost", "durable", "auto_delete", "arguments")})
+                queues.append({key: view[key] for key in ("name", "vhost", "durable", "auto_delete", "type",
+                                                          "arguments")})
         for exchange in vhost.exchanges.values():
             if exchange.name and not exchange.name.startswith("amq."):
                 view = views.exchange_view(vhost.name, exchange)
@@ -113,10 +114,16 @@ def _entries(definitions: dict[str, Any], key: str) -> list[dict[str, Any]]:
 
 
 def declare_queue(vhost: Any, name: str, body: dict[str, Any]) -> None:
-    """A queue as a PUT body or a definitions entry describes it (durable unless it says not)."""
+    """A queue as a PUT body or a definitions entry describes it (durable unless it says not; its
+    ``type``, as RabbitMQ 3.13+ exports it, stands for ``x-queue-type``, so a vhost's default queue
+    type does not change an exported classic queue into another type)."""
+    arguments = bodies.arguments(body)
+    queue_type = body.get("type")
+    if isinstance(queue_type, str) and queue_type and "x-queue-type" not in arguments:
+        arguments["x-queue-type"] = queue_type
     vhost.declare_queue(bodies.name_of("queue", name), passive=False, durable=bodies.flag(body, "durable", True),
                         exclusive=False, auto_delete=bodies.flag(body, "auto_delete", False),
-                        arguments=bodies.arguments(body), owner=None)
+                        arguments=arguments, owner=None)
 
 
 def declare_exchange(vhost: Any, name: str, body: dict[str, Any]) -> None:

@@ -349,9 +349,10 @@ class _Api(ApiBase):
         if found is None:
             raise not_found()
         if request.method == "GET":
+            wanted = "queue" if kind == "q" else "exchange"
             return next(view for view in views.binding_views(self.broker, vhost.name)
                         if view["source"] == source and view["destination"] == destination
-                        and view["properties_key"] == props)
+                        and view["destination_type"] == wanted and view["properties_key"] == props)
         self._permit(request, vhost, WRITE, "queue" if kind == "q" else "exchange", destination)
         self._permit(request, vhost, READ, "exchange", source, routing_key=found.routing_key)
         if kind == "q":

@@ -158,7 +158,7 @@ def properties_key(routing_key: str, arguments: dict) -> str:
     key, and with arguments ``~`` and a digest of them."""
     quoted = routing_key.replace("%", "%25").replace("/", "%2F")
     if not arguments:
-        return quoted
+        return quoted or "~"  # (an empty path segment could not name it)
     digest = hashlib.sha256(json.dumps(json_value(arguments), sort_keys=True, default=str).encode()).digest()
     return f"{quoted}~{base64.urlsafe_b64encode(digest[:9]).decode()}"
 
