@@ -247,7 +247,7 @@ def assert_consistent(broker: Broker) -> None:
     for vhost in broker.vhosts.values():
         for queue in [*vhost.queues.values(), *vhost.reply_queues.values()]:
             unacked = [(tag, entry) for channel in channels
-                       for tag, (owner, entry, _consumer) in channel.unacked.items() if owner is queue]
+                       for tag, (owner, entry, _consumer, _sent) in channel.unacked.items() if owner is queue]
             assert queue.unacked_count == len(unacked), (queue, queue.unacked_count, len(unacked))
             ready = list(queue.ready)
             assert queue.message_count >= 0 and queue.paged >= 0, queue
