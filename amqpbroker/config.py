@@ -35,6 +35,10 @@ class Config:
     # ms a consumer's delivery may stay unacknowledged before the consumer is cancelled (0: no
     # limit; RabbitMQ's default is 30 minutes: broker/consumer_timeouts.py says why not here)
     consumer_timeout: int = 0
+    # x-delivery-limit for queues that set none (negative: no limit): after that many returns a
+    # message is dead-lettered (reason delivery_limit) or dropped; RabbitMQ 4 gives quorum queues 20
+    delivery_limit_classic: int = -1
+    delivery_limit_quorum: int = 20
     default_user: str = "guest"
     default_password: str = "guest"
     default_vhost: str = "/"  # the vhost made on the first start (the default user may use it)

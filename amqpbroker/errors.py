@@ -8,7 +8,9 @@ The broker raises them anywhere in the protocol or domain code; exactly one plac
 from __future__ import annotations
 
 import logging
+import time
 import traceback
+from typing import Any
 
 __all__ = [
     "AMQPError", "ChannelError", "ConnectionError", "ReplyCode",
@@ -106,3 +108,22 @@ def log_internal_error(logger: logging.Logger, where: str, exc: BaseException) -
     frames = traceback.format_tb(exc.__traceback__, limit=-_TRACEBACK_LINES)
     message = cut_to_bytes(f"{type(exc).__name__}: {exc}", 500)
     logger.error("internal error in %s: %s\n%s", where, message, "".join(frames).rstrip())
+
+
+class LogRate:
+    """One log line per key every ``seconds`` at most (a warning that could repeat per message)."""
+
+    def __init__(self, seconds: float = 10.0) -> None:
+        self.seconds = seconds
+        self._last: dict[Any, float] = {}
+
+    def allow(self, key: Any) -> bool:
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self.seconds:
+            return False
+        if len(self._last) >= 10_000:  # (bounded: forgetting only allows an extra line)
+            self._last.clear()
+        self._last[key] = now
+        return True
+

@@ -87,8 +87,19 @@ class BrokerCollector(Collector):
                 yield family
             else:
                 yield _gauge(name, text, sum(value(queue) for _, queue in queues))
+        name, text = ("amqpbroker_queue_messages_dropped_by_delivery_limit", "Messages dropped (no dead-letter "
+                      "exchange) for being returned more times than their queue's x-delivery-limit")
         if self.per_object:
+            family = CounterMetricFamily(name, text, labels=("vhost", "queue"))
+            for vhost, queue in queues:
+                family.add_metric((vhost, queue.name), queue.delivery_limit_dropped)
+            yield family
             yield from _queueing_families(queues)
+        else:
+            yield CounterMetricFamily(name, text, value=sum(queue.delivery_limit_dropped for _, queue in queues))
+        yield CounterMetricFamily("amqpbroker_consumer_timeouts", "Consumers cancelled or channels closed for a "
+                                  "delivery unacknowledged past its consumer timeout",
+                                  value=broker.consumer_timeouts.timed_out)
         totals = broker.totals.including(sessions)
         for name, text, key in _COUNTERS:
             yield CounterMetricFamily(name, text, value=totals[key])

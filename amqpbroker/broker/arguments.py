@@ -26,6 +26,11 @@ def _non_negative_int(value: Any) -> str | None:
     return None
 
 
+def _delivery_limit(value: Any) -> str | None:
+    """A number of returns; -1 (any negative) for none, as RabbitMQ 4."""
+    return None if _is_int(value) else f"expected integer, got {_amqp_type(value)}"
+
+
 MAX_EXPIRY = 315_360_000_000  # RabbitMQ's largest TTL / expiry: ten years, in milliseconds
 
 
@@ -90,7 +95,7 @@ QUEUE_ARGUMENTS: dict[str, Callable[[Any], str | None]] = {
     "x-queue-mode": _one_of("unsupported queue mode '{value}'", "default", "lazy"),
     "x-queue-type": _one_of("unsupported queue type '{value}'", "classic", "quorum", "stream"),
     "x-single-active-consumer": _boolean,
-    "x-delivery-limit": _non_negative_int,
+    "x-delivery-limit": _delivery_limit,
     "x-consumer-timeout": _non_negative_int,
     "x-queue-master-locator": _string,
     "x-quorum-initial-group-size": _positive_int,

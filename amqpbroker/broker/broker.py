@@ -44,6 +44,9 @@ class Limits:
     consumer_max_per_channel: int = 0
     queue_max_per_vhost: int = 0
     consumer_timeout: int = 0  # ms a delivery may stay unacknowledged (0: no limit; broker/consumer_timeouts.py)
+    # x-delivery-limit for queues without one (negative: none): RabbitMQ 4's 20 for quorum queues
+    delivery_limit_classic: int = -1
+    delivery_limit_quorum: int = 20
 
 
 class MessageTotals:
@@ -116,6 +119,8 @@ class Broker:
         vhost = VirtualHost(name, journal=self.journal, mark_dirty=self._dirty.add,
                             on_queue_deleted=self._queue_deleted)
         vhost.max_queues = self.limits.queue_max_per_vhost
+        vhost.delivery_limit_defaults = tuple(None if limit < 0 else limit for limit in (
+            self.limits.delivery_limit_classic, self.limits.delivery_limit_quorum))
         self.vhosts[name] = vhost
         return vhost
 

@@ -85,7 +85,7 @@ class Channel:
                        header or message.header, message.body, self.frame_max)
         if consumer.no_ack:
             queue.completed += 1
-            if message.message_id is not None:
+            if message.message_id is not None or queue.delivery_counts:
                 queue.discard(entry)
         else:
             self.unacked[tag] = (queue, entry, consumer, monotonic())
@@ -171,7 +171,7 @@ class Channel:
                 returned.append(entry)
             elif rejected:
                 queue.discard(entry, reason=REJECTED)
-            elif entry[1].message_id is not None:
+            elif entry[1].message_id is not None or queue.delivery_counts:  # (stored, or counted)
                 queue.discard(entry)
         for queue, entries in freed.items():
             if entries:

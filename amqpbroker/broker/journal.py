@@ -28,6 +28,8 @@ for the next sync, which keeps confirms in order.
 ``("inline", queue_id, seq, message, persistent)``      paged-out entry of a durable queue, with
                                                         its own copy of the message
 ``("delivered", queue_id, seq)``                        an inline entry was handed out once
+``("count", queue_id, seq, n)``                          a stored entry was returned n times
+``("count-", queue_id, seq)``                            ... and has left its queue
 ``("inline-", queue_id, seq)``                          inline entry (and its mark) acked or dropped
 ``("entries-", queue_id, from_seq)``                    a durable queue's paged-out entries dropped
 ``("delayed", id, vhost, exchange, due, message)``      a message held by a delayed exchange
@@ -155,6 +157,13 @@ class Journal:
             self.ops.append(op)
         else:
             self.ops[index] = op
+
+    def count_delivery(self, queue: Queue, entry: Entry, count: int) -> None:
+        """A stored entry was returned ``count`` times (kept so that a restart keeps counting)."""
+        self.ops.append(("count", queue.queue_id, entry[0], count))
+
+    def forget_count(self, queue: Queue, entry: Entry) -> None:
+        self.ops.append(("count-", queue.queue_id, entry[0]))
 
     def forget_entry(self, queue: Queue, entry: Entry) -> None:
         """A stored entry left its durable queue for good (acked, dropped, purged)."""

@@ -24,6 +24,7 @@ dead-lettering through the host (the vhost).
 from __future__ import annotations
 
 import bisect
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -39,11 +40,15 @@ from amqpbroker.broker.queueing import Sampler
 from amqpbroker.broker.queue_options import DROP_HEAD, REJECT_PUBLISH_DLX, QueueOptions
 from amqpbroker.codec.content import decode_properties, encode_content_header
 from amqpbroker.codec.tables import TableError
+from amqpbroker.errors import LogRate
 
 if TYPE_CHECKING:
     from amqpbroker.broker.consumer import Consumer
 
 __all__ = ["Queue", "Entry"]
+
+log = logging.getLogger("amqpbroker.queue")
+_limit_warnings = LogRate()  # per queue: a poison message loop must not flood the log
 
 Entry = tuple  # (seq: int, message: Message, redelivered: bool)
 
@@ -55,7 +60,7 @@ class Queue:
         "had_consumers", "deleted", "exclusive_consumer", "queue_id", "journal",
         "ready_bytes", "paged", "page_next", "page_id", "paging_in", "page_epoch", "paged_bytes",
         "options", "host", "expiring", "last_used", "single_active", "_consumer_groups",
-        "general_dispatch", "quorum", "delivery_limit", "delivery_counts",
+        "general_dispatch", "quorum", "delivery_limit", "delivery_counts", "delivery_limit_dropped",
         "completed", "sampler", "page_waiters",
         "delivered", "dispatched_at", "flow_on", "flow_publishers", "policy", "operator_policy",
     )
@@ -97,10 +102,13 @@ class Queue:
         self.operator_policy: Any = None
         self.single_active = self.arguments.get("x-single-active-consumer") is True
         self._consumer_groups: list[list[Consumer]] = []  # see _group_consumers
-        # a quorum queue: same semantics to clients, plus x-delivery-count and x-delivery-limit
+        # a quorum queue: same semantics to clients, plus x-delivery-count on every delivery
         self.quorum = self.arguments.get("x-queue-type") in ("quorum", b"quorum")
-        self.delivery_limit: int | None = self.arguments.get("x-delivery-limit") if self.quorum else None
-        self.delivery_counts: dict[int, int] = {}  # seq -> times returned (quorum queues)
+        # every queue counts returns (x-delivery-count) and drops or dead-letters a message
+        # returned more than x-delivery-limit times (the vhost's default for its type otherwise)
+        self.delivery_limit = self._delivery_limit(self.arguments)
+        self.delivery_counts: dict[int, int] = {}  # seq -> times returned, for returned messages only
+        self.delivery_limit_dropped = 0  # messages dropped (no dead-letter exchange) by the limit
         self.general_dispatch = False
         # for the queueing figures (queueing.py): messages gone through a consumer; arrivals are
         # counted by the sequence numbers (``arrivals``)
@@ -212,8 +220,7 @@ class Queue:
         (``policies.effective``), from the next message on; a lowered length limit drops (or
         dead-letters) the excess at once, as RabbitMQ applies a policy to a live queue."""
         self.options = options = QueueOptions.from_arguments(arguments)
-        if self.quorum:
-            self.delivery_limit = arguments.get("x-delivery-limit")
+        self.delivery_limit = self._delivery_limit(arguments)
         self._options_changed()
         if options is not None:
             if options.message_ttl is not None:
@@ -233,17 +240,28 @@ class Queue:
 
     def _update_dispatch(self) -> None:
         """Does ``dispatch`` need the general path (TTLs, consumer priorities, single active
-        consumer, quorum headers)?"""
-        self.general_dispatch = self.expiring or bool(self._consumer_groups) or self.quorum
+        consumer, delivery-count headers)?"""
+        self.general_dispatch = (self.expiring or bool(self._consumer_groups) or self.quorum
+                                 or bool(self.delivery_counts))
+
+    def _delivery_limit(self, arguments: dict[str, Any]) -> int | None:
+        """``x-delivery-limit`` (effective: its policies merged), else the default for its type;
+        negative: none (RabbitMQ 4's -1)."""
+        limit = arguments.get("x-delivery-limit")
+        if limit is None:
+            limit = self.host.delivery_limit_defaults[1 if self.quorum else 0]
+        return None if limit is None or limit < 0 else limit
 
     def delivery_header(self, entry: Entry) -> bytes | None:
-        """The content header to deliver ``entry`` with, if not the message's own: a quorum
-        queue tells how often the message was returned before (``x-delivery-count``)."""
-        if not self.quorum:
+        """The content header to deliver ``entry`` with, if not the message's own: how often the
+        message was returned before (``x-delivery-count``; a quorum queue says it every time, as
+        RabbitMQ's, other queues once it was returned)."""
+        count = self.delivery_counts.get(entry[0], 0)
+        if not count and not self.quorum:
             return None
         message = entry[1]
         properties = decode_properties(message.header)
-        properties.headers = {**(properties.headers or {}), "x-delivery-count": self.delivery_counts.get(entry[0], 0)}
+        properties.headers = {**(properties.headers or {}), "x-delivery-count": count}
         try:
             return encode_content_header(len(message.body), properties)
         except TableError:  # cannot carry the count: delivered as published
@@ -298,9 +316,7 @@ class Queue:
 
     def requeue(self, entries: Iterable[Entry]) -> None:
         """Put delivered-but-unacked entries back at their original positions, redelivered."""
-        returned = sorted((seq, message, True) for seq, message, _ in entries)
-        if self.quorum:
-            returned = self._count_returns(returned)
+        returned = self._count_returns(sorted((seq, message, True) for seq, message, _ in entries))
         if not returned:
             return
         self.ready_bytes += sum(len(entry[1].body) for entry in returned)
@@ -320,18 +336,31 @@ class Queue:
     # ---------------------------------------------------------------- messages out
 
     def _count_returns(self, returned: list[Entry]) -> list[Entry]:
-        """A quorum queue counts each message's returns; past ``x-delivery-limit`` it is dropped
-        (dead-lettered) instead of requeued."""
+        """Count each message's returns (kept with a stored message); past ``x-delivery-limit``
+        it is dead-lettered (``delivery_limit``), or dropped with a warning, instead of requeued."""
         counts, limit = self.delivery_counts, self.delivery_limit
+        stored = self.queue_id is not None and not self.deleted
         kept = []
         for entry in returned:
             count = counts[entry[0]] = counts.get(entry[0], 0) + 1
             if limit is not None and count > limit:
-                del counts[entry[0]]
+                if self.options is None or self.options.dead_letter_exchange is None:
+                    self._dropped_by_limit(limit)
                 self.discard(entry, reason=DELIVERY_LIMIT)
-            else:
-                kept.append(entry)
+                continue
+            if stored and entry[1].message_id is not None:
+                self.journal.count_delivery(self, entry, count)
+            kept.append(entry)
+        if counts and not self.general_dispatch:
+            self._update_dispatch()
         return kept
+
+    def _dropped_by_limit(self, limit: int) -> None:
+        self.delivery_limit_dropped += 1
+        if _limit_warnings.allow(id(self)):
+            log.warning("queue '%s' in vhost '%s': a message returned more than its delivery limit (%d) "
+                        "was dropped (no dead-letter exchange); %d so far", self.name, self.vhost, limit,
+                        self.delivery_limit_dropped)
 
     def get(self) -> Entry | None:
         """The next ready message in memory, or None (see :meth:`head_on_disk`: the head may be
@@ -360,6 +389,9 @@ class Queue:
         if self.paged:
             if self.queue_id is None or not self.deleted:  # a durable queue's delete dropped them
                 self.journal.drop_paged(self, self.page_next)
+            for seq in [seq for seq in self.delivery_counts if seq >= self.page_next]:
+                del self.delivery_counts[seq]  # (their stored counts went with the range)
+            self._update_dispatch()
             self.paged = self.paged_bytes = 0
             self.paging_in = False
             self.page_epoch += 1
@@ -371,8 +403,11 @@ class Queue:
         """An entry left the queue for good: acked, auto-acked or purged (``reason`` None), or
         rejected, expired or pushed out by a length limit (dead-lettered for that ``reason``)."""
         message = entry[1]
-        if self.delivery_counts:
-            self.delivery_counts.pop(entry[0], None)
+        if self.delivery_counts and self.delivery_counts.pop(entry[0], None) is not None:
+            if self.queue_id is not None and message.message_id is not None and not self.deleted:
+                self.journal.forget_count(self, entry)
+            if not self.delivery_counts:
+                self._update_dispatch()
         if reason is not None and self.options is not None and self.options.dead_letter_exchange is not None:
             self.host.dead_letter(self, [message], reason)
         if self.queue_id is None or message.message_id is None:
@@ -391,6 +426,8 @@ class Queue:
             self._holds_ttl()
         self.paged, self.page_next = paged, page_next
         self._next_seq = max(self._next_seq, last_seq, entries[-1][0] if entries else 0)
+        if self.delivery_counts:  # (set by recovery: redeliveries say how often)
+            self._update_dispatch()
 
     # ---------------------------------------------------------------- paging
 
@@ -623,6 +660,8 @@ _TTL_GRACE = 0.001  # seconds: RabbitMQ's TTLs are in milliseconds
 
 class _NoHost:
     """For a queue outside a vhost (unit tests): a real clock, no dead-lettering, no timer."""
+
+    delivery_limit_defaults: tuple[int | None, int | None] = (None, None)  # (classic, quorum)
 
     def __init__(self) -> None:
         self.timed: set[Queue] = set()

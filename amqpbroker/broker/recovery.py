@@ -99,13 +99,20 @@ def restore(broker: Broker, store: Any) -> None:
         else:
             cleanup.add(("delayed-", delay_id))
     marks_used: set[tuple[int, int]] = set()
+    returns: dict[int, dict[int, int]] = {}  # queue id -> seq -> times returned
+    for (queue_id, seq), returned in recovered.delivery_counts.items():
+        returns.setdefault(queue_id, {})[seq] = returned
     count = paged = 0
     for queue_id, queue in queues_by_id.items():
-        _restore_queue(queue, store, messages, journal.paging_window, cleanup, marks_used)
+        _restore_queue(queue, store, messages, journal.paging_window, cleanup, marks_used,
+                       returns.pop(queue_id, {}))
         count += queue.message_count
         paged += queue.paged
     for queue_id, seq in recovered.delivered_marks - marks_used:
         cleanup.add(("delivered-", queue_id, seq))
+    for queue_id, held in returns.items():  # counts of queues that are gone
+        for seq in held:
+            cleanup.add(("count-", queue_id, seq))
     for message_id, message in messages.items():
         if not message.refs:
             cleanup.add(("message-", message_id))
@@ -115,7 +122,7 @@ def restore(broker: Broker, store: Any) -> None:
 
 
 def _restore_queue(queue: Queue, store: Any, messages: dict[int, Message], window: tuple[int, int],
-                   cleanup: _Cleanup, marks_used: set[tuple[int, int]]) -> None:
+                   cleanup: _Cleanup, marks_used: set[tuple[int, int]], returns: dict[int, int]) -> None:
     queue_id = queue.queue_id
 
     def survives(entry: Any) -> bool:
@@ -128,6 +135,8 @@ def _restore_queue(queue: Queue, store: Any, messages: dict[int, Message], windo
         if not survives(entry):
             cleanup.add(("entry-", queue_id, entry.seq) if entry.message_id else ("inline-", queue_id, entry.seq))
             continue
+        if entry.seq in returns:  # how often it was returned: the count goes on from there
+            queue.delivery_counts[entry.seq] = returns.pop(entry.seq)
         total += 1
         if entry.message_id or entry.delivered:
             must_load = total
@@ -153,6 +162,8 @@ def _restore_queue(queue: Queue, store: Any, messages: dict[int, Message], windo
                     marks_used.add((queue_id, entry.seq))
             size += len(message.body)
             entries.append((entry.seq, message, entry.delivered))
+    for seq in returns:  # counts whose entries are gone
+        cleanup.add(("count-", queue_id, seq))
     queue.restore(entries, paged=total - len(entries), page_next=page_next, last_seq=last_seq)
 
 

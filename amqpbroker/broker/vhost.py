@@ -99,6 +99,8 @@ class VirtualHost:
         self.default_queue_type: str | None = None
         self.clock = clock  # wall-clock seconds, for TTLs and x-death times
         self.timed: set[Queue] = set()  # queues with TTLs or x-expires: ticked by the broker
+        # x-delivery-limit where a queue has none: (classic, quorum); None: no limit
+        self.delivery_limit_defaults: tuple[int | None, int | None] = (None, 20)
         self.reply_queues: dict[str, Queue] = {}  # direct reply-to: one hidden queue per consumer
         # messages held by x-delayed-message exchanges: (due, id, exchange name, message), a heap
         self.delayed: list[tuple[float, int, str, Message]] = []

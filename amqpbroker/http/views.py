@@ -104,6 +104,8 @@ def queue_view(vhost: str, queue: Queue) -> dict[str, Any]:
         "message_bytes_paged_out": queue.paged_bytes, "messages_ready_ram": len(queue.ready),
         "message_bytes_ready": queue.ready_bytes + queue.paged_bytes,
         "consumers": len(queue.consumers),
+        "delivery_limit": queue.delivery_limit,
+        "messages_dropped_by_delivery_limit": queue.delivery_limit_dropped,
         "exclusive_consumer_tag": queue.exclusive_consumer.tag if queue.exclusive_consumer else None,
         "idle_since": None if queue.consumers else _timestamp(queue.last_used),
         "owner_pid_details": {"name": queue.exclusive_owner.name} if queue.exclusive_owner is not None else {},

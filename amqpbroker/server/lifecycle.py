@@ -45,7 +45,9 @@ def build_broker(config: Config) -> Broker:
                          connection_max_per_user=config.connection_max_per_user,
                          consumer_max_per_channel=config.consumer_max_per_channel,
                          queue_max_per_vhost=config.queue_max_per_vhost,
-                         consumer_timeout=config.consumer_timeout),
+                         consumer_timeout=config.consumer_timeout,
+                         delivery_limit_classic=config.delivery_limit_classic,
+                         delivery_limit_quorum=config.delivery_limit_quorum),
                   default_user=config.default_user, default_password=config.default_password,
                   loopback_users=config.loopback_user_names(), default_vhost=config.default_vhost,
                   paging_window=(config.queue_window_messages, config.queue_window_bytes))

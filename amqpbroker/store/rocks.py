@@ -12,6 +12,7 @@ key                                            value
                                                 written while its queue paged, 0 (8), flags (1:
                                                 persistent) and its own copy of the message
 ``d`` queue id (8) seq (8)                      (empty) that inline entry was delivered once
+``c`` queue id (8) seq (8)                      how often that entry was returned (4 bytes)
 ``t`` page id (8) seq (8)                       a paged-out message of a non-durable queue
 ``w`` delay id (8)                              a message held by a delayed exchange: vhost and
                                                 exchange (shortstrs), due time (double), message
@@ -146,6 +147,8 @@ class RocksStore:
                                           _stored_message(value, exchange_end + _ARRIVED.size)))
             self._delivered = {_SEQ_KEY.unpack(key)[1:] for key, _ in self._scan(b"d")}
             recovered.delivered_marks = self._delivered
+            recovered.delivery_counts = {_SEQ_KEY.unpack(key)[1:]: _U32.unpack(value)[0]
+                                         for key, value in self._scan(b"c")}
             self._check_prefixes()
         except StoreError:
             raise
@@ -174,7 +177,7 @@ class RocksStore:
             iterator.seek_to_first()
             while iterator.valid():
                 key = iterator.key()
-                if key[:1] not in (b"x", b"q", b"b", b"m", b"e", b"d", b"w", b"a"):
+                if key[:1] not in (b"x", b"q", b"b", b"m", b"e", b"d", b"c", b"w", b"a"):
                     raise StoreError(f"unknown key {key[:16]!r} in the data directory {self.path}")
                 iterator.seek(bytes([key[0] + 1]))
         finally:
@@ -252,8 +255,13 @@ class RocksStore:
                 delete(_seq_key(b"d", op[1], op[2]))
             elif tag == "delivered-":
                 delete(_seq_key(b"d", op[1], op[2]))
+            elif tag == "count":
+                put(_seq_key(b"c", op[1], op[2]), _U32.pack(op[3]))
+            elif tag == "count-":
+                delete(_seq_key(b"c", op[1], op[2]))
             elif tag == "entries-":
                 batch.delete_range(*_range(b"e", op[1], op[2]))
+                batch.delete_range(*_range(b"c", op[1], op[2]))
             elif tag == "delayed":
                 _, delay_id, vhost, exchange, due, message = op
                 put(b"w" + _U64.pack(delay_id),
@@ -268,6 +276,7 @@ class RocksStore:
                 delete(_text_key(b"q", vhost, name))
                 batch.delete_range(*_range(b"e", queue_id))
                 batch.delete_range(*_range(b"d", queue_id))
+                batch.delete_range(*_range(b"c", queue_id))
             elif tag == "exchange":
                 put(_text_key(b"x", op[1], op[2]), op[3])
             elif tag == "exchange-":
