@@ -77,6 +77,11 @@ def make_app(broker_url: str | None = None, name: str | None = None, backend: st
             raise self.retry(countdown=0.5)
         return f"{value} after {self.request.retries} retry"
 
+    @app.task(name="interop.die", acks_late=True, reject_on_worker_lost=True, shared=False)
+    def die():
+        """A poison task: its worker process dies every time it runs it (as an OOM kill would)."""
+        os._exit(1)
+
     @app.task(name="interop.late_ack_sleep", acks_late=True, shared=False)
     def late_ack_sleep(seconds, value):
         time.sleep(seconds)

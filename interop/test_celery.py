@@ -18,13 +18,17 @@ deleted afterwards.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.parse
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -371,3 +375,68 @@ def test_chord(amqp_url, tmp_path) -> None:
         add = client.tasks["interop.add"]
         result = chord([add.s(i, i) for i in range(4)], client.tasks["interop.sum_all"].s())()
         assert result.get(timeout=RESULT_TIMEOUT) == sum(2 * i for i in range(4))
+
+
+def test_a_task_that_kills_its_worker_ends_in_the_dead_letter_queue(amqp_url, management_url) -> None:
+    """acks_late + task_reject_on_worker_lost and a task whose worker process dies each time: the
+    task is requeued every time (celery's warning: "can cause message loops"); a delivery-limit
+    policy on the task queue stops the loop after 1 + 2 deliveries and dead-letters the task."""
+    if _is_rabbitmq(amqp_url):
+        pytest.skip("RabbitMQ 3.10 counts deliveries on quorum queues only; Celery's queue here is classic")
+    api = _Management(management_url)
+    with celery_pair(amqp_url, "prefork") as (client, worker):
+        dead = f"{worker.name}.dead"
+        connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+        try:
+            connection.channel().queue_declare(dead)
+            assert api.put(f"/api/policies/%2F/{worker.name}-poison", {
+                "pattern": f"^{worker.name}$", "apply-to": "queues",
+                "definition": {"delivery-limit": 2, "dead-letter-exchange": "", "dead-letter-routing-key": dead}})
+            result = client.tasks["interop.die"].delay()
+            deadline = time.monotonic() + 30
+            got = None
+            while got is None and time.monotonic() < deadline:
+                got = connection.channel().basic_get(dead, auto_ack=True)
+                got = got if got[0] is not None else None
+                time.sleep(0.2)
+            assert got is not None, worker.tail()
+            _, properties, _ = got
+            assert properties.headers["id"] == result.id
+            death = properties.headers["x-death"][0]
+            assert death["reason"] == "delivery_limit" and death["queue"] == worker.name
+            assert sum(f"{result.id}] received" in line for line in worker.log) == 3
+            assert worker.proc.poll() is None  # the worker itself goes on
+        finally:
+            api.delete(f"/api/policies/%2F/{worker.name}-poison")
+            connection.channel().queue_delete(dead)
+            connection.close()
+
+
+def _is_rabbitmq(amqp_url: str) -> bool:
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        return connection._impl.server_properties.get("product") == "RabbitMQ"
+    finally:
+        connection.close()
+
+
+class _Management:
+    def __init__(self, url: str) -> None:
+        parsed = urllib.parse.urlsplit(url)
+        self.base = f"http://{parsed.hostname}:{parsed.port}"
+        self.auth = "Basic " + base64.b64encode(f"{parsed.username}:{parsed.password}".encode()).decode()
+
+    def _call(self, method: str, path: str, body=None) -> int:
+        request = urllib.request.Request(self.base + path, method=method,
+                                         data=json.dumps(body).encode() if body is not None else None,
+                                         headers={"Authorization": self.auth, "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+
+    def put(self, path: str, body) -> bool:
+        return self._call("PUT", path, body) in (201, 204)
+
+    def delete(self, path: str) -> None:
+        with contextlib.suppress(Exception):
+            self._call("DELETE", path)
+
