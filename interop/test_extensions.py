@@ -408,3 +408,39 @@ def test_a_delayed_exchange_needs_an_existing_delayed_type(amqp_url, unique):
             assert exc.reply_code == 503
             pytest.skip("this broker has no rabbitmq-delayed-message-exchange plugin")
         assert error.reply_code == 406
+
+
+_TYPE_ARGUMENTS = [  # (queue type, argument, value, the end of RabbitMQ 3.10's 406 text)
+    ("quorum", "x-dead-letter-strategy", "bogus", ": invalid_dlx_strategy"),
+    ("quorum", "x-dead-letter-strategy", 5, ": {unacceptable_type,signedint}"),
+    ("quorum", "x-queue-mode", "lazy", " of queue type rabbit_quorum_queue"),
+    ("quorum", "x-queue-version", 2, " of queue type rabbit_quorum_queue"),
+    ("quorum", "x-max-priority", 5, " of queue type rabbit_quorum_queue"),
+    ("quorum", "x-queue-master-locator", "min-masters", " of queue type rabbit_quorum_queue"),
+    ("quorum", "x-queue-leader-locator", "bogus", ": invalid_queue_locator_arg"),
+    ("quorum", "x-quorum-initial-group-size", "x", ': "expected integer, got longstr"'),
+    ("classic", "x-dead-letter-strategy", "at-least-once", " of queue type rabbit_classic_queue"),
+    ("classic", "x-quorum-initial-group-size", 3, " of queue type rabbit_classic_queue"),
+    ("classic", "x-queue-leader-locator", "balanced", " of queue type rabbit_classic_queue"),
+    ("classic", "x-queue-version", 3, ": \"unsupported queue version '3'\""),
+    ("classic", "x-max-length", "x", ': "expected integer, got longstr"'),
+]
+
+
+@pytest.mark.parametrize("queue_type,argument,value,reason", _TYPE_ARGUMENTS)
+def test_arguments_a_queue_type_does_not_take_are_refused_as_rabbitmq(conn, unique, queue_type, argument, value,
+                                                                      reason) -> None:
+    channel = conn.channel()
+    error = channel_error(channel, lambda: channel.queue_declare(f"{unique}-q", durable=True, arguments={
+        "x-queue-type": queue_type, argument: value}))
+    assert error.reply_code == 406
+    assert error.reply_text == (f"PRECONDITION_FAILED - invalid arg '{argument}' for queue '{unique}-q' "
+                                f"in vhost '/'{reason}")
+
+
+@pytest.mark.parametrize("arguments", [{"x-dead-letter-strategy": "at-least-once"},
+                                       {"x-dead-letter-strategy": "at-most-once"},
+                                       {"x-quorum-initial-group-size": 3}, {"x-queue-leader-locator": "balanced"}])
+def test_quorum_queue_arguments_rabbitmq_takes_are_taken(conn, cleanup, unique, arguments) -> None:
+    conn.channel().queue_declare(cleanup.queue(f"{unique}-q"), durable=True,
+                                 arguments={"x-queue-type": "quorum", **arguments})

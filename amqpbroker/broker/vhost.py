@@ -18,7 +18,8 @@ from typing import Any
 
 from amqpbroker.broker import ops
 from amqpbroker.broker.arguments import (
-    check_exchange_equivalence, check_flag, check_queue_equivalence, validate_queue_arguments,
+    check_exchange_equivalence, check_flag, check_queue_equivalence, refuse_other_types_arguments,
+    validate_queue_arguments,
 )
 from amqpbroker.broker.dead_letter import dead_lettered, is_cycle
 from amqpbroker.broker.exchanges import Binding, Exchange, exchange_class
@@ -373,6 +374,10 @@ class VirtualHost:
             if most is not None and len(self.queues) >= most:
                 raise precondition_failed(f"cannot declare queue '{name}': queue limit in vhost "
                                           f"'{self.name}' ({most}) is reached")
+            queue_type = arguments.get("x-queue-type", "classic")
+            if isinstance(queue_type, bytes):
+                queue_type = queue_type.decode(errors="replace")
+            refuse_other_types_arguments(name, self.name, queue_type, arguments)
             validate_queue_arguments(name, self.name, arguments)
             self._check_queue_type(name, arguments, durable=durable, exclusive=exclusive, auto_delete=auto_delete)
             return self.apply(ops.DeclareQueue(name, durable, auto_delete, arguments,
@@ -404,8 +409,6 @@ class VirtualHost:
                               ("auto-delete", auto_delete)):
             if flag:
                 raise precondition_failed(f"invalid property '{invalid}' {where}")
-        if "x-max-priority" in arguments:
-            raise precondition_failed(f"invalid arg 'x-max-priority' {where} of queue type rabbit_quorum_queue")
 
     def delete_queue(self, name: str, *, if_unused: bool, if_empty: bool, owner: Any) -> int:
         queue = self.queues.get(name)
