@@ -97,6 +97,7 @@ class BrokerCollector(Collector):
             yield from _queueing_families(queues)
         else:
             yield CounterMetricFamily(name, text, value=sum(queue.delivery_limit_dropped for _, queue in queues))
+        yield from _delayed_families(broker, self.per_object)
         yield CounterMetricFamily("amqpbroker_consumer_timeouts", "Consumers cancelled or channels closed for a "
                                   "delivery unacknowledged past its consumer timeout",
                                   value=broker.consumer_timeouts.timed_out)
@@ -138,6 +139,26 @@ def _queueing_families(queues: list[tuple[str, Any]]) -> Iterator[Metric]:
                 if value is not None:
                     wait.add_metric((vhost, queue, estimate), value)
     yield wait
+
+
+def _delayed_families(broker: Broker, per_object: bool) -> Iterator[Metric]:
+    """What x-delayed-message exchanges hold: how many (per exchange on /metrics/per-object), and
+    per vhost when the next one is due."""
+    name, text = "amqpbroker_exchange_messages_delayed", "Messages held by x-delayed-message exchanges until due"
+    if per_object:
+        family = GaugeMetricFamily(name, text, labels=("vhost", "exchange"))
+        for vhost in broker.vhosts.values():
+            for exchange, held in vhost.delayed.counts.items():
+                family.add_metric((vhost.name, exchange), held)
+        yield family
+    else:
+        yield _gauge(name, text, sum(len(vhost.delayed) for vhost in broker.vhosts.values()))
+    due = GaugeMetricFamily("amqpbroker_delayed_next_due_timestamp_seconds",
+                            "When the next held delayed message is due (Unix time), per vhost", labels=("vhost",))
+    for vhost in broker.vhosts.values():
+        if vhost.delayed.next_due is not None:
+            due.add_metric((vhost.name,), vhost.delayed.next_due)
+    yield due
 
 
 def _gauge(name: str, text: str, value: float, **labels: str) -> GaugeMetricFamily:

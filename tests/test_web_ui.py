@@ -142,3 +142,23 @@ def test_the_admin_tab_manages_users_vhosts_permissions_policies_and_limits(page
     assert any("Delete vhost ui-vhost" in answer for answer in answers)
     page.click("tr[data-user='ui-user'] button:has-text('Delete')")
     page.wait_for_selector("tr[data-user='ui-user']", state="detached")
+
+
+def test_the_exchanges_tab_shows_and_purges_what_a_delayed_exchange_holds(page_and_broker) -> None:
+    page, broker = page_and_broker
+    with pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", broker.port)) as connection:
+        channel = connection.channel()
+        channel.exchange_declare("ui-later", "x-delayed-message", arguments={"x-delayed-type": "direct"})
+        channel.basic_publish("ui-later", "k", b"wait for it", pika.BasicProperties(headers={"x-delay": 600_000}))
+    answers = []
+    page.on("dialog", lambda dialog: (answers.append(dialog.message), dialog.accept()))
+    page.goto(f"http://127.0.0.1:{broker.management_port}/")
+    page.fill("#password", "guest")
+    page.click("#login-button")
+    page.click("nav button[data-tab=exchanges]")
+    page.wait_for_selector("tr[data-exchange='ui-later'] td:nth-child(5):has-text('1')")
+    page.click("tr[data-exchange='ui-later'] button:has-text('Held')")
+    page.wait_for_selector("#held-messages:has-text('wait for it')")
+    page.click("tr[data-exchange='ui-later'] button:has-text('Purge held')")
+    page.wait_for_selector("tr[data-exchange='ui-later'] td:nth-child(5):has-text('0')")
+    assert any("Drop every message exchange ui-later holds?" in answer for answer in answers)

@@ -95,7 +95,8 @@ def restore(broker: Broker, store: Any) -> None:
     for delay_id, vhost_name, exchange_name, due, stored in recovered.delayed:
         journal.next_delay_id = max(journal.next_delay_id, delay_id + 1)
         if vhost_name in broker.vhosts and exchange_name in broker.vhosts[vhost_name].exchanges:
-            broker.vhosts[vhost_name].hold(exchange_name, Message.from_store(*stored), due, delay_id)
+            vhost = broker.vhosts[vhost_name]
+            vhost.delayed.hold(vhost.exchanges[exchange_name], Message.from_store(*stored), due, delay_id)
         else:
             cleanup.add(("delayed-", delay_id))
     marks_used: set[tuple[int, int]] = set()

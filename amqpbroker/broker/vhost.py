@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import heapq
 import logging
 import os
 import time
@@ -23,6 +22,7 @@ from amqpbroker.broker.arguments import (
 )
 from amqpbroker.broker.dead_letter import dead_lettered, is_cycle
 from amqpbroker.broker.exchanges import Binding, Exchange, exchange_class
+from amqpbroker.broker.delayed_messages import DelayedMessages
 from amqpbroker.broker.exchanges.delayed import DelayedExchange, delayed_type
 from amqpbroker.broker.journal import Journal
 from amqpbroker.broker.message import Message
@@ -103,9 +103,8 @@ class VirtualHost:
         # x-delivery-limit where a queue has none: (classic, quorum); None: no limit
         self.delivery_limit_defaults: tuple[int | None, int | None] = (None, 20)
         self.reply_queues: dict[str, Queue] = {}  # direct reply-to: one hidden queue per consumer
-        # messages held by x-delayed-message exchanges: (due, id, exchange name, message), a heap
-        self.delayed: list[tuple[float, int, str, Message]] = []
         self.journal = journal if journal is not None else Journal()
+        self.delayed = DelayedMessages(name, self.journal)  # held by x-delayed-message exchanges until due
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue] = {}
         self.exchange_bindings = 0  # exchange-to-exchange bindings; routing is simpler without
@@ -238,9 +237,6 @@ class VirtualHost:
         for name in list(self.exchanges):
             if name in self.exchanges:  # (an auto-delete one may have gone with its last binding)
                 self.apply(ops.DeleteExchange(name))
-        for _, delay_id, _, message in self.delayed:
-            if message.has_stored_copy:
-                self.journal.definition(("delayed-", delay_id))
         self.delayed.clear()
         self.timed.clear()
 
@@ -572,11 +568,7 @@ class VirtualHost:
                     self.apply(ops.DeleteQueue(queue.name))
             except Exception as exc:  # one queue's fault: logged, the others and the timer go on
                 log_internal_error(log, f"timed work of queue '{queue.name}' in vhost '{self.name}'", exc)
-        delayed = self.delayed
-        while delayed and delayed[0][0] <= now:
-            _, delay_id, exchange_name, message = heapq.heappop(delayed)
-            if message.has_stored_copy:
-                self.journal.definition(("delayed-", delay_id))
+        for exchange_name, message in self.delayed.pop_due(now):
             exchange = self.exchanges.get(exchange_name)
             if exchange is None:
                 continue  # deleted meanwhile: the message goes with it
@@ -595,22 +587,8 @@ class VirtualHost:
         delay = exchange.delay_of(message)
         if not delay:
             return False
-        self.hold(exchange.name, message, self.clock() + delay)
+        self.delayed.hold(exchange, message, self.clock() + delay)
         return True
-
-    def hold(self, exchange_name: str, message: Message, due: float, delay_id: int | None = None) -> None:
-        """Keep ``message`` until ``due`` (also how recovery puts stored delayed messages back)."""
-        journal = self.journal
-        if delay_id is None:
-            delay_id = journal.next_delay_id
-            journal.next_delay_id += 1
-            exchange = self.exchanges[exchange_name]
-            if journal.enabled and exchange.durable and message.persistent:
-                journal.definition(("delayed", delay_id, self.name, exchange_name, due, message))
-                message.durable = message.has_stored_copy = True
-        else:
-            message.durable = message.has_stored_copy = True
-        heapq.heappush(self.delayed, (due, delay_id, exchange_name, message))
 
     @staticmethod
     def _route_through_exchanges(exchange: Exchange, destinations: tuple, routing_key: str,

@@ -93,6 +93,7 @@ def management_app(broker: Broker, listeners: list[dict[str, Any]], memory_limit
         Route("/api/exchanges/{vhost}", api.exchanges),
         Route("/api/exchanges/{vhost}/{name}", api.exchange, methods=["GET", "PUT", "DELETE"]),
         Route("/api/exchanges/{vhost}/{name}/publish", api.publish, methods=["POST"]),
+        Route("/api/exchanges/{vhost}/{name}/delayed", api.delayed, methods=["GET", "DELETE"]),
         Route("/api/bindings", api.bindings),
         Route("/api/bindings/{vhost}", api.bindings),
         Route("/api/bindings/{vhost}/e/{source}/{kind}/{destination}", api.bind, methods=["GET", "POST"]),
@@ -252,7 +253,8 @@ class _Api(ApiBase):
 
     @handler()
     async def exchanges(self, request: Request, user: Any) -> Any:
-        return [views.exchange_view(vhost.name, exchange) for vhost in self._vhosts(request)
+        return [views.exchange_view(vhost.name, exchange, vhost.delayed.counts.get(exchange.name, 0))
+                for vhost in self._vhosts(request)
                 for exchange in vhost.exchanges.values()]
 
     @handler()
@@ -271,7 +273,30 @@ class _Api(ApiBase):
             self._permit(request, vhost, CONFIGURE, "exchange", name)
             vhost.delete_exchange(name, if_unused=request.query_params.get("if-unused") == "true")
             return Response(status_code=204)
-        return views.exchange_view(vhost.name, exchange)
+        return views.exchange_view(vhost.name, exchange, vhost.delayed.counts.get(name, 0))
+
+    @handler()
+    async def delayed(self, request: Request, user: Any) -> Any:
+        """What an ``x-delayed-message`` exchange holds: GET how many, the next due time and the
+        first ``?count=N`` (default 10, at most 1000) messages; DELETE drops them all."""
+        vhost, name = self._vhost(request), self._exchange_name(request)
+        exchange = vhost.exchanges.get(name)
+        if exchange is None or not exchange.delayed:
+            raise not_found()
+        if request.method == "DELETE":
+            self._permit(request, vhost, CONFIGURE, "exchange", name)
+            vhost.delayed.purge(name)
+            return Response(status_code=204)
+        self._permit(request, vhost, READ, "exchange", name)
+        try:
+            count = max(0, min(int(request.query_params.get("count", "10")), GET_LIMIT))
+        except ValueError:
+            raise bad_request("count must be an integer") from None
+        first = vhost.delayed.first(name, count)
+        return {"messages": vhost.delayed.counts.get(name, 0),
+                "next_due": _milliseconds(first[0][0]) if first else None,
+                "held": [{"due": _milliseconds(due), **_got(message, False, 0, "auto", None)}
+                         for due, message in first]}
 
     @handler()
     async def publish(self, request: Request, user: Any) -> Any:
@@ -473,6 +498,10 @@ def _got(message: Message, redelivered: bool, left: int, encoding: str, truncate
             "properties": bodies.properties_view(message.properties),
             "payload": text if text is not None else base64.b64encode(payload).decode(),
             "payload_encoding": "string" if text is not None else "base64"}
+
+
+def _milliseconds(seconds: float) -> int:
+    return int(seconds * 1000)
 
 
 def _payload(body: dict[str, Any]) -> bytes:

@@ -128,10 +128,14 @@ def _figures(queue: Queue) -> dict[str, float | None] | None:
     return figures.as_dict() if figures is not None else None
 
 
-def exchange_view(vhost: str, exchange: Any) -> dict[str, Any]:
-    return {"name": exchange.name, "vhost": vhost, "type": exchange.type_name, "durable": exchange.durable,
+def exchange_view(vhost: str, exchange: Any, held: int = 0) -> dict[str, Any]:
+    """An exchange as the API shows it; an ``x-delayed-message`` one with the messages it holds."""
+    view = {"name": exchange.name, "vhost": vhost, "type": exchange.type_name, "durable": exchange.durable,
             "auto_delete": exchange.auto_delete, "internal": exchange.internal,
             "arguments": json_value(exchange.arguments), "user_who_performed_action": ""}
+    if exchange.delayed:
+        view["messages_delayed"] = held
+    return view
 
 
 def binding_views(broker: Broker, vhost_name: str | None = None) -> list[dict[str, Any]]:
