@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from amqpbroker import __version__
+from amqpbroker.broker.backlog import UnackedAges, oldest_ready_age, redelivery_histogram
 from amqpbroker.broker.broker import NODE_NAME, Broker
 
 __all__ = ["BrokerCollector"]
@@ -87,16 +88,12 @@ class BrokerCollector(Collector):
                 yield family
             else:
                 yield _gauge(name, text, sum(value(queue) for _, queue in queues))
-        name, text = ("amqpbroker_queue_messages_dropped_by_delivery_limit", "Messages dropped (no dead-letter "
-                      "exchange) for being returned more times than their queue's x-delivery-limit")
         if self.per_object:
-            family = CounterMetricFamily(name, text, labels=("vhost", "queue"))
-            for vhost, queue in queues:
-                family.add_metric((vhost, queue.name), queue.delivery_limit_dropped)
-            yield family
+            yield from _task_queue_families(broker, queues)
             yield from _queueing_families(queues)
         else:
-            yield CounterMetricFamily(name, text, value=sum(queue.delivery_limit_dropped for _, queue in queues))
+            for name, text, attribute in _TASK_COUNTERS:
+                yield CounterMetricFamily(name, text, value=sum(getattr(queue.counters, attribute) for _, queue in queues))
         yield from _delayed_families(broker, self.per_object)
         yield CounterMetricFamily("amqpbroker_consumer_timeouts", "Consumers cancelled or channels closed for a "
                                   "delivery unacknowledged past its consumer timeout",
@@ -139,6 +136,47 @@ def _queueing_families(queues: list[tuple[str, Any]]) -> Iterator[Metric]:
                 if value is not None:
                     wait.add_metric((vhost, queue, estimate), value)
     yield wait
+
+
+_TASK_COUNTERS = (
+    ("amqpbroker_queue_messages_dropped_by_delivery_limit", "Messages dropped (no dead-letter exchange) for being "
+     "returned more times than their queue's x-delivery-limit", "dropped_by_delivery_limit"),
+    ("amqpbroker_queue_messages_dead_lettered_by_delivery_limit", "Messages dead-lettered for being returned more "
+     "times than their queue's x-delivery-limit", "dead_lettered_by_delivery_limit"),
+    ("amqpbroker_queue_consumer_timeouts", "Consumers cancelled or channels closed for a delivery of this queue "
+     "unacknowledged past its consumer timeout", "consumer_timeouts"),
+)
+
+
+def _task_queue_families(broker: Broker, queues: list[tuple[str, Any]]) -> Iterator[Metric]:
+    """Per queue (docs/operations.md, task queues): what the delivery limit and consumer timeouts
+    did, how often the messages in it came back, how old its oldest ready and unacked ones are."""
+    for name, text, attribute in _TASK_COUNTERS:
+        family = CounterMetricFamily(name, text, labels=("vhost", "queue"))
+        for vhost, queue in queues:
+            family.add_metric((vhost, queue.name), getattr(queue.counters, attribute))
+        yield family
+    redelivered = GaugeMetricFamily("amqpbroker_queue_messages_redelivered", "Messages in the queue that came back "
+                                    "this many times", labels=("vhost", "queue", "times"))
+    for vhost, queue in queues:
+        if queue.delivery_counts:
+            for times, count in redelivery_histogram(queue).items():
+                redelivered.add_metric((vhost, queue.name, times), count)
+    yield redelivered
+    ages = UnackedAges(broker)
+    ready = GaugeMetricFamily("amqpbroker_queue_oldest_ready_age_seconds",
+                              "How long the first ready message in memory has waited", labels=("vhost", "queue"))
+    unacked = GaugeMetricFamily("amqpbroker_queue_oldest_unacked_age_seconds",
+                                "How long ago the oldest unacknowledged delivery was sent", labels=("vhost", "queue"))
+    for vhost, queue in queues:
+        age = oldest_ready_age(queue, queue.host.clock())
+        if age is not None:
+            ready.add_metric((vhost, queue.name), age)
+        age = ages.of_queue(queue)
+        if age is not None:
+            unacked.add_metric((vhost, queue.name), age)
+    yield ready
+    yield unacked
 
 
 def _delayed_families(broker: Broker, per_object: bool) -> Iterator[Metric]:

@@ -53,7 +53,7 @@ def test_a_classic_queue_counts_returns_and_dead_letters_past_its_limit() -> Non
     assert _returns_until_gone(client) == [None, 1, 2]  # delivered limit + 1 times, as quorum queues
     dead = _get(client, "dead")
     assert dead.body == b"poison" and dead.properties.headers["x-death"][0]["reason"] == "delivery_limit"
-    assert broker.vhosts["/"].queues["work"].delivery_limit_dropped == 0
+    assert broker.vhosts["/"].queues["work"].counters.dropped_by_delivery_limit == 0
 
 
 def test_without_a_dead_letter_exchange_the_message_is_dropped_counted_and_logged_once(caplog) -> None:
@@ -63,7 +63,7 @@ def test_without_a_dead_letter_exchange_the_message_is_dropped_counted_and_logge
         client.publish(1, "", "work", b"poison")
     assert _returns_until_gone(client) == [None] * 5
     queue = broker.vhosts["/"].queues["work"]
-    assert queue.delivery_limit_dropped == 5 and queue.message_count == 0
+    assert queue.counters.dropped_by_delivery_limit == 5 and queue.message_count == 0
     lines = [record.getMessage() for record in caplog.records if "delivery limit" in record.getMessage()]
     assert len(lines) == 1 and "queue 'work'" in lines[0]  # rate-limited
 

@@ -61,6 +61,8 @@ def test_the_web_ui_shows_live_figures_and_acts_on_queues_and_connections(page_a
 
     page.click("tr[data-queue='ui-queue'] button:has-text('Get')")
     page.wait_for_selector("#got-messages:has-text('message 0')")
+    # got and requeued: each came back once
+    page.wait_for_selector("tr[data-queue='ui-queue'] td.redelivered:has-text('3 / 0 / 0')")
     page.click("tr[data-queue='ui-queue'] button:has-text('Purge')")
     page.wait_for_selector("tr[data-queue='ui-queue'] td.ready:has-text('0')")
 

@@ -110,17 +110,18 @@ class ConsumerTimeouts:
         return _queue_timeout(queue) or self.default_ms or None
 
     def _check_channel(self, channel: Channel, now: float, shortest: int) -> None:
-        expired: dict[Consumer | None, int] = {}
+        expired: dict[Consumer | None, tuple[int, Any]] = {}
         for queue, _, consumer, delivered_at in channel.unacked.values():
             age = (now - delivered_at) * 1000
             if age < shortest:
                 break  # every later delivery is younger still
             timeout = self._timeout_of(channel, queue, consumer)
             if timeout is not None and age >= timeout and consumer not in expired:
-                expired[consumer] = timeout
-        for consumer, timeout in expired.items():
+                expired[consumer] = (timeout, queue)
+        for consumer, (timeout, queue) in expired.items():
             if channel.number not in channel.session.channels:
                 return  # closed by an earlier one
+            queue.counters.consumer_timeouts += 1
             self._time_out(channel, consumer, timeout)
 
     def _time_out(self, channel: Channel, consumer: Consumer | None, timeout: int) -> None:

@@ -60,6 +60,7 @@ def on_publish(session: Session, number: int, publish: Publish, header: bytes, b
     if access.topic_permissions and exchange.type_name == "topic":
         access.check_topic(WRITE, publish.exchange, publish.routing_key)
     message = Message(publish.exchange, publish.routing_key, publish.routing_raw, header, body)
+    message.arrived = vhost.clock()  # (TTLs count from it; the API shows how old a queue's head is)
     if header[12] & (_EXPIRATION_FLAG | _REPLY_TO_FLAG):  # one test on the usual path
         _special_properties(session, channel, message)
     if header[13] & _USER_ID_FLAG:
@@ -78,7 +79,6 @@ def _special_properties(session: Session, channel: Channel, message: Message) ->
     header = message.header
     if header[12] & _EXPIRATION_FLAG:
         message.ttl = message_ttl(message.properties.expiration)
-        message.arrived = session.vhost.clock()
     if header[12] & _REPLY_TO_FLAG and message.properties.reply_to == REPLY_TO:
         if channel.reply_queue is None:
             raise precondition_failed("fast reply consumer does not exist")

@@ -30,6 +30,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from amqpbroker.broker.backlog import TaskCounters
 from amqpbroker.broker.channel import OUTPUT_BYTES_HIGH_WATER, OUTPUT_HIGH_WATER
 from amqpbroker.broker.dead_letter import DELIVERY_LIMIT, EXPIRED, MAXLEN
 from amqpbroker.broker.flow import FLOW_HIGH, FLOW_LOW
@@ -60,7 +61,7 @@ class Queue:
         "had_consumers", "deleted", "exclusive_consumer", "queue_id", "journal",
         "ready_bytes", "paged", "page_next", "page_id", "paging_in", "page_epoch", "paged_bytes",
         "options", "host", "expiring", "last_used", "single_active", "_consumer_groups",
-        "general_dispatch", "quorum", "delivery_limit", "delivery_counts", "delivery_limit_dropped",
+        "general_dispatch", "quorum", "delivery_limit", "delivery_counts", "counters",
         "completed", "sampler", "page_waiters",
         "delivered", "dispatched_at", "flow_on", "flow_publishers", "policy", "operator_policy",
     )
@@ -108,7 +109,7 @@ class Queue:
         # returned more than x-delivery-limit times (the vhost's default for its type otherwise)
         self.delivery_limit = self._delivery_limit(self.arguments)
         self.delivery_counts: dict[int, int] = {}  # seq -> times returned, for returned messages only
-        self.delivery_limit_dropped = 0  # messages dropped (no dead-letter exchange) by the limit
+        self.counters = TaskCounters()  # what the delivery limit and consumer timeouts did (backlog.py)
         self.general_dispatch = False
         # for the queueing figures (queueing.py): messages gone through a consumer; arrivals are
         # counted by the sequence numbers (``arrivals``)
@@ -346,6 +347,8 @@ class Queue:
             if limit is not None and count > limit:
                 if self.options is None or self.options.dead_letter_exchange is None:
                     self._dropped_by_limit(limit)
+                else:
+                    self.counters.dead_lettered_by_delivery_limit += 1
                 self.discard(entry, reason=DELIVERY_LIMIT)
                 continue
             if stored and entry[1].message_id is not None:
@@ -356,11 +359,12 @@ class Queue:
         return kept
 
     def _dropped_by_limit(self, limit: int) -> None:
-        self.delivery_limit_dropped += 1
+        counters = self.counters
+        counters.dropped_by_delivery_limit += 1
         if _limit_warnings.allow(id(self)):
             log.warning("queue '%s' in vhost '%s': a message returned more than its delivery limit (%d) "
                         "was dropped (no dead-letter exchange); %d so far", self.name, self.vhost, limit,
-                        self.delivery_limit_dropped)
+                        counters.dropped_by_delivery_limit)
 
     def get(self) -> Entry | None:
         """The next ready message in memory, or None (see :meth:`head_on_disk`: the head may be

@@ -27,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from amqpbroker.broker.backlog import UnackedAges
 from amqpbroker.broker.broker import Broker
 from amqpbroker.broker.queue import Queue
 from amqpbroker.broker.message import Message
@@ -181,9 +182,10 @@ class _Api(ApiBase):
         """Every queue; built in slices, letting AMQP traffic in between, so that ten thousand
         queues do not stall the broker."""
         snapshot = [(vhost.name, queue) for vhost in self._vhosts(request) for queue in vhost.queues.values()]
+        ages = UnackedAges(self.broker)
         result = []
         for start in range(0, len(snapshot), _SLICE):
-            result.extend(views.queue_view(vhost, queue) for vhost, queue in snapshot[start:start + _SLICE]
+            result.extend(views.queue_view(vhost, queue, ages) for vhost, queue in snapshot[start:start + _SLICE]
                           if not queue.deleted)
             await anyio.lowlevel.checkpoint()
         return result
@@ -205,7 +207,7 @@ class _Api(ApiBase):
             vhost.delete_queue(name, if_unused=request.query_params.get("if-unused") == "true",
                                if_empty=request.query_params.get("if-empty") == "true", owner=None)
             return Response(status_code=204)
-        return views.queue_view(vhost.name, queue)
+        return views.queue_view(vhost.name, queue, UnackedAges(self.broker))
 
     @handler()
     async def purge(self, request: Request, user: Any) -> Any:

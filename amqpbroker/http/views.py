@@ -14,6 +14,7 @@ import math
 from typing import Any
 
 from amqpbroker import __version__
+from amqpbroker.broker.backlog import UnackedAges, oldest_ready_age, redelivery_histogram
 from amqpbroker.broker.broker import NODE_NAME, Broker
 from amqpbroker.broker.policies import effective_definition
 from amqpbroker.broker.queue import Queue
@@ -89,8 +90,10 @@ def _utf8_or_base64(data: bytes) -> str:
         return "Not UTF-8, base64 is: " + base64.b64encode(data).decode()
 
 
-def queue_view(vhost: str, queue: Queue) -> dict[str, Any]:
+def queue_view(vhost: str, queue: Queue, ages: UnackedAges | None = None) -> dict[str, Any]:
+    """A queue as the API shows it (``ages``: the broker's unacked ages, for ``oldest_unacked_age``)."""
     queue_type = "quorum" if queue.quorum else "classic"
+    counters = queue.counters
     return {
         "name": queue.name, "vhost": vhost, "durable": queue.durable, "auto_delete": queue.auto_delete,
         "exclusive": queue.exclusive, "arguments": json_value(queue.arguments), "type": queue_type,
@@ -105,7 +108,12 @@ def queue_view(vhost: str, queue: Queue) -> dict[str, Any]:
         "message_bytes_ready": queue.ready_bytes + queue.paged_bytes,
         "consumers": len(queue.consumers),
         "delivery_limit": queue.delivery_limit,
-        "messages_dropped_by_delivery_limit": queue.delivery_limit_dropped,
+        "messages_dropped_by_delivery_limit": counters.dropped_by_delivery_limit,
+        "messages_dead_lettered_by_delivery_limit": counters.dead_lettered_by_delivery_limit,
+        "consumer_timeouts": counters.consumer_timeouts,
+        "messages_redelivered": redelivery_histogram(queue),
+        "oldest_ready_age": _rounded(oldest_ready_age(queue, queue.host.clock())),
+        "oldest_unacked_age": _rounded(ages.of_queue(queue)) if ages is not None else None,
         "exclusive_consumer_tag": queue.exclusive_consumer.tag if queue.exclusive_consumer else None,
         "idle_since": None if queue.consumers else _timestamp(queue.last_used),
         "owner_pid_details": {"name": queue.exclusive_owner.name} if queue.exclusive_owner is not None else {},
@@ -126,6 +134,10 @@ def _figures(queue: Queue) -> dict[str, float | None] | None:
     """λ, μ, ρ and W over the last samples (see ``amqpbroker.broker.queueing``)."""
     figures = queue.sampler.figures(len(queue.consumers))
     return figures.as_dict() if figures is not None else None
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)
 
 
 def exchange_view(vhost: str, exchange: Any, held: int = 0) -> dict[str, Any]:
@@ -209,11 +221,14 @@ def channel_views(broker: Broker) -> list[dict[str, Any]]:
 
 def consumer_views(broker: Broker) -> list[dict[str, Any]]:
     views = []
+    ages = UnackedAges(broker)
     for session in broker.sessions:
         for number, channel in session.channels.items():
             for consumer in channel.consumers.values():
                 views.append({
                     "consumer_tag": consumer.tag, "ack_required": not consumer.no_ack,
+                    "messages_unacknowledged": consumer.unacked,
+                    "oldest_unacked_age": _rounded(ages.of_consumer(consumer)),
                     "exclusive": consumer.exclusive, "prefetch_count": consumer.prefetch,
                     "arguments": json_value(consumer.arguments), "active": True,
                     "queue": {"name": consumer.queue.name, "vhost": consumer.queue.vhost},
