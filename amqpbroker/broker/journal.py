@@ -30,6 +30,8 @@ for the next sync, which keeps confirms in order.
 ``("delivered", queue_id, seq)``                        an inline entry was handed out once
 ``("count", queue_id, seq, n)``                          a stored entry was returned n times
 ``("count-", queue_id, seq)``                            ... and has left its queue
+``("dedup", owner, value, expires, at)``                 a deduplication cache remembers a value
+``("dedup-", owner, value)`` / ``("dedup*", owner)``     ... forgot it / the whole cache went
 ``("inline-", queue_id, seq)``                          inline entry (and its mark) acked or dropped
 ``("entries-", queue_id, from_seq)``                    a durable queue's paged-out entries dropped
 ``("delayed", id, vhost, exchange, due, message)``      a message held by a delayed exchange

@@ -86,6 +86,10 @@ def _special_properties(session: Session, channel: Channel, message: Message) ->
 
 
 def route(session: Session, channel: Channel, exchange: Any, message: Message, mandatory: bool) -> None:
+    if exchange.dedup is not None and exchange.dedup.is_duplicate(message.headers, session.vhost.clock()):
+        if channel.confirm:  # a duplicate: confirmed, not routed
+            channel.confirm_published(message)
+        return
     if exchange.delayed and session.vhost.delay(exchange, message):
         if channel.confirm:  # held, to be routed later: confirmed now (once stored, if it is)
             channel.confirm_published(message)

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from amqpbroker.broker.backlog import TaskCounters
 from amqpbroker.broker.channel import OUTPUT_BYTES_HIGH_WATER, OUTPUT_HIGH_WATER
+from amqpbroker.broker.deduplication import Deduplication
 from amqpbroker.broker.dead_letter import DELIVERY_LIMIT, EXPIRED, MAXLEN
 from amqpbroker.broker.flow import FLOW_HIGH, FLOW_LOW
 from amqpbroker.broker.journal import INLINE, Journal
@@ -61,7 +62,7 @@ class Queue:
         "had_consumers", "deleted", "exclusive_consumer", "queue_id", "journal",
         "ready_bytes", "paged", "page_next", "page_id", "paging_in", "page_epoch", "paged_bytes",
         "options", "host", "expiring", "last_used", "single_active", "_consumer_groups",
-        "general_dispatch", "quorum", "delivery_limit", "delivery_counts", "counters",
+        "general_dispatch", "quorum", "delivery_limit", "delivery_counts", "counters", "dedup",
         "completed", "sampler", "page_waiters",
         "delivered", "dispatched_at", "flow_on", "flow_publishers", "policy", "operator_policy",
     )
@@ -110,6 +111,9 @@ class Queue:
         self.delivery_limit = self._delivery_limit(self.arguments)
         self.delivery_counts: dict[int, int] = {}  # seq -> times returned, for returned messages only
         self.counters = TaskCounters()  # what the delivery limit and consumer timeouts did (backlog.py)
+        # x-message-deduplication: the values seen (deduplication.py; stored with a durable queue)
+        self.dedup = Deduplication.of(self.arguments, journal=self.journal,
+                                      owner=f"q:{queue_id}" if queue_id is not None else None)
         self.general_dispatch = False
         # for the queueing figures (queueing.py): messages gone through a consumer; arrivals are
         # counted by the sequence numbers (``arrivals``)
@@ -156,10 +160,13 @@ class Queue:
     # ---------------------------------------------------------------- messages in
 
     def enqueue(self, message: Message) -> bool:
-        """Take a published message; False if the queue refused it (full, ``reject-publish``)."""
+        """Take a published message; False if the queue refused it (full, ``reject-publish``);
+        True for a duplicate too (``x-message-deduplication``: confirmed, dropped)."""
         options = self.options
-        if (options is not None or message.ttl is not None) and not self._admit(message):
-            return False
+        if options is not None or message.ttl is not None:
+            admitted = self._admit(message)
+            if not admitted:
+                return admitted is None
         seq = self._next_seq = self._next_seq + 1
         journal = self.journal
         size = len(message.body)
@@ -195,10 +202,13 @@ class Queue:
                 return
             self.discard(entry, reason=MAXLEN)
 
-    def _admit(self, message: Message) -> bool:
+    def _admit(self, message: Message) -> bool | None:
         """Before a queue with options (or a message with a TTL) takes a message: note its
-        arrival for TTLs; False when a length limit refuses it (``reject-publish``)."""
+        arrival for TTLs; False when a length limit refuses it (``reject-publish``), None when it
+        is a duplicate."""
         options = self.options
+        if self.dedup is not None and self.dedup.is_duplicate(message.headers, self.host.clock()):
+            return None
         if message.arrived is None:
             message.arrived = self.host.clock()
         if message.ttl is not None:

@@ -28,6 +28,7 @@ class QueueOptions:
     overflow: str = DROP_HEAD
     dead_letter_exchange: str | None = None
     dead_letter_routing_key: str | None = None
+    deduplicate: bool = False  # x-message-deduplication (the cache is the queue's)
 
     @classmethod
     def from_arguments(cls, arguments: dict[str, Any]) -> QueueOptions | None:
@@ -43,6 +44,7 @@ class QueueOptions:
             overflow=_text(arguments.get("x-overflow", DROP_HEAD)),
             dead_letter_exchange=_text(dlx) if dlx is not None else None,
             dead_letter_routing_key=_text(dlrk) if dlrk is not None else None,
+            deduplicate=arguments.get("x-message-deduplication") is True,
         )
         return None if options == cls() else options
 

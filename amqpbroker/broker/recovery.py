@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -117,6 +118,7 @@ def restore(broker: Broker, store: Any) -> None:
     for message_id, message in messages.items():
         if not message.refs:
             cleanup.add(("message-", message_id))
+    _restore_deduplication(broker, queues_by_id, recovered.deduplication, cleanup)
     cleanup.finish()
     log.info("recovered %d exchanges, %d queues, %d bindings, %d messages (%d of them paged out)",
              len(recovered.exchanges), len(recovered.queues), len(recovered.bindings), count, paged)
@@ -166,6 +168,25 @@ def _restore_queue(queue: Queue, store: Any, messages: dict[int, Message], windo
     for seq in returns:  # counts whose entries are gone
         cleanup.add(("count-", queue_id, seq))
     queue.restore(entries, paged=total - len(entries), page_next=page_next, last_seq=last_seq)
+
+
+def _restore_deduplication(broker: Broker, queues_by_id: dict[int, Queue],
+                           stored: dict[str, list[tuple[str, float, float]]], cleanup: _Cleanup) -> None:
+    """Fill the deduplication caches of durable queues and exchanges; what has no owner any more,
+    has expired or is past its cache's size goes from the store."""
+    caches = {f"q:{queue_id}": queue.dedup for queue_id, queue in queues_by_id.items() if queue.dedup is not None}
+    for vhost in broker.vhosts.values():
+        for exchange in vhost.exchanges.values():
+            if exchange.dedup is not None and exchange.dedup.owner is not None:
+                caches[exchange.dedup.owner] = exchange.dedup
+    now = time.time()
+    for owner, entries in stored.items():
+        cache = caches.get(owner)
+        if cache is None:
+            cleanup.add(("dedup*", owner))
+            continue
+        for value in cache.restore(entries, now):
+            cleanup.add(("dedup-", owner, value))
 
 
 class _Cleanup:

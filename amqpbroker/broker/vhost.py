@@ -22,6 +22,7 @@ from amqpbroker.broker.arguments import (
 )
 from amqpbroker.broker.dead_letter import dead_lettered, is_cycle
 from amqpbroker.broker.exchanges import Binding, Exchange, exchange_class
+from amqpbroker.broker.deduplication import Deduplication, deduplication_error
 from amqpbroker.broker.delayed_messages import DelayedMessages
 from amqpbroker.broker.exchanges.delayed import DelayedExchange, delayed_type
 from amqpbroker.broker.journal import Journal
@@ -51,6 +52,11 @@ PREDECLARED_EXCHANGES = (
     ("amq.match", "headers", False),
     ("amq.rabbitmq.trace", "topic", True),
 )
+
+
+def exchange_owner(vhost: str, name: str) -> str:
+    """How the store names a durable exchange's deduplication cache (a queue's: ``q:`` + its id)."""
+    return f"x:{vhost}\0{name}"
 
 
 def exchange_definition(op: ops.DeclareExchange) -> dict[str, Any]:
@@ -132,6 +138,8 @@ class VirtualHost:
             if op.durable and not op.name.startswith("amq.") and op.name and journal.enabled:
                 record = stored_record(exchange_definition(op))
             exchange = cls(op.name, op.durable, op.auto_delete, op.internal, op.arguments)
+            exchange.dedup = Deduplication.of(op.arguments, journal=journal,
+                                              owner=exchange_owner(self.name, op.name) if op.durable else None)
             self.exchanges[op.name] = exchange
             if self.policies:
                 self._apply_policies_to_exchange(exchange)
@@ -192,6 +200,8 @@ class VirtualHost:
             del self.exchanges[op.name]
             if exchange.durable:
                 journal.definition(("exchange-", self.name, op.name))
+                if exchange.dedup is not None:
+                    journal.definition(("dedup*", exchange.dedup.owner))
             return exchange
         raise TypeError(f"unknown topology operation {op!r}")
 
@@ -316,6 +326,9 @@ class VirtualHost:
             raise ConnectionError(ReplyCode.COMMAND_INVALID, text)
         if type_name == DelayedExchange.type_name and delayed_type(arguments) not in DelayedExchange.inner_types:
             raise precondition_failed("Invalid argument, 'x-delayed-type' must be an existing exchange type")
+        problem = deduplication_error(arguments)
+        if problem is not None and existing is None:
+            raise precondition_failed(f"invalid arguments for exchange '{name}' in vhost '{self.name}': {problem}")
         if existing is not None:
             where = (name, self.name)
             check_flag("exchange", *where, "type", type_name, existing.type_name)
@@ -375,6 +388,9 @@ class VirtualHost:
                 queue_type = queue_type.decode(errors="replace")
             refuse_other_types_arguments(name, self.name, queue_type, arguments)
             validate_queue_arguments(name, self.name, arguments)
+            problem = deduplication_error(arguments)
+            if problem is not None:
+                raise precondition_failed(f"invalid arguments for queue '{name}' in vhost '{self.name}': {problem}")
             self._check_queue_type(name, arguments, durable=durable, exclusive=exclusive, auto_delete=auto_delete)
             return self.apply(ops.DeclareQueue(name, durable, auto_delete, arguments,
                                                owner if exclusive else None))

@@ -321,10 +321,12 @@ class _Api(ApiBase):
             raise refused(exc) from None
 
     def _route(self, vhost: Any, exchange: Any, message: Message) -> bool:
-        """As an AMQP publish is routed: its TTL, a delayed exchange, then the queues."""
+        """As an AMQP publish is routed: its TTL, a deduplicating or delayed exchange, then the queues."""
+        message.arrived = vhost.clock()
         if message.properties.expiration is not None:
             message.ttl = message_ttl(message.properties.expiration)
-            message.arrived = vhost.clock()
+        if exchange.dedup is not None and exchange.dedup.is_duplicate(message.headers, message.arrived):
+            return False  # a duplicate: dropped
         if exchange.delayed and vhost.delay(exchange, message):
             return False  # held, to be routed when due
         queues = vhost.route(exchange, message.routing_key, message)

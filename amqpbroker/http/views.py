@@ -112,6 +112,7 @@ def queue_view(vhost: str, queue: Queue, ages: UnackedAges | None = None) -> dic
         "messages_dead_lettered_by_delivery_limit": counters.dead_lettered_by_delivery_limit,
         "consumer_timeouts": counters.consumer_timeouts,
         "messages_redelivered": redelivery_histogram(queue),
+        "deduplication": queue.dedup.view() if queue.dedup is not None else None,
         "oldest_ready_age": _rounded(oldest_ready_age(queue, queue.host.clock())),
         "oldest_unacked_age": _rounded(ages.of_queue(queue)) if ages is not None else None,
         "exclusive_consumer_tag": queue.exclusive_consumer.tag if queue.exclusive_consumer else None,
@@ -147,6 +148,8 @@ def exchange_view(vhost: str, exchange: Any, held: int = 0) -> dict[str, Any]:
             "arguments": json_value(exchange.arguments), "user_who_performed_action": ""}
     if exchange.delayed:
         view["messages_delayed"] = held
+    if exchange.dedup is not None:
+        view["deduplication"] = exchange.dedup.view()
     return view
 
 

@@ -39,6 +39,8 @@ class Recovered:
     queues: list[dict[str, Any]] = field(default_factory=list)
     bindings: list[dict[str, Any]] = field(default_factory=list)
     messages: dict[int, StoredMessage] = field(default_factory=dict)
+    # deduplication caches: owner -> [(value, expires, remembered at)]
+    deduplication: dict[str, list[tuple[str, float, float]]] = field(default_factory=dict)
     # (queue id, seq) -> times returned, for entries that were
     delivery_counts: dict[tuple[int, int], int] = field(default_factory=dict)
     delivered_marks: set[tuple[int, int]] = field(default_factory=set)  # (queue id, seq) of inline entries

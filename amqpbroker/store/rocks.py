@@ -16,6 +16,9 @@ key                                            value
 ``t`` page id (8) seq (8)                       a paged-out message of a non-durable queue
 ``w`` delay id (8)                              a message held by a delayed exchange: vhost and
                                                 exchange (shortstrs), due time (double), message
+``u`` owner length (2) owner value             a deduplication cache entry of a durable queue (owner
+                                                ``q:`` id) or exchange (``x:`` vhost NUL name):
+                                                expiry, remembered at (doubles)
 ``a`` kind (1) key                              access metadata (users, vhosts, permissions): the
                                                 broker's own encoding, opaque here
 =============================================  ==================================================
@@ -67,6 +70,20 @@ def _text_key(prefix: bytes, vhost: str, name: str) -> bytes:
 
 def _seq_key(prefix: bytes, owner: int, seq: int) -> bytes:
     return _SEQ_KEY.pack(prefix, owner, seq)
+
+
+_U16 = struct.Struct(">H")
+_DEDUP_VALUE = struct.Struct(">dd")
+
+
+def _dedup_key(owner: str, value: str) -> bytes:
+    encoded = owner.encode()
+    return b"u" + _U16.pack(len(encoded)) + encoded + value.encode()
+
+
+def _dedup_range(owner: str) -> tuple[bytes, bytes]:
+    start = _dedup_key(owner, "")
+    return start, start + b"\xff"  # (no UTF-8 byte is 0xff)
 
 
 def _range(prefix: bytes, owner: int, from_seq: int = 0, to_seq: int | None = None) -> tuple[bytes, bytes]:
@@ -149,6 +166,10 @@ class RocksStore:
             recovered.delivered_marks = self._delivered
             recovered.delivery_counts = {_SEQ_KEY.unpack(key)[1:]: _U32.unpack(value)[0]
                                          for key, value in self._scan(b"c")}
+            for key, value in self._scan(b"u"):
+                owner_end = 3 + _U16.unpack_from(key, 1)[0]
+                recovered.deduplication.setdefault(key[3:owner_end].decode(), []).append(
+                    (key[owner_end:].decode(), *_DEDUP_VALUE.unpack(value)))
             self._check_prefixes()
         except StoreError:
             raise
@@ -177,7 +198,7 @@ class RocksStore:
             iterator.seek_to_first()
             while iterator.valid():
                 key = iterator.key()
-                if key[:1] not in (b"x", b"q", b"b", b"m", b"e", b"d", b"c", b"w", b"a"):
+                if key[:1] not in (b"x", b"q", b"b", b"m", b"e", b"d", b"c", b"u", b"w", b"a"):
                     raise StoreError(f"unknown key {key[:16]!r} in the data directory {self.path}")
                 iterator.seek(bytes([key[0] + 1]))
         finally:
@@ -255,6 +276,12 @@ class RocksStore:
                 delete(_seq_key(b"d", op[1], op[2]))
             elif tag == "delivered-":
                 delete(_seq_key(b"d", op[1], op[2]))
+            elif tag == "dedup":
+                put(_dedup_key(op[1], op[2]), _DEDUP_VALUE.pack(op[3], op[4]))
+            elif tag == "dedup-":
+                delete(_dedup_key(op[1], op[2]))
+            elif tag == "dedup*":  # a whole cache
+                batch.delete_range(*_dedup_range(op[1]))
             elif tag == "count":
                 put(_seq_key(b"c", op[1], op[2]), _U32.pack(op[3]))
             elif tag == "count-":
@@ -277,6 +304,7 @@ class RocksStore:
                 batch.delete_range(*_range(b"e", queue_id))
                 batch.delete_range(*_range(b"d", queue_id))
                 batch.delete_range(*_range(b"c", queue_id))
+                batch.delete_range(*_dedup_range(f"q:{queue_id}"))
             elif tag == "exchange":
                 put(_text_key(b"x", op[1], op[2]), op[3])
             elif tag == "exchange-":

@@ -52,7 +52,7 @@ class Exchange:
     delayed: ClassVar[bool] = False  # holds messages with an x-delay header (x-delayed-message)
 
     __slots__ = ("name", "durable", "auto_delete", "internal", "arguments", "bindings", "_cache",
-                 "alternate")
+                 "alternate", "dedup")
 
     def __init__(self, name: str, durable: bool = False, auto_delete: bool = False,
                  internal: bool = False, arguments: dict[str, Any] | None = None) -> None:
@@ -67,6 +67,7 @@ class Exchange:
         self.alternate: str | None = alternate or None if isinstance(alternate, str) else None
         self.bindings: dict[tuple, Binding] = {}
         self._cache: dict[str, tuple] = {}
+        self.dedup: Any = None  # its deduplication cache (deduplication.py), set by its vhost
 
     def bind(self, binding: Binding) -> bool:
         """Add a binding; False when it already existed (binding is idempotent)."""
