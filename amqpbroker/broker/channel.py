@@ -179,7 +179,7 @@ class Channel:
                     for entry in entries:
                         queue.discard(entry)
                 else:
-                    queue.requeue(entries)
+                    queue.requeue(entries, failed=rejected)
             queue.consumer_ready()
         if self.global_prefetch:
             for consumer in self.consumers.values():

@@ -23,8 +23,9 @@ from typing import Any
 __all__ = ["Policy", "PolicyError", "validate_definition", "effective", "APPLY_TO", "QUEUE_KEYS"]
 
 APPLY_TO = ("queues", "classic_queues", "quorum_queues", "streams", "exchanges", "all")
-_NUMERIC = ("message-ttl", "expires", "max-length", "max-length-bytes", "delivery-limit", "consumer-timeout")
-_TEXT = ("dead-letter-exchange", "dead-letter-routing-key", "alternate-exchange", "queue-mode")
+_NUMERIC = ("message-ttl", "expires", "max-length", "max-length-bytes", "delivery-limit", "consumer-timeout",
+            "delayed-retry-min", "delayed-retry-max", "delayed-retry-multiplier")
+_TEXT = ("dead-letter-exchange", "dead-letter-routing-key", "alternate-exchange", "queue-mode", "delayed-retry-type")
 _OVERFLOW = ("drop-head", "reject-publish", "reject-publish-dlx")
 OPERATOR_KEYS = ("expires", "message-ttl", "max-length", "max-length-bytes", "delivery-limit", "consumer-timeout")
 # a policy key -> the queue argument it stands for
@@ -32,7 +33,9 @@ QUEUE_KEYS = {"message-ttl": "x-message-ttl", "expires": "x-expires", "max-lengt
               "max-length-bytes": "x-max-length-bytes", "overflow": "x-overflow",
               "dead-letter-exchange": "x-dead-letter-exchange",
               "dead-letter-routing-key": "x-dead-letter-routing-key", "delivery-limit": "x-delivery-limit",
-              "consumer-timeout": "x-consumer-timeout"}
+              "consumer-timeout": "x-consumer-timeout", "delayed-retry-min": "x-delayed-retry-min",
+              "delayed-retry-max": "x-delayed-retry-max", "delayed-retry-multiplier": "x-delayed-retry-multiplier",
+              "delayed-retry-type": "x-delayed-retry-type"}
 _MINIMUM = {"x-message-ttl", "x-expires", "x-max-length", "x-max-length-bytes", "x-delivery-limit",
             "x-consumer-timeout"}
 

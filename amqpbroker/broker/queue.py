@@ -24,6 +24,7 @@ dead-lettering through the host (the vhost).
 from __future__ import annotations
 
 import bisect
+import heapq
 import logging
 import time
 from collections import deque
@@ -39,6 +40,7 @@ from amqpbroker.broker.journal import INLINE, Journal
 from amqpbroker.broker.message import Message
 from amqpbroker.broker.priority import PriorityReady
 from amqpbroker.broker.queueing import Sampler
+from amqpbroker.broker.retry import DEFAULT_RETRY_LIMIT, RetryPolicy
 from amqpbroker.broker.queue_options import DROP_HEAD, REJECT_PUBLISH_DLX, QueueOptions
 from amqpbroker.codec.content import decode_properties, encode_content_header
 from amqpbroker.codec.tables import TableError
@@ -62,7 +64,7 @@ class Queue:
         "had_consumers", "deleted", "exclusive_consumer", "queue_id", "journal",
         "ready_bytes", "paged", "page_next", "page_id", "paging_in", "page_epoch", "paged_bytes",
         "options", "host", "expiring", "last_used", "single_active", "_consumer_groups",
-        "general_dispatch", "quorum", "delivery_limit", "delivery_counts", "counters", "dedup",
+        "general_dispatch", "quorum", "delivery_limit", "delivery_counts", "counters", "dedup", "retry", "retrying",
         "completed", "sampler", "page_waiters",
         "delivered", "dispatched_at", "flow_on", "flow_publishers", "policy", "operator_policy",
     )
@@ -106,6 +108,9 @@ class Queue:
         self._consumer_groups: list[list[Consumer]] = []  # see _group_consumers
         # a quorum queue: same semantics to clients, plus x-delivery-count on every delivery
         self.quorum = self.arguments.get("x-queue-type") in ("quorum", b"quorum")
+        # redelivery backoff (retry.py): returned messages wait here, (due, seq, entry), a heap
+        self.retry = RetryPolicy.of(self.arguments)
+        self.retrying: list[tuple[float, int, Entry]] = []
         # every queue counts returns (x-delivery-count) and drops or dead-letters a message
         # returned more than x-delivery-limit times (the vhost's default for its type otherwise)
         self.delivery_limit = self._delivery_limit(self.arguments)
@@ -231,6 +236,7 @@ class Queue:
         (``policies.effective``), from the next message on; a lowered length limit drops (or
         dead-letters) the excess at once, as RabbitMQ applies a policy to a live queue."""
         self.options = options = QueueOptions.from_arguments(arguments)
+        self.retry = RetryPolicy.of(arguments)
         self.delivery_limit = self._delivery_limit(arguments)
         self._options_changed()
         if options is not None:
@@ -260,7 +266,8 @@ class Queue:
         negative: none (RabbitMQ 4's -1)."""
         limit = arguments.get("x-delivery-limit")
         if limit is None:
-            limit = self.host.delivery_limit_defaults[1 if self.quorum else 0]
+            limit = DEFAULT_RETRY_LIMIT if self.retry is not None else self.host.delivery_limit_defaults[
+                1 if self.quorum else 0]
         return None if limit is None or limit < 0 else limit
 
     def delivery_header(self, entry: Entry) -> bytes | None:
@@ -322,14 +329,41 @@ class Queue:
             self._drop_expired_head(now)
             if self.paged:
                 self._want_page()
+        if self.retrying:
+            self._release_due(now)
         expires = self.options.expires if self.options is not None else None
         return expires is not None and not self.consumers and now - self.last_used >= expires
 
-    def requeue(self, entries: Iterable[Entry]) -> None:
-        """Put delivered-but-unacked entries back at their original positions, redelivered."""
-        returned = self._count_returns(sorted((seq, message, True) for seq, message, _ in entries))
+    def requeue(self, entries: Iterable[Entry], *, failed: bool = False, counted: bool = True) -> None:
+        """Put delivered-but-unacked entries back at their original positions, redelivered
+        (``failed``: rejected or nacked; ``counted`` False: a peek that is no delivery). With a
+        backoff (``x-delayed-retry-*``) they wait in ``retrying`` first."""
+        returned = sorted((seq, message, True) for seq, message, _ in entries)
+        if counted:
+            returned = self._count_returns(returned)
         if not returned:
             return
+        retry = self.retry
+        if retry is not None and counted and retry.applies(failed) and not self.deleted:
+            now = self.host.clock()
+            for entry in returned:
+                heapq.heappush(self.retrying, (now + retry.delay(self.delivery_counts.get(entry[0], 1)), entry[0], entry))
+            self.host.timed.add(self)
+            return
+        self._put_back(returned)
+
+    def _release_due(self, now: float) -> None:
+        """Backed-off messages whose wait is over go back to their places among the ready ones."""
+        retrying = self.retrying
+        due = []
+        while retrying and retrying[0][0] <= now:
+            due.append(heapq.heappop(retrying)[2])
+        if due:
+            self._put_back(sorted(due))
+        if not retrying and not self.expiring and (self.options is None or self.options.expires is None):
+            self.host.timed.discard(self)
+
+    def _put_back(self, returned: list[Entry]) -> None:
         self.ready_bytes += sum(len(entry[1].body) for entry in returned)
         ready = self.ready
         if self.prioritised:
@@ -396,10 +430,13 @@ class Queue:
         self.last_used = self.host.clock()
 
     def purge(self) -> int:
-        """Drop every ready message (in memory and paged out); unacked ones stay."""
-        count = self.message_count
+        """Drop every ready message (in memory, paged out, backing off); unacked ones stay."""
+        count = self.message_count + len(self.retrying)
         for entry in self.ready:
             self.discard(entry)
+        for _, _, entry in self.retrying:
+            self.discard(entry)
+        self.retrying.clear()
         if self.paged:
             if self.queue_id is None or not self.deleted:  # a durable queue's delete dropped them
                 self.journal.drop_paged(self, self.page_next)

@@ -24,6 +24,7 @@ from amqpbroker.broker.dead_letter import dead_lettered, is_cycle
 from amqpbroker.broker.exchanges import Binding, Exchange, exchange_class
 from amqpbroker.broker.deduplication import Deduplication, deduplication_error
 from amqpbroker.broker.delayed_messages import DelayedMessages
+from amqpbroker.broker.retry import retry_error
 from amqpbroker.broker.exchanges.delayed import DelayedExchange, delayed_type
 from amqpbroker.broker.journal import Journal
 from amqpbroker.broker.message import Message
@@ -388,7 +389,7 @@ class VirtualHost:
                 queue_type = queue_type.decode(errors="replace")
             refuse_other_types_arguments(name, self.name, queue_type, arguments)
             validate_queue_arguments(name, self.name, arguments)
-            problem = deduplication_error(arguments)
+            problem = deduplication_error(arguments) or retry_error(arguments)
             if problem is not None:
                 raise precondition_failed(f"invalid arguments for queue '{name}' in vhost '{self.name}': {problem}")
             self._check_queue_type(name, arguments, durable=durable, exclusive=exclusive, auto_delete=auto_delete)

@@ -90,6 +90,7 @@ def management_app(broker: Broker, listeners: list[dict[str, Any]], memory_limit
         Route("/api/queues/{vhost}/{name}/contents", api.purge, methods=["DELETE"]),
         Route("/api/queues/{vhost}/{name}/get", api.get_messages, methods=["POST"]),
         Route("/api/queues/{vhost}/{name}/bindings", api.queue_bindings),
+        Route("/api/queues/{vhost}/{name}/retrying", api.retrying),
         Route("/api/exchanges", api.exchanges),
         Route("/api/exchanges/{vhost}", api.exchanges),
         Route("/api/exchanges/{vhost}/{name}", api.exchange, methods=["GET", "PUT", "DELETE"]),
@@ -278,6 +279,26 @@ class _Api(ApiBase):
         return views.exchange_view(vhost.name, exchange, vhost.delayed.counts.get(name, 0))
 
     @handler()
+    async def retrying(self, request: Request, user: Any) -> Any:
+        """``GET .../retrying?count=N``: the messages backing off before their next delivery
+        (``x-delayed-retry-*``), due first, with their due times and delivery counts."""
+        vhost, queue = self._queue(request)
+        self._permit(request, vhost, READ, "queue", queue.name)
+        count = self._count(request)
+        first = sorted(queue.retrying)[:count]
+        return {"messages": len(queue.retrying),
+                "next_due": _milliseconds(min(queue.retrying)[0]) if queue.retrying else None,
+                "held": [{"due": _milliseconds(due), "delivery_count": queue.delivery_counts.get(seq, 0),
+                          **_got(entry[1], True, 0, "auto", None)} for due, seq, entry in first]}
+
+    @staticmethod
+    def _count(request: Request) -> int:
+        try:
+            return max(0, min(int(request.query_params.get("count", "10")), GET_LIMIT))
+        except ValueError:
+            raise bad_request("count must be an integer") from None
+
+    @handler()
     async def delayed(self, request: Request, user: Any) -> Any:
         """What an ``x-delayed-message`` exchange holds: GET how many, the next due time and the
         first ``?count=N`` (default 10, at most 1000) messages; DELETE drops them all."""
@@ -290,11 +311,7 @@ class _Api(ApiBase):
             vhost.delayed.purge(name)
             return Response(status_code=204)
         self._permit(request, vhost, READ, "exchange", name)
-        try:
-            count = max(0, min(int(request.query_params.get("count", "10")), GET_LIMIT))
-        except ValueError:
-            raise bad_request("count must be an integer") from None
-        first = vhost.delayed.first(name, count)
+        first = vhost.delayed.first(name, self._count(request))
         return {"messages": vhost.delayed.counts.get(name, 0),
                 "next_due": _milliseconds(first[0][0]) if first else None,
                 "held": [{"due": _milliseconds(due), **_got(message, False, 0, "auto", None)}
@@ -457,7 +474,7 @@ class _Api(ApiBase):
         entry = queue.get() if queue.ready else None  # never a store read on the loop
         if entry is None or entry[1].body != body:
             if entry is not None:
-                queue.requeue([entry])  # someone else's message at the head: it stays theirs
+                queue.requeue([entry], counted=False)  # someone else's message at the head: it stays theirs
             return JSONResponse({"status": "failed", "reason": "the test message did not come back"}, 503)
         queue.discard(entry)
         return {"status": "ok"}

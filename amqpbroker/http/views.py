@@ -113,6 +113,8 @@ def queue_view(vhost: str, queue: Queue, ages: UnackedAges | None = None) -> dic
         "consumer_timeouts": counters.consumer_timeouts,
         "messages_redelivered": redelivery_histogram(queue),
         "deduplication": queue.dedup.view() if queue.dedup is not None else None,
+        "retry": queue.retry.view() if queue.retry is not None else None,
+        "messages_retrying": len(queue.retrying),
         "oldest_ready_age": _rounded(oldest_ready_age(queue, queue.host.clock())),
         "oldest_unacked_age": _rounded(ages.of_queue(queue)) if ages is not None else None,
         "exclusive_consumer_tag": queue.exclusive_consumer.tag if queue.exclusive_consumer else None,
