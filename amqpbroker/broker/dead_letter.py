@@ -1,10 +1,16 @@
-"""Dead-lettering, as RabbitMQ does it: the message republished to the queue's dead-letter
+"""Dead-lettering, as RabbitMQ 4 does it: the message republished to the queue's dead-letter
 exchange with an ``x-death`` history in its headers.
 
 ``x-death`` is an array of tables, most recent first, one per (queue, reason): ``count``,
 ``reason``, ``queue``, ``time``, ``exchange``, ``routing-keys`` (and ``original-expiration`` when
 the message had a per-message TTL, which is removed so the copy does not expire again). The
-first death is also kept in ``x-first-death-queue`` / ``-reason`` / ``-exchange``.
+first death is also kept in ``x-first-death-queue`` / ``-reason`` / ``-exchange``, the latest in
+``x-last-death-queue`` / ``-reason`` / ``-exchange`` (RabbitMQ 3.13+).
+
+As RabbitMQ 4, the history is the broker's own record (``Message.deaths``): an ``x-death``
+header a client published is data, neither continued nor used to detect cycles (RabbitMQ 3.x
+took it as history); it is replaced on the message's first death here. A message read back
+from the store takes its ``x-death`` header as its record (the broker wrote it).
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-from amqpbroker.broker.message import Message
+from amqpbroker.broker.message import FROM_HEADERS, Message
 from amqpbroker.codec.content import decode_properties, encode_content_header
 from amqpbroker.codec.methods import shortstr
 
@@ -27,7 +33,7 @@ def dead_lettered(message: Message, queue: str, reason: str, routing_key: str | 
     in ``queue`` for ``reason`` recorded; ``routing_key`` None keeps the message's own."""
     properties = decode_properties(message.header)
     headers: dict[str, Any] = dict(properties.headers or {})
-    deaths = [dict(death) for death in headers.get("x-death") or [] if isinstance(death, dict)]
+    deaths = [dict(death) for death in _record(message, headers)]
     for index, death in enumerate(deaths):
         if _text(death.get("queue")) == queue and _text(death.get("reason")) == reason:
             death = deaths.pop(index)
@@ -39,25 +45,30 @@ def dead_lettered(message: Message, queue: str, reason: str, routing_key: str | 
                  "exchange": message.exchange, "routing-keys": [message.routing_key]}
         if properties.expiration is not None:
             death["original-expiration"] = properties.expiration
+    first = not deaths
     deaths.insert(0, death)
     headers["x-death"] = deaths
-    if "x-first-death-reason" not in headers:
+    if first:  # (a client's own x-first-death-* headers are replaced too)
         headers["x-first-death-reason"] = reason
         headers["x-first-death-queue"] = queue
         headers["x-first-death-exchange"] = message.exchange
+    headers["x-last-death-reason"] = reason
+    headers["x-last-death-queue"] = queue
+    headers["x-last-death-exchange"] = message.exchange
     properties.headers = headers
     properties.expiration = None
     key = message.routing_key if routing_key is None else routing_key
     copy = Message(exchange, key, shortstr(exchange) + shortstr(key),
                    encode_content_header(len(message.body), properties), message.body)
     copy._properties = properties
+    copy.deaths = deaths
     return copy
 
 
 def is_cycle(message: Message, queue: str) -> bool:
     """Would dead-lettering ``message`` into ``queue`` loop for ever? As RabbitMQ: it has died in
     ``queue`` before and none of its deaths was a client's rejection."""
-    deaths = message.headers.get("x-death") or []
+    deaths = _record(message, None)
     seen = False
     for death in deaths:
         if not isinstance(death, dict):
@@ -67,6 +78,17 @@ def is_cycle(message: Message, queue: str) -> bool:
         if _text(death.get("queue")) == queue:
             seen = True
     return seen
+
+
+def _record(message: Message, headers: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The message's deaths as the broker recorded them."""
+    deaths = message.deaths
+    if deaths is None:
+        return []
+    if deaths == FROM_HEADERS:
+        found = (headers if headers is not None else message.headers).get("x-death") or []
+        return [death for death in found if isinstance(death, dict)] if isinstance(found, list) else []
+    return deaths  # type: ignore[return-value]
 
 
 def _timestamp(now: float) -> datetime.datetime:

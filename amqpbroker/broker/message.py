@@ -6,7 +6,9 @@ from typing import Any
 
 from amqpbroker.codec.content import decode_properties, delivery_mode, encode_content_header
 
-__all__ = ["Message"]
+__all__ = ["Message", "FROM_HEADERS"]
+
+FROM_HEADERS = "x-death"  # Message.deaths of a stored message: its x-death header is the record
 
 
 class Message:
@@ -18,7 +20,7 @@ class Message:
     """
 
     __slots__ = ("exchange", "routing_key", "routing_raw", "header", "body", "_properties",
-                 "message_id", "refs", "durable", "has_stored_copy", "arrived", "ttl")
+                 "message_id", "refs", "durable", "has_stored_copy", "arrived", "ttl", "deaths")
 
     def __init__(self, exchange: str, routing_key: str, routing_raw: bytes, header: bytes,
                  body: bytes) -> None:
@@ -38,6 +40,10 @@ class Message:
         self.has_stored_copy = False
         self.arrived: float | None = None  # wall-clock seconds, set where a TTL needs it
         self.ttl: float | None = None  # its own TTL (the expiration property), seconds
+        # its deaths as the broker recorded them (dead_letter.py): None for a message that never
+        # died here (an x-death header a client sent is its data, not this), FROM_HEADERS for one
+        # read back from the store (whose x-death the broker wrote)
+        self.deaths: list[dict[str, Any]] | str | None = None
 
     @classmethod
     def from_store(cls, routing_raw: bytes, header: bytes, body: bytes, arrived: float | None) -> Message:
@@ -46,6 +52,7 @@ class Message:
         message = cls(routing_raw[1:exchange_end].decode(), routing_raw[exchange_end + 1:].decode(),
                       routing_raw, header, body)
         message.arrived = arrived
+        message.deaths = FROM_HEADERS
         if header[12] & 0x01:  # the expiration property (validated when it was published)
             expiration = message.properties.expiration
             if expiration and expiration.isdigit():
