@@ -6,6 +6,9 @@ Environment:
     the broker, default ``amqp://guest:guest@localhost:5672/``
 ``CELERY_INTEROP_BACKEND``
     the result backend, default ``rpc://`` (chords need another one: the tests use SQLite)
+``CELERY_INTEROP_QUEUE_ARGUMENTS``
+    JSON queue arguments for the task queue (declared by worker and client alike), e.g.
+    deduplication on the task id
 ``CELERY_INTEROP_NAME``
     a name prefix so that runs sharing a broker do not collide; default
     ``celery-interop``.  The task queue is named after it (and, as Celery does
@@ -23,10 +26,13 @@ the module-level ``app``.  Task names are fixed, so both sides agree.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
 from celery import Celery
+from celery.exceptions import Reject
+from kombu import Exchange, Queue
 
 DEFAULT_URL = "amqp://guest:guest@localhost:5672/"
 
@@ -37,6 +43,9 @@ def make_app(broker_url: str | None = None, name: str | None = None, backend: st
 
     backend = backend or os.environ.get("CELERY_INTEROP_BACKEND") or "rpc://"
     app = Celery("interop.celery_app", broker=broker_url, backend=backend, set_as_current=False)
+    queue_arguments = json.loads(os.environ.get("CELERY_INTEROP_QUEUE_ARGUMENTS") or "null")
+    if queue_arguments:
+        app.conf.task_queues = [Queue(name, Exchange(name), routing_key=name, queue_arguments=queue_arguments)]
     app.conf.update(
         task_default_queue=name,
         control_exchange=name,
@@ -81,6 +90,23 @@ def make_app(broker_url: str | None = None, name: str | None = None, backend: st
     def die():
         """A poison task: its worker process dies every time it runs it (as an OOM kill would)."""
         os._exit(1)
+
+    @app.task(name="interop.reject_until", acks_late=True, shared=False)
+    def reject_until(log_path, attempts):
+        """Fails (rejected, requeued) until its ``attempts``-th run; each run appends its time."""
+        with open(log_path, "a") as log:
+            log.write(f"{time.time()}\n")
+        with open(log_path) as log:
+            runs = len(log.read().split())
+        if runs < attempts:
+            raise Reject("not yet", requeue=True)
+        return runs
+
+    @app.task(name="interop.record", shared=False)
+    def record(log_path, value):
+        with open(log_path, "a") as log:
+            log.write(f"{value}\n")
+        return value
 
     @app.task(name="interop.late_ack_sleep", acks_late=True, shared=False)
     def late_ack_sleep(seconds, value):

@@ -440,3 +440,42 @@ class _Management:
         with contextlib.suppress(Exception):
             self._call("DELETE", path)
 
+
+
+def test_retries_back_off_on_the_broker(amqp_url, management_url, tmp_path) -> None:
+    """A task that rejects itself (requeue) until its third run, on a queue whose policy sets a
+    redelivery backoff of 0.5 s doubling: the runs are spaced by the backoff, not a tight loop."""
+    if _is_rabbitmq(amqp_url):
+        pytest.skip("RabbitMQ 3.10 has no redelivery backoff")
+    api = _Management(management_url)
+    with celery_pair(amqp_url, "solo") as (client, worker):
+        assert api.put(f"/api/policies/%2F/{worker.name}-backoff", {
+            "pattern": f"^{worker.name}$", "apply-to": "queues",
+            "definition": {"delayed-retry-min": 500, "delayed-retry-multiplier": 2}})
+        try:
+            log = tmp_path / "runs"
+            result = client.tasks["interop.reject_until"].delay(str(log), 3)
+            assert result.get(timeout=RESULT_TIMEOUT) == 3
+            runs = [float(line) for line in log.read_text().split()]
+            assert runs[1] - runs[0] >= 0.45 and runs[2] - runs[1] >= 0.9, runs
+        finally:
+            api.delete(f"/api/policies/%2F/{worker.name}-backoff")
+
+
+def test_a_task_published_twice_runs_once(amqp_url, tmp_path, monkeypatch) -> None:
+    """The task queue deduplicates on Celery's task id header: a publisher that retries a publish
+    (same task id) does not run the task twice."""
+    if _is_rabbitmq(amqp_url):
+        pytest.skip("RabbitMQ 3.10 has no deduplication (a plugin)")
+    monkeypatch.setenv("CELERY_INTEROP_QUEUE_ARGUMENTS",
+                       json.dumps({"x-message-deduplication": True, "x-deduplication-header": "id"}))
+    with celery_pair(amqp_url, "solo") as (client, worker):
+        log = tmp_path / "runs"
+        record = client.tasks["interop.record"]
+        first = record.apply_async((str(log), "once"), task_id=f"{worker.name}-job-1")
+        record.apply_async((str(log), "twice"), task_id=f"{worker.name}-job-1")  # the retried publish
+        other = record.apply_async((str(log), "another"), task_id=f"{worker.name}-job-2")
+        assert first.get(timeout=RESULT_TIMEOUT) == "once"
+        assert other.get(timeout=RESULT_TIMEOUT) == "another"
+        time.sleep(0.5)
+        assert log.read_text().split() == ["once", "another"]
