@@ -120,3 +120,16 @@ def test_bad_deduplication_arguments_are_a_406(managed, arguments) -> None:
         with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
             connection.channel().exchange_declare("dedup-bad", "direct", arguments=arguments)
         assert refused.value.reply_code == 406
+
+
+def test_a_message_a_full_queue_refused_is_not_remembered(managed) -> None:
+    with pika.BlockingConnection(pika.URLParameters(managed.url)) as connection:
+        channel = connection.channel()
+        channel.queue_declare("dedup-full", arguments={**DEDUP, "x-max-length": 1, "x-overflow": "reject-publish"})
+        channel.confirm_delivery()
+        _publish(channel, "", "dedup-full", b"fills it", "a")
+        with pytest.raises(pika.exceptions.NackError):  # full: nacked
+            _publish(channel, "", "dedup-full", b"refused", "b")
+        assert _bodies(channel, "dedup-full") == [b"fills it"]
+        _publish(channel, "", "dedup-full", b"retried", "b")  # the publisher's retry is taken
+        assert _bodies(channel, "dedup-full") == [b"retried"]

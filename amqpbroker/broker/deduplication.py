@@ -75,19 +75,26 @@ class Deduplication:
     def __len__(self) -> int:
         return len(self._seen)
 
-    def is_duplicate(self, headers: dict[str, Any] | None, now: float) -> bool:
-        """Is this message (its headers) a duplicate? If not, its value is remembered from now."""
+    def is_duplicate(self, headers: dict[str, Any] | None, now: float, *, remember: bool = True) -> bool:
+        """Is this message (its headers) a duplicate? If not, its value is remembered from now
+        (``remember`` False: only once :meth:`remember` is called, when the message was taken)."""
         if not headers or self.header not in headers:
             return False
-        key = _key(headers[self.header])
-        expires = self._seen.get(key)
+        expires = self._seen.get(_key(headers[self.header]))
         if expires is not None and (expires == _NEVER or expires > now):
             self.duplicates += 1
             return True
+        if remember:
+            self.remember(headers, now)
+        return False
+
+    def remember(self, headers: dict[str, Any] | None, now: float) -> None:
+        """Remember the message's value (a message without the header: nothing)."""
+        if not headers or self.header not in headers:
+            return
         ttl = headers.get("x-cache-ttl")
         seconds = ttl / 1000 if _is_int(ttl) and ttl > 0 else self.ttl
-        self._remember(key, now + seconds if seconds else _NEVER, now)
-        return False
+        self._remember(_key(headers[self.header]), now + seconds if seconds else _NEVER, now)
 
     def _remember(self, key: str, expires: float, now: float) -> None:
         seen = self._seen

@@ -212,7 +212,8 @@ class Queue:
         arrival for TTLs; False when a length limit refuses it (``reject-publish``), None when it
         is a duplicate."""
         options = self.options
-        if self.dedup is not None and self.dedup.is_duplicate(message.headers, self.host.clock()):
+        dedup = self.dedup
+        if dedup is not None and dedup.is_duplicate(message.headers, self.host.clock(), remember=False):
             return None
         if message.arrived is None:
             message.arrived = self.host.clock()
@@ -221,7 +222,9 @@ class Queue:
         if options is not None and options.limited and options.overflow != DROP_HEAD and self._full(message):
             if options.overflow == REJECT_PUBLISH_DLX:
                 self.host.dead_letter(self, [message], MAXLEN)
-            return False
+            return False  # refused: its value is not remembered, so the publisher may try again
+        if dedup is not None:
+            dedup.remember(message.headers, self.host.clock())
         return True
 
     def _holds_ttl(self) -> None:
