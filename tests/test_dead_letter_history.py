@@ -60,3 +60,21 @@ def test_a_message_that_really_loops_is_dropped_and_the_history_grows() -> None:
     assert [(death["queue"], death["count"]) for death in deaths] == [("ping", 2), ("pong", 1)]
     assert last.properties.headers["x-last-death-queue"] == "ping"
     assert last.properties.headers["x-first-death-queue"] == "ping"
+
+
+def test_the_first_death_s_exchange_stays_the_first() -> None:
+    client = FakeClient(Broker())
+    client.open_channel()
+    client.send(commands.Exchange.Declare(exchange="app", exchange_type="direct"))
+    client.send(commands.Exchange.Declare(exchange="dlx", exchange_type="direct"))
+    client.send(commands.Queue.Declare(queue="work", arguments={"x-dead-letter-exchange": "dlx"}))
+    client.send(commands.Queue.Bind(queue="work", exchange="app", routing_key="k"))
+    client.send(commands.Queue.Bind(queue="work", exchange="dlx", routing_key="k"))
+    client.received()
+    client.publish(1, "app", "k", b"m")
+    for _ in range(2):  # rejected twice: the second death is in the same queue, reached via dlx
+        delivery = _get(client, "work")
+        client.send(commands.Basic.Reject(delivery_tag=delivery.tag, requeue=False))
+    headers = _get(client, "work").properties.headers
+    assert headers["x-first-death-exchange"] == "app" and headers["x-last-death-exchange"] == "dlx"
+    assert [(death["exchange"], death["count"]) for death in headers["x-death"]] == [("app", 2)]

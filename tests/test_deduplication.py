@@ -133,3 +133,23 @@ def test_a_message_a_full_queue_refused_is_not_remembered(managed) -> None:
         assert _bodies(channel, "dedup-full") == [b"fills it"]
         _publish(channel, "", "dedup-full", b"retried", "b")  # the publisher's retry is taken
         assert _bodies(channel, "dedup-full") == [b"retried"]
+
+
+def test_an_exchange_remembers_only_what_its_queues_took_and_bytes_values_stay_distinct(managed) -> None:
+    with pika.BlockingConnection(pika.URLParameters(managed.url)) as connection:
+        channel = connection.channel()
+        channel.exchange_declare("dedup-x-full", "direct", arguments=DEDUP)
+        channel.queue_declare("dedup-x-full-q", arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
+        channel.queue_bind("dedup-x-full-q", "dedup-x-full", "k")
+        channel.confirm_delivery()
+        _publish(channel, "dedup-x-full", "k", b"fills it", "a")
+        with pytest.raises(pika.exceptions.NackError):
+            _publish(channel, "dedup-x-full", "k", b"refused", "b")
+        assert _bodies(channel, "dedup-x-full-q") == [b"fills it"]
+        _publish(channel, "dedup-x-full", "k", b"retried", "b")
+        _publish(channel, "dedup-x-full", "k", b"dup", "b")
+        assert _bodies(channel, "dedup-x-full-q") == [b"retried"]
+        channel.queue_declare("dedup-bytes", arguments=DEDUP)
+        _publish(channel, "", "dedup-bytes", b"1", b"\xff\x01")
+        _publish(channel, "", "dedup-bytes", b"2", b"\xfe\x01")  # not the same value
+        assert _bodies(channel, "dedup-bytes") == [b"1", b"2"]

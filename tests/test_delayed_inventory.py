@@ -72,3 +72,25 @@ def test_a_user_needs_read_to_look_and_configure_to_purge(managed) -> None:
     assert call(managed, "GET", "/api/exchanges/%2F/held/delayed", user="peek", password="pw")[0] == 200
     assert call(managed, "DELETE", "/api/exchanges/%2F/held/delayed", user="peek", password="pw")[0] == 401
     assert call(managed, "GET", "/api/exchanges/%2F/held/delayed?count=x")[0] == 400
+
+
+def test_a_delayed_message_s_ttl_counts_from_when_it_is_routed_and_delete_drops_what_is_held(managed) -> None:
+    with pika.BlockingConnection(pika.URLParameters(managed.url)) as connection:
+        channel = connection.channel()
+        channel.exchange_declare("soon", "x-delayed-message", arguments={"x-delayed-type": "direct"})
+        channel.queue_declare("short-lived", arguments={"x-message-ttl": 2000})
+        channel.queue_bind("short-lived", "soon", "k")
+        channel.confirm_delivery()
+        _publish(channel, "soon", 2500, b"still fresh")  # held longer than the queue's TTL
+        deadline = time.monotonic() + 10
+        while True:
+            method, _, body = channel.basic_get("short-lived", auto_ack=True)
+            if method is not None:
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert body == b"still fresh"
+        _publish(channel, "soon", 600_000, b"held")
+        channel.exchange_delete("soon")
+        channel.exchange_declare("soon", "x-delayed-message", arguments={"x-delayed-type": "direct"})
+    assert call(managed, "GET", "/api/exchanges/%2F/soon/delayed")[1]["messages"] == 0

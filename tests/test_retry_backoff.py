@@ -163,3 +163,17 @@ def test_pika_sees_the_backoff_and_the_api_lists_the_waiting_messages(start_brok
             time.sleep(0.05)
         assert time.monotonic() - rejected_at >= 0.75 and method.redelivered
         assert properties.headers["x-delivery-count"] == 1
+
+
+def test_waiting_messages_count_for_length_limits_and_if_empty(clock) -> None:
+    broker, client = _setup(clock, **{"x-delayed-retry-min": 5000, "x-max-length": 1, "x-overflow": "reject-publish"})
+    client.publish(1, "", "jobs", b"waits")
+    delivery = _get(client)
+    client.send(commands.Basic.Reject(delivery_tag=delivery.tag, requeue=True))
+    queue = broker.vhosts["/"].queues["jobs"]
+    assert len(queue.retrying) == 1
+    client.publish(1, "", "jobs", b"over the limit")
+    assert queue.message_count == 0  # refused: the waiting one counts
+    client.send(commands.Queue.Delete(queue="jobs", if_empty=True))
+    [(_, close)] = client.methods()
+    assert isinstance(close, commands.Channel.Close) and close.reply_code == 406  # not empty

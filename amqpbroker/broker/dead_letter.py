@@ -34,6 +34,7 @@ def dead_lettered(message: Message, queue: str, reason: str, routing_key: str | 
     properties = decode_properties(message.header)
     headers: dict[str, Any] = dict(properties.headers or {})
     deaths = [dict(death) for death in _record(message, headers)]
+    first = not deaths
     for index, death in enumerate(deaths):
         if _text(death.get("queue")) == queue and _text(death.get("reason")) == reason:
             death = deaths.pop(index)
@@ -45,7 +46,6 @@ def dead_lettered(message: Message, queue: str, reason: str, routing_key: str | 
                  "exchange": message.exchange, "routing-keys": [message.routing_key]}
         if properties.expiration is not None:
             death["original-expiration"] = properties.expiration
-    first = not deaths
     deaths.insert(0, death)
     headers["x-death"] = deaths
     if first:  # (a client's own x-first-death-* headers are replaced too)
@@ -62,6 +62,7 @@ def dead_lettered(message: Message, queue: str, reason: str, routing_key: str | 
                    encode_content_header(len(message.body), properties), message.body)
     copy._properties = properties
     copy.deaths = deaths
+    copy.arrived = now
     return copy
 
 
@@ -85,8 +86,11 @@ def _record(message: Message, headers: dict[str, Any] | None) -> list[dict[str, 
     deaths = message.deaths
     if deaths is None:
         return []
-    if deaths == FROM_HEADERS:
-        found = (headers if headers is not None else message.headers).get("x-death") or []
+    if deaths == FROM_HEADERS:  # (read back from the store: the broker's record when it wrote x-last-death-*)
+        headers = headers if headers is not None else message.headers
+        if "x-last-death-queue" not in headers:
+            return []  # a client's x-death, or one from before: data
+        found = headers.get("x-death") or []
         return [death for death in found if isinstance(death, dict)] if isinstance(found, list) else []
     return deaths  # type: ignore[return-value]
 

@@ -126,7 +126,8 @@ class Deduplication:
 
 
 def _key(value: Any) -> str:
-    """A header value as a cache key: text as it is, anything else by its type and repr."""
+    """A header value as a cache key: text as it is, bytes in hex (distinct values stay
+    distinct), anything else by its type and repr."""
     if isinstance(value, bytes):
-        value = value.decode(errors="replace")
+        return "bytes:" + value.hex()
     return value if isinstance(value, str) else f"{type(value).__name__}:{value!r}"

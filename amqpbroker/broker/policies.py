@@ -20,6 +20,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from amqpbroker.broker.retry import RETRY_TYPES
+
 __all__ = ["Policy", "PolicyError", "validate_definition", "effective", "APPLY_TO", "QUEUE_KEYS"]
 
 APPLY_TO = ("queues", "classic_queues", "quorum_queues", "streams", "exchanges", "all")
@@ -83,6 +85,9 @@ def validate_definition(definition: Any, *, operator: bool = False) -> dict[str,
         elif key == "overflow":
             if value not in _OVERFLOW:
                 raise PolicyError(f"overflow must be one of {', '.join(_OVERFLOW)}")
+        elif key == "delayed-retry-type":
+            if value not in RETRY_TYPES:
+                raise PolicyError(f"delayed-retry-type must be one of {', '.join(RETRY_TYPES)}")
         elif key in _TEXT:
             if not isinstance(value, str):
                 raise PolicyError(f"{key} must be a string")

@@ -86,7 +86,8 @@ def _special_properties(session: Session, channel: Channel, message: Message) ->
 
 
 def route(session: Session, channel: Channel, exchange: Any, message: Message, mandatory: bool) -> None:
-    if exchange.dedup is not None and exchange.dedup.is_duplicate(message.headers, session.vhost.clock()):
+    dedup = exchange.dedup
+    if dedup is not None and dedup.is_duplicate(message.headers, session.vhost.clock(), remember=False):
         if channel.confirm:  # a duplicate: confirmed, not routed
             channel.confirm_published(message)
         return
@@ -102,6 +103,8 @@ def route(session: Session, channel: Channel, exchange: Any, message: Message, m
             refused = True
         if queue.flow_on:
             session.flow.published_into(queue)
+    if dedup is not None and queues and not refused:  # taken: its value is remembered from now
+        dedup.remember(message.headers, session.vhost.clock())
     if not queues:
         session.broker.totals.count_unroutable(returned=mandatory)
     if not queues and mandatory:

@@ -291,14 +291,14 @@ class Queue:
     def _full(self, message: Message) -> bool:
         """Would one more message break a length limit?"""
         options = self.options
-        if options.max_length is not None and self.message_count >= options.max_length:
+        if options.max_length is not None and self.message_count + len(self.retrying) >= options.max_length:
             return True
         return (options.max_length_bytes is not None
                 and self.ready_bytes + self.paged_bytes + len(message.body) > options.max_length_bytes)
 
     def _over_limits(self) -> bool:
         options = self.options
-        if options.max_length is not None and self.message_count > options.max_length:
+        if options.max_length is not None and self.message_count + len(self.retrying) > options.max_length:
             return True
         return options.max_length_bytes is not None and self.ready_bytes + self.paged_bytes > options.max_length_bytes
 

@@ -199,6 +199,7 @@ class VirtualHost:
             finally:
                 self._deleting.discard(op.name)
             del self.exchanges[op.name]
+            self.delayed.purge(op.name)  # what it held goes with it (from the store too)
             if exchange.durable:
                 journal.definition(("exchange-", self.name, op.name))
                 if exchange.dedup is not None:
@@ -430,7 +431,7 @@ class VirtualHost:
         self._check_exclusive(queue, owner)
         if if_unused and queue.consumers:
             raise precondition_failed(f"queue '{name}' in vhost '{self.name}' in use")
-        if if_empty and queue.message_count:
+        if if_empty and (queue.message_count or queue.retrying):
             raise precondition_failed(f"queue '{name}' in vhost '{self.name}' is not empty")
         return self.apply(ops.DeleteQueue(name))
 
@@ -586,6 +587,7 @@ class VirtualHost:
             except Exception as exc:  # one queue's fault: logged, the others and the timer go on
                 log_internal_error(log, f"timed work of queue '{queue.name}' in vhost '{self.name}'", exc)
         for exchange_name, message in self.delayed.pop_due(now):
+            message.arrived = now  # (it arrives in its queues now: their TTLs count from here)
             exchange = self.exchanges.get(exchange_name)
             if exchange is None:
                 continue  # deleted meanwhile: the message goes with it

@@ -342,13 +342,15 @@ class _Api(ApiBase):
         message.arrived = vhost.clock()
         if message.properties.expiration is not None:
             message.ttl = message_ttl(message.properties.expiration)
-        if exchange.dedup is not None and exchange.dedup.is_duplicate(message.headers, message.arrived):
+        dedup = exchange.dedup
+        if dedup is not None and dedup.is_duplicate(message.headers, message.arrived, remember=False):
             return False  # a duplicate: dropped
         if exchange.delayed and vhost.delay(exchange, message):
             return False  # held, to be routed when due
         queues = vhost.route(exchange, message.routing_key, message)
-        for queue in queues:
-            queue.enqueue(message)
+        taken = [queue.enqueue(message) for queue in queues]
+        if dedup is not None and taken and all(taken):
+            dedup.remember(message.headers, message.arrived)
         if not queues:
             self.broker.totals.count_unroutable(returned=False)
         return bool(queues)
