@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -104,3 +105,27 @@ def test_diagnostics_ping_tells_whether_a_broker_answers(tmp_path) -> None:
     done = subprocess.run([sys.executable, "-m", "amqpbroker", "diagnostics", "ping", "--port", str(broker.port),
                            "--timeout", "1"], capture_output=True, text=True, timeout=30)
     assert done.returncode == 1 and "Error: cannot reach" in done.stderr
+
+
+@pytest.mark.parametrize("which", ["amqp", "management", "prometheus"])
+def test_a_port_in_use_stops_start_up_with_one_line(tmp_path, which) -> None:
+    """As RabbitMQ's listeners: a port that cannot be bound is a failed start, said in one line
+    (no "listening on", no traceback, no broker left running without that endpoint)."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    ports = {"amqp": _free_port(), "management": 0, "prometheus": 0, which: port}
+    try:
+        done = subprocess.run([sys.executable, "-m", "amqpbroker", "--host", "127.0.0.1", "--port", str(ports["amqp"]),
+                               "--data-dir", str(tmp_path / "data"), "--management-port", str(ports["management"]),
+                               "--prometheus-port", str(ports["prometheus"])],
+                              env={**os.environ, "AMQPBROKER_MANAGEMENT_HOST": "127.0.0.1",
+                                   "AMQPBROKER_PROMETHEUS_HOST": "127.0.0.1"},
+                              capture_output=True, text=True, timeout=30)
+    finally:
+        taken.close()
+    assert done.returncode == 1, done.stderr
+    errors = [line for line in done.stderr.splitlines() if "[ERROR]" in line]
+    assert len(errors) == 1 and f":{port}: Address already in use; refusing to start" in errors[0], done.stderr
+    assert "Traceback" not in done.stderr

@@ -3,11 +3,13 @@ CONNECTION_FORCED, give them ``shutdown_timeout`` seconds to go, then stop."""
 
 from __future__ import annotations
 
+import errno
 import gc
 import json
 import logging
 import os
 import signal
+import socket
 import time
 from typing import Any
 
@@ -24,7 +26,7 @@ from amqpbroker.http.management import management_app
 from amqpbroker.http.prometheus import prometheus_app
 from amqpbroker.http.views import NODE
 from amqpbroker.server.http import serve_http
-from amqpbroker.server.listener import listen
+from amqpbroker.server.listener import ListenError, listen, listen_error
 from amqpbroker.server.memory import resident_bytes, watermark_bytes
 from amqpbroker.store.base import StoreError
 from amqpbroker.store.rocks import RocksStore
@@ -96,6 +98,8 @@ async def _serve(config: Config, broker: Broker, writer: StoreWriter, task_statu
                                          allowed_hosts=config.management_allowed_hosts),
                           config.management_host, config.management_port, "the management API",
                           _https(config, config.management_tls)))
+    for _, host, port, what, _ in http_apps:
+        _check_port(host, port, what)  # a port in use stops start-up, as the AMQP one does
     http_done = [anyio.Event() for _ in http_apps]
     async with anyio.create_task_group() as group:
         for (app, host, port, what, tls), done in zip(http_apps, http_done):
@@ -124,6 +128,22 @@ async def _serve(config: Config, broker: Broker, writer: StoreWriter, task_statu
                 await done.wait()
         group.cancel_scope.cancel()
     log.info("stopped")
+
+
+def _check_port(host: str | None, port: int, what: str) -> None:
+    """Can an HTTP endpoint listen there? (Checked before its server starts, which would only log
+    the failure and serve AMQP without it.)"""
+    for family, _, _, _, address in socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                                       flags=socket.AI_PASSIVE):
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno in (errno.EADDRINUSE, errno.EACCES):  # (not an address family this machine lacks)
+                    raise listen_error(what, host, port, exc) from None
 
 
 class DefinitionsError(Exception):
@@ -236,7 +256,20 @@ def run(config: Config) -> int:
         anyio.run(serve, config, backend="asyncio", backend_options=backend_options)
     except KeyboardInterrupt:
         pass
-    except (StoreError, DefinitionsError) as exc:
+    except (StoreError, DefinitionsError, ListenError) as exc:
         log.error("%s; refusing to start", exc)
         return 1
+    except BaseExceptionGroup as group:  # (raised from a task group: a port that is in use)
+        refusal = next((exc for exc in _leaves(group) if isinstance(exc, ListenError)), None)
+        if refusal is None:
+            raise
+        log.error("%s; refusing to start", refusal)
+        return 1
     return 0
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found

@@ -14,7 +14,7 @@ from amqpbroker.config import Config
 from amqpbroker.server.tls import server_context
 from amqpbroker.server.transport import HANDSHAKE_TIMEOUT, serve_connection
 
-__all__ = ["listen", "Connections"]
+__all__ = ["ListenError", "listen_error", "listen", "Connections"]
 
 log = logging.getLogger("amqpbroker.listener")
 
@@ -53,8 +53,20 @@ class _AMQPSListener(TLSListener):
         log.warning("TLS handshake failed: %s", exc)
 
 
+class ListenError(Exception):
+    """A configured port cannot be listened on (in use, not allowed): start-up stops, saying which."""
+
+
+def listen_error(what: str, host: str | None, port: int, exc: OSError) -> ListenError:
+    where = f"[{host}]:{port}" if host and ":" in host else f"{host or '*'}:{port}"
+    return ListenError(f"cannot listen for {what} on {where}: {exc.strerror or exc}")
+
+
 async def _tcp_listener(host: str | None, port: int, what: str) -> tuple[Any, list[int]]:
-    listener = await anyio.create_tcp_listener(local_host=host, local_port=port, reuse_port=False)
+    try:
+        listener = await anyio.create_tcp_listener(local_host=host, local_port=port, reuse_port=False)
+    except OSError as exc:
+        raise listen_error(what, host, port, exc) from None
     addresses = [each.extra(SocketAttribute.local_address) for each in getattr(listener, "listeners", [listener])]
     log.info("listening for %s on %s", what, ", ".join(f"[{a[0]}]:{a[1]}" if ":" in str(a[0])
                                                        else f"{a[0]}:{a[1]}" for a in addresses))
