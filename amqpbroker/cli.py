@@ -34,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--management-port", type=int, help="port of the management HTTP API "
                                                           "(env AMQPBROKER_MANAGEMENT_PORT; default 15672 on "
                                                           "127.0.0.1; 0: off)")
+    parser.add_argument("--prometheus-host", help="address /metrics listens on (env AMQPBROKER_PROMETHEUS_HOST; "
+                                                  "default: every interface)")
+    parser.add_argument("--management-host", help="address the management API listens on (env "
+                                                  "AMQPBROKER_MANAGEMENT_HOST; default 127.0.0.1)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                         help="log verbosity (env AMQPBROKER_LOG_LEVEL; default info)")
     return parser
@@ -69,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config, host=args.host, port=args.port, data_dir=args.data_dir,
                              heartbeat=args.heartbeat, log_level=args.log_level,
-                             prometheus_port=args.prometheus_port, management_port=args.management_port)
+                             prometheus_port=args.prometheus_port, management_port=args.management_port,
+                             prometheus_host=args.prometheus_host, management_host=args.management_host)
     except (OSError, ValueError) as exc:
         print(f"amqpbroker: {exc}", file=sys.stderr)
         return 2

@@ -63,3 +63,12 @@ def test_the_docker_image_s_default_user_variables_are_rabbitmq_s() -> None:
     config = load_config(env={"AMQPBROKER_DEFAULT_USER": "admin", "AMQPBROKER_DEFAULT_PASS": "s3cret",
                               "AMQPBROKER_DEFAULT_VHOST": "prod"})
     assert (config.default_user, config.default_password, config.default_vhost) == ("admin", "s3cret", "prod")
+
+
+def test_the_http_listeners_take_their_own_host_flags(monkeypatch) -> None:
+    from amqpbroker import cli
+    from amqpbroker.server import lifecycle
+    seen = []
+    monkeypatch.setattr(lifecycle, "run", lambda config: seen.append(config) or 0)
+    assert cli.main(["--host", "127.0.0.1", "--management-host", "0.0.0.0", "--prometheus-host", "127.0.0.2"]) == 0
+    assert (seen[0].host, seen[0].management_host, seen[0].prometheus_host) == ("127.0.0.1", "0.0.0.0", "127.0.0.2")
