@@ -219,3 +219,16 @@ def test_a_publisher_outrunning_its_consumer_shows_as_flow(managed) -> None:
         run.join(30)
     assert results and results[0]["consumed_rate"] > 0
     assert "flow" in states, states
+
+
+def test_a_path_with_a_trailing_slash_is_a_404_not_a_redirect(managed) -> None:
+    """A redirect would make HTTP clients drop the credentials given in the URL (Flower's did)."""
+    request = urllib.request.Request(f"http://127.0.0.1:{managed.management_port}/api/queues//")
+    request.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+    with pytest.raises(urllib.error.HTTPError) as answered:
+        urllib.request.build_opener(NoRedirect).open(request, timeout=5)
+    assert answered.value.code == 404  # as RabbitMQ 3.10

@@ -49,6 +49,9 @@ def test_the_web_ui_shows_live_figures_and_acts_on_queues_and_connections(page_a
     page.fill("#password", "guest")
     page.click("#login-button")
     page.wait_for_selector("#total-connections:has-text('1')")  # the overview, live
+    assert not page.is_visible("#login")  # the login form goes once logged in
+    answers = []
+    page.on("dialog", lambda dialog: (answers.append(dialog.message), dialog.accept()))
 
     page.click("nav button[data-tab=queues]")
     ready = page.locator("tr[data-queue='ui-queue'] td.ready")
@@ -65,6 +68,7 @@ def test_the_web_ui_shows_live_figures_and_acts_on_queues_and_connections(page_a
     page.wait_for_selector("tr[data-queue='ui-queue'] td.redelivered:has-text('3 / 0 / 0')")
     page.click("tr[data-queue='ui-queue'] button:has-text('Purge')")
     page.wait_for_selector("tr[data-queue='ui-queue'] td.ready:has-text('0')")
+    assert answers == ["Drop every ready message of queue ui-queue?"]  # asked first
 
     page.click("nav button[data-tab=exchanges]")
     page.wait_for_selector("#publish-exchange option", state="attached")
@@ -81,6 +85,7 @@ def test_the_web_ui_shows_live_figures_and_acts_on_queues_and_connections(page_a
         for _ in range(20):
             connection.process_data_events(time_limit=0.25)
     assert closed.value.reply_code == 320
+    assert answers[-1].startswith("Close connection ")
 
 
 def test_the_admin_tab_manages_users_vhosts_permissions_policies_and_limits(page_and_broker) -> None:

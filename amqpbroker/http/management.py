@@ -112,7 +112,9 @@ def management_app(broker: Broker, listeners: list[dict[str, Any]], memory_limit
         Route("/api/health/checks/alarms", api.alarms),
         Route("/api/aliveness-test/{vhost}", api.aliveness),
     ]
-    return _RouteOnRawPath(Starlette(routes=routes, exception_handlers={HTTPException: _starlette_error}))
+    app = Starlette(routes=routes, exception_handlers={HTTPException: _starlette_error})
+    app.router.redirect_slashes = False  # RabbitMQ answers 404, never a redirect that drops credentials
+    return _RouteOnRawPath(app)
 
 
 class _RouteOnRawPath:
