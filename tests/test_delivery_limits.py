@@ -144,3 +144,12 @@ def test_a_bad_delivery_limit_is_a_406(limit) -> None:
     client.send(commands.Queue.Declare(queue="q", arguments={"x-delivery-limit": limit}))
     [(_, close)] = client.methods()
     assert isinstance(close, commands.Channel.Close) and close.reply_code == 406
+
+
+def test_a_dead_letter_exchange_that_does_not_exist_counts_as_a_drop(caplog) -> None:
+    broker, client = _client(**{"x-delivery-limit": 0, "x-dead-letter-exchange": "nowhere"})
+    client.publish(1, "", "work", b"poison")
+    assert _returns_until_gone(client) == [None]
+    counters = broker.vhosts["/"].queues["work"].counters
+    assert counters.dropped_by_delivery_limit == 1 and counters.dead_lettered_by_delivery_limit == 0
+    assert "was dropped" in caplog.text

@@ -392,8 +392,9 @@ class Queue:
         for entry in returned:
             count = counts[entry[0]] = counts.get(entry[0], 0) + 1
             if limit is not None and count > limit:
-                if self.options is None or self.options.dead_letter_exchange is None:
-                    self._dropped_by_limit(limit)
+                dead_letter_exchange = self.options.dead_letter_exchange if self.options is not None else None
+                if dead_letter_exchange is None or dead_letter_exchange not in self.host.exchanges:
+                    self._dropped_by_limit(limit)  # (a dead-letter exchange that does not exist drops it)
                 else:
                     self.counters.dead_lettered_by_delivery_limit += 1
                 self.discard(entry, reason=DELIVERY_LIMIT)
@@ -716,6 +717,7 @@ class _NoHost:
     """For a queue outside a vhost (unit tests): a real clock, no dead-lettering, no timer."""
 
     delivery_limit_defaults: tuple[int | None, int | None] = (None, None)  # (classic, quorum)
+    exchanges: dict[str, Any] = {}  # (none: nothing is dead-lettered)
 
     def __init__(self) -> None:
         self.timed: set[Queue] = set()
