@@ -1,14 +1,45 @@
-"""Helpers the interop tests share: pika connections with short timeouts, name cleanup, draining."""
+"""Helpers the interop tests share: pika connections with short timeouts, name cleanup, draining,
+the management API."""
 
 from __future__ import annotations
 
+import base64
+import json
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import pika
 import pytest
 
-__all__ = ["Cleanup", "channel_error", "connect", "drain", "exists", "params"]
+__all__ = ["Cleanup", "Management", "channel_error", "connect", "drain", "exists", "params"]
+
+
+class Management:
+    """The management API of the broker under test (``http://user:pass@host:port``), JSON bodies."""
+
+    def __init__(self, url: str) -> None:
+        parsed = urlsplit(url)
+        self.base = f"http://{parsed.hostname}:{parsed.port}"
+        self.auth = "Basic " + base64.b64encode(f"{parsed.username}:{parsed.password}".encode()).decode()
+
+    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """The status and the decoded JSON answer (an error's text as it came)."""
+        request = urllib.request.Request(self.base + path, method=method,
+                                         data=json.dumps(body).encode() if body is not None else None)
+        request.add_header("Authorization", self.auth)
+        request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                data = response.read()
+                return response.status, json.loads(data) if data else None
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+    def call(self, method: str, path: str, body: Any = None) -> int:
+        return self.request(method, path, body)[0]
 
 
 def params(url: str) -> pika.URLParameters:

@@ -18,7 +18,6 @@ deleted afterwards.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import os
@@ -27,8 +26,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.parse
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -39,6 +36,7 @@ from celery import chord, group
 from celery.exceptions import TaskRevokedError
 
 from interop.celery_app import make_app
+from interop.support import Management
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -383,15 +381,15 @@ def test_a_task_that_kills_its_worker_ends_in_the_dead_letter_queue(amqp_url, ma
     policy on the task queue stops the loop after 1 + 2 deliveries and dead-letters the task."""
     if _is_rabbitmq(amqp_url):
         pytest.skip("RabbitMQ 3.10 counts deliveries on quorum queues only; Celery's queue here is classic")
-    api = _Management(management_url)
+    api = Management(management_url)
     with celery_pair(amqp_url, "prefork") as (client, worker):
         dead = f"{worker.name}.dead"
         connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
         try:
             connection.channel().queue_declare(dead)
-            assert api.put(f"/api/policies/%2F/{worker.name}-poison", {
-                "pattern": f"^{worker.name}$", "apply-to": "queues",
-                "definition": {"delivery-limit": 2, "dead-letter-exchange": "", "dead-letter-routing-key": dead}})
+            poison = {"delivery-limit": 2, "dead-letter-exchange": "", "dead-letter-routing-key": dead}
+            assert api.call("PUT", f"/api/policies/%2F/{worker.name}-poison", {
+                "pattern": f"^{worker.name}$", "apply-to": "queues", "definition": poison}) in (201, 204)
             result = client.tasks["interop.die"].delay()
             deadline = time.monotonic() + 30
             got = None
@@ -407,7 +405,7 @@ def test_a_task_that_kills_its_worker_ends_in_the_dead_letter_queue(amqp_url, ma
             assert sum(f"{result.id}] received" in line for line in worker.log) == 3
             assert worker.proc.poll() is None  # the worker itself goes on
         finally:
-            api.delete(f"/api/policies/%2F/{worker.name}-poison")
+            api.call("DELETE", f"/api/policies/%2F/{worker.name}-poison")
             connection.channel().queue_delete(dead)
             connection.close()
 
@@ -420,38 +418,16 @@ def _is_rabbitmq(amqp_url: str) -> bool:
         connection.close()
 
 
-class _Management:
-    def __init__(self, url: str) -> None:
-        parsed = urllib.parse.urlsplit(url)
-        self.base = f"http://{parsed.hostname}:{parsed.port}"
-        self.auth = "Basic " + base64.b64encode(f"{parsed.username}:{parsed.password}".encode()).decode()
-
-    def _call(self, method: str, path: str, body=None) -> int:
-        request = urllib.request.Request(self.base + path, method=method,
-                                         data=json.dumps(body).encode() if body is not None else None,
-                                         headers={"Authorization": self.auth, "Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status
-
-    def put(self, path: str, body) -> bool:
-        return self._call("PUT", path, body) in (201, 204)
-
-    def delete(self, path: str) -> None:
-        with contextlib.suppress(Exception):
-            self._call("DELETE", path)
-
-
-
 def test_retries_back_off_on_the_broker(amqp_url, management_url, tmp_path) -> None:
     """A task that rejects itself (requeue) until its third run, on a queue whose policy sets a
     redelivery backoff of 0.5 s doubling: the runs are spaced by the backoff, not a tight loop."""
     if _is_rabbitmq(amqp_url):
         pytest.skip("RabbitMQ 3.10 has no redelivery backoff")
-    api = _Management(management_url)
+    api = Management(management_url)
     with celery_pair(amqp_url, "solo") as (client, worker):
-        assert api.put(f"/api/policies/%2F/{worker.name}-backoff", {
+        assert api.call("PUT", f"/api/policies/%2F/{worker.name}-backoff", {
             "pattern": f"^{worker.name}$", "apply-to": "queues",
-            "definition": {"delayed-retry-min": 500, "delayed-retry-multiplier": 2}})
+            "definition": {"delayed-retry-min": 500, "delayed-retry-multiplier": 2}}) in (201, 204)
         try:
             log = tmp_path / "runs"
             result = client.tasks["interop.reject_until"].delay(str(log), 3)
@@ -459,7 +435,7 @@ def test_retries_back_off_on_the_broker(amqp_url, management_url, tmp_path) -> N
             runs = [float(line) for line in log.read_text().split()]
             assert runs[1] - runs[0] >= 0.45 and runs[2] - runs[1] >= 0.9, runs
         finally:
-            api.delete(f"/api/policies/%2F/{worker.name}-backoff")
+            api.call("DELETE", f"/api/policies/%2F/{worker.name}-backoff")
 
 
 def test_a_task_published_twice_runs_once(amqp_url, tmp_path, monkeypatch) -> None:

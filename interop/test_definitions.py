@@ -6,63 +6,40 @@ Only this test's own entries are moved (unique names), and they are deleted from
 
 from __future__ import annotations
 
-import base64
-import json
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import pika
 import pika.exceptions
 import pytest
 
 from amqpbroker.testing import _free_port, _wait_for_management, run_broker
-from interop.support import params
-
-
-class Api:
-    def __init__(self, url: str) -> None:
-        parsed = urlsplit(url)
-        self.base = f"http://{parsed.hostname}:{parsed.port}"
-        self.auth = "Basic " + base64.b64encode(f"{parsed.username}:{parsed.password}".encode()).decode()
-
-    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        request = urllib.request.Request(self.base + path, method=method,
-                                         data=json.dumps(body).encode() if body is not None else None)
-        request.add_header("Authorization", self.auth)
-        request.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                data = response.read()
-                return response.status, json.loads(data) if data else None
-        except urllib.error.HTTPError as error:
-            return error.code, error.read().decode()
+from interop.support import Management, params
 
 
 @pytest.fixture
-def fresh() -> Iterator[tuple[str, Api]]:
+def fresh() -> Iterator[tuple[str, Management]]:
     """A new amqpbroker with its management API: the other end of each move."""
     port = _free_port()
     with run_broker("--management-port", str(port)) as url:
         _wait_for_management(port)
-        yield url, Api(f"http://guest:guest@127.0.0.1:{port}")
+        yield url, Management(f"http://guest:guest@127.0.0.1:{port}")
 
 
-def _create(api: Api, prefix: str) -> None:
+def _create(api: Management, prefix: str) -> None:
     vhost = quote(f"{prefix}-v", safe="")
-    assert api.call("PUT", f"/api/vhosts/{vhost}", {"description": "moved"})[0] in (201, 204)
-    assert api.call("PUT", f"/api/users/{prefix}-u", {"password": "m0ved", "tags": "monitoring"})[0] in (201, 204)
+    assert api.call("PUT", f"/api/vhosts/{vhost}", {"description": "moved"}) in (201, 204)
+    assert api.call("PUT", f"/api/users/{prefix}-u", {"password": "m0ved", "tags": "monitoring"}) in (201, 204)
     assert api.call("PUT", f"/api/permissions/{vhost}/{prefix}-u",
-                    {"configure": "^app\\.", "write": "^app\\.", "read": "^app\\."})[0] in (201, 204)
+                    {"configure": "^app\\.", "write": "^app\\.", "read": "^app\\."}) in (201, 204)
     assert api.call("PUT", f"/api/topic-permissions/{vhost}/{prefix}-u",
-                    {"exchange": "amq.topic", "write": "^app\\.", "read": ".*"})[0] in (201, 204)
+                    {"exchange": "amq.topic", "write": "^app\\.", "read": ".*"}) in (201, 204)
     assert api.call("PUT", f"/api/policies/{vhost}/cap", {"pattern": "^app\\.", "definition": {"max-length": 5},
-                                                         "apply-to": "queues"})[0] in (201, 204)
-    assert api.call("PUT", f"/api/queues/{vhost}/app.q", {"durable": True})[0] in (201, 204)
-    assert api.call("PUT", f"/api/exchanges/{vhost}/app.x", {"type": "topic", "durable": True})[0] in (201, 204)
-    assert api.call("POST", f"/api/bindings/{vhost}/e/app.x/q/app.q", {"routing_key": "app.#"})[0] == 201
+                                                         "apply-to": "queues"}) in (201, 204)
+    assert api.call("PUT", f"/api/queues/{vhost}/app.q", {"durable": True}) in (201, 204)
+    assert api.call("PUT", f"/api/exchanges/{vhost}/app.x", {"type": "topic", "durable": True}) in (201, 204)
+    assert api.call("POST", f"/api/bindings/{vhost}/e/app.x/q/app.q", {"routing_key": "app.#"}) == 201
 
 
 def _ours(definitions: dict[str, Any], prefix: str) -> dict[str, Any]:
@@ -75,13 +52,13 @@ def _ours(definitions: dict[str, Any], prefix: str) -> dict[str, Any]:
                for key in ("permissions", "topic_permissions", "policies", "queues", "exchanges", "bindings")}}
 
 
-def _check_moved(amqp_url: str, api: Api, prefix: str) -> None:
+def _check_moved(amqp_url: str, api: Management, prefix: str) -> None:
     vhost = f"{prefix}-v"
-    status, queue = api.call("GET", f"/api/queues/{quote(vhost, safe='')}/app.q")
+    status, queue = api.request("GET", f"/api/queues/{quote(vhost, safe='')}/app.q")
     assert status == 200 and queue["durable"]
-    status, bindings = api.call("GET", f"/api/bindings/{quote(vhost, safe='')}/e/app.x/q/app.q")
+    status, bindings = api.request("GET", f"/api/bindings/{quote(vhost, safe='')}/e/app.x/q/app.q")
     assert [binding["routing_key"] for binding in bindings] == ["app.#"]
-    assert api.call("GET", f"/api/policies/{quote(vhost, safe='')}/cap")[1]["definition"] == {"max-length": 5}
+    assert api.request("GET", f"/api/policies/{quote(vhost, safe='')}/cap")[1]["definition"] == {"max-length": 5}
     parameters = params(amqp_url)
     parameters.credentials = pika.PlainCredentials(f"{prefix}-u", "m0ved")
     parameters.virtual_host = vhost
@@ -99,24 +76,24 @@ def _check_moved(amqp_url: str, api: Api, prefix: str) -> None:
         assert refused.value.reply_code == 403
 
 
-def _delete(api: Api, prefix: str) -> None:
-    api.call("DELETE", f"/api/vhosts/{quote(prefix + '-v', safe='')}")
-    api.call("DELETE", f"/api/users/{prefix}-u")
+def _delete(api: Management, prefix: str) -> None:
+    api.request("DELETE", f"/api/vhosts/{quote(prefix + '-v', safe='')}")
+    api.request("DELETE", f"/api/users/{prefix}-u")
 
 
 def test_definitions_move_both_ways_with_a_fresh_amqpbroker(amqp_url, management_url, fresh, unique) -> None:
-    under_test = Api(management_url)
+    under_test = Management(management_url)
     fresh_url, fresh_api = fresh
     try:
         _create(under_test, f"{unique}-a")
-        status, exported = under_test.call("GET", "/api/definitions")
+        status, exported = under_test.request("GET", "/api/definitions")
         assert status == 200
-        assert fresh_api.call("POST", "/api/definitions", _ours(exported, f"{unique}-a"))[0] in (201, 204)
+        assert fresh_api.call("POST", "/api/definitions", _ours(exported, f"{unique}-a")) in (201, 204)
         _check_moved(fresh_url, fresh_api, f"{unique}-a")
 
         _create(fresh_api, f"{unique}-b")
-        exported = fresh_api.call("GET", "/api/definitions")[1]
-        status, body = under_test.call("POST", "/api/definitions", _ours(exported, f"{unique}-b"))
+        exported = fresh_api.request("GET", "/api/definitions")[1]
+        status, body = under_test.request("POST", "/api/definitions", _ours(exported, f"{unique}-b"))
         assert status in (201, 204), body
         _check_moved(amqp_url, under_test, f"{unique}-b")
     finally:

@@ -5,40 +5,20 @@ Each test makes its own user (and vhost where it needs one) and deletes them aft
 
 from __future__ import annotations
 
-import base64
 import json
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from typing import Any
 from urllib.parse import quote, urlsplit
 
 import pika
 import pika.exceptions
 import pytest
 
-from interop.support import params
+from interop.support import Management, params
 
 
-class Admin:
-    """The management API (``http://user:pass@host:port``) with JSON bodies."""
-
-    def __init__(self, url: str) -> None:
-        parsed = urlsplit(url)
-        self.base = f"http://{parsed.hostname}:{parsed.port}"
-        credentials = f"{parsed.username}:{parsed.password}".encode()
-        self.auth = "Basic " + base64.b64encode(credentials).decode()
-
-    def call(self, method: str, path: str, body: Any = None) -> int:
-        request = urllib.request.Request(self.base + path, method=method,
-                                         data=json.dumps(body).encode() if body is not None else None)
-        request.add_header("Authorization", self.auth)
-        request.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return response.status
-        except urllib.error.HTTPError as error:
-            return error.code
+Admin = Management
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import pika.exceptions
 import pytest
 
 from amqpbroker.testing import _free_port
+from interop.support import drain
 from tests.broker_process import BrokerProcess
 from tests.test_management import call
 
@@ -29,15 +30,6 @@ def _publish(channel, exchange: str, key: str, body: bytes, value=None, header: 
     channel.basic_publish(exchange, key, body, pika.BasicProperties(headers=headers or None, delivery_mode=2))
 
 
-def _bodies(channel, queue: str) -> list[bytes]:
-    out = []
-    while True:
-        method, _, body = channel.basic_get(queue, auto_ack=True)
-        if method is None:
-            return out
-        out.append(body)
-
-
 def test_a_queue_drops_duplicates_confirming_them(managed) -> None:
     with pika.BlockingConnection(pika.URLParameters(managed.url)) as connection:
         channel = connection.channel()
@@ -52,7 +44,7 @@ def test_a_queue_drops_duplicates_confirming_them(managed) -> None:
         _publish(channel, "", "dedup-q", b"third a", "a")
         _publish(channel, "", "dedup-q", b"numeric", 7)
         _publish(channel, "", "dedup-q", b"numeric again", 7)
-        assert _bodies(channel, "dedup-q") == [b"first a", b"no header", b"no header again", b"b", b"c",
+        assert drain(channel, "dedup-q") == [b"first a", b"no header", b"no header again", b"b", b"c",
                                                b"third a", b"numeric"]
     view = call(managed, "GET", "/api/queues/%2F/dedup-q")[1]["deduplication"]
     assert view == {"header": "x-deduplication-header", "cache_size": 2, "cached": 2, "duplicates": 2}
@@ -70,7 +62,7 @@ def test_ttl_custom_header_and_exchanges(managed) -> None:
         time.sleep(0.5)
         _publish(channel, "", "dedup-ttl", b"3", "j1", header="job-id")  # its 300 ms are over
         _publish(channel, "", "dedup-ttl", b"long again", "j2", header="job-id")  # its own TTL: a minute
-        assert _bodies(channel, "dedup-ttl") == [b"1", b"other header", b"long", b"3"]
+        assert drain(channel, "dedup-ttl") == [b"1", b"other header", b"long", b"3"]
 
         channel.exchange_declare("dedup-x", "fanout", arguments=DEDUP)
         channel.queue_declare("dedup-x-q1")
@@ -79,7 +71,7 @@ def test_ttl_custom_header_and_exchanges(managed) -> None:
         channel.queue_bind("dedup-x-q2", "dedup-x")
         _publish(channel, "dedup-x", "", b"once", "event-1")
         _publish(channel, "dedup-x", "", b"twice", "event-1")
-        assert _bodies(channel, "dedup-x-q1") == _bodies(channel, "dedup-x-q2") == [b"once"]
+        assert drain(channel, "dedup-x-q1") == drain(channel, "dedup-x-q2") == [b"once"]
     assert call(managed, "GET", "/api/exchanges/%2F/dedup-x")[1]["deduplication"]["duplicates"] == 1
 
 
@@ -93,7 +85,7 @@ def test_the_caches_of_durable_queues_and_exchanges_survive_kill_9(managed) -> N
         channel.confirm_delivery()
         _publish(channel, "", "dedup-durable", b"once", "order-1")
         _publish(channel, "dedup-durable-x", "k", b"once", "order-9")
-        assert _bodies(channel, "dedup-durable") == [b"once"]  # consumed: the cache remembers it still
+        assert drain(channel, "dedup-durable") == [b"once"]  # consumed: the cache remembers it still
     managed.restart(crash=True)
     with pika.BlockingConnection(pika.URLParameters(managed.url)) as connection:
         channel = connection.channel()
@@ -101,12 +93,12 @@ def test_the_caches_of_durable_queues_and_exchanges_survive_kill_9(managed) -> N
         _publish(channel, "", "dedup-durable", b"retried after the crash", "order-1")
         _publish(channel, "dedup-durable-x", "k", b"retried after the crash", "order-9")
         _publish(channel, "", "dedup-durable", b"new", "order-2")
-        assert _bodies(channel, "dedup-durable") == [b"new"]
-        assert _bodies(channel, "dedup-durable-x-q") == [b"once"]
+        assert drain(channel, "dedup-durable") == [b"new"]
+        assert drain(channel, "dedup-durable-x-q") == [b"once"]
         channel.queue_delete("dedup-durable")
         channel.queue_declare("dedup-durable", durable=True, arguments=DEDUP)  # a new queue: a new cache
         _publish(channel, "", "dedup-durable", b"again", "order-1")
-        assert _bodies(channel, "dedup-durable") == [b"again"]
+        assert drain(channel, "dedup-durable") == [b"again"]
 
 
 @pytest.mark.parametrize("arguments", [{"x-message-deduplication": "yes"},
@@ -130,9 +122,9 @@ def test_a_message_a_full_queue_refused_is_not_remembered(managed) -> None:
         _publish(channel, "", "dedup-full", b"fills it", "a")
         with pytest.raises(pika.exceptions.NackError):  # full: nacked
             _publish(channel, "", "dedup-full", b"refused", "b")
-        assert _bodies(channel, "dedup-full") == [b"fills it"]
+        assert drain(channel, "dedup-full") == [b"fills it"]
         _publish(channel, "", "dedup-full", b"retried", "b")  # the publisher's retry is taken
-        assert _bodies(channel, "dedup-full") == [b"retried"]
+        assert drain(channel, "dedup-full") == [b"retried"]
 
 
 def test_an_exchange_remembers_only_what_its_queues_took_and_bytes_values_stay_distinct(managed) -> None:
@@ -145,11 +137,11 @@ def test_an_exchange_remembers_only_what_its_queues_took_and_bytes_values_stay_d
         _publish(channel, "dedup-x-full", "k", b"fills it", "a")
         with pytest.raises(pika.exceptions.NackError):
             _publish(channel, "dedup-x-full", "k", b"refused", "b")
-        assert _bodies(channel, "dedup-x-full-q") == [b"fills it"]
+        assert drain(channel, "dedup-x-full-q") == [b"fills it"]
         _publish(channel, "dedup-x-full", "k", b"retried", "b")
         _publish(channel, "dedup-x-full", "k", b"dup", "b")
-        assert _bodies(channel, "dedup-x-full-q") == [b"retried"]
+        assert drain(channel, "dedup-x-full-q") == [b"retried"]
         channel.queue_declare("dedup-bytes", arguments=DEDUP)
         _publish(channel, "", "dedup-bytes", b"1", b"\xff\x01")
         _publish(channel, "", "dedup-bytes", b"2", b"\xfe\x01")  # not the same value
-        assert _bodies(channel, "dedup-bytes") == [b"1", b"2"]
+        assert drain(channel, "dedup-bytes") == [b"1", b"2"]

@@ -9,8 +9,9 @@ message arrived (``Message.arrived``, the vhost's clock).
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
+
+from amqpbroker.broker import channel as delivery_clock
 
 if TYPE_CHECKING:
     from amqpbroker.broker.broker import Broker
@@ -54,7 +55,7 @@ class UnackedAges:
     the oldest was sent."""
 
     def __init__(self, broker: Broker) -> None:
-        self.now = time.monotonic()
+        self.now = delivery_clock.monotonic()  # the clock deliveries are stamped with
         self.by_queue: dict[Any, float] = {}
         self.by_consumer: dict[Any, float] = {}
         for session in broker.sessions:

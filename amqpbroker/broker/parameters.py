@@ -68,8 +68,7 @@ def set_parameter(broker: Broker, component: str, vhost_name: str, name: str, va
     vhost = _limited_vhost(broker, component, vhost_name, name)
     limits = tenancy.import_limits(value, tenancy.VHOST_LIMITS, f"vhost '{vhost_name}'")
     existed = bool(vhost.limits)
-    tenancy.put_vhost(broker, vhost_name, description=vhost.description, tags=vhost.tags,
-                      default_queue_type=vhost.default_queue_type, limits=limits)
+    tenancy.replace_vhost_limits(broker, vhost_name, limits)
     return existed
 
 
@@ -77,8 +76,7 @@ def clear_parameter(broker: Broker, component: str, vhost_name: str, name: str) 
     vhost = _limited_vhost(broker, component, vhost_name, name)
     if not vhost.limits:
         raise TenancyError(f"no {component} parameter in vhost '{vhost_name}'", missing=True)
-    tenancy.put_vhost(broker, vhost_name, description=vhost.description, tags=vhost.tags,
-                      default_queue_type=vhost.default_queue_type, limits={})
+    tenancy.replace_vhost_limits(broker, vhost_name, {})
 
 
 # ------------------------------------------------------------ global parameters

@@ -211,6 +211,13 @@ def set_limit(broker: Broker, kind: str, owner: str, name: str, value: Any) -> N
     journal()
 
 
+def replace_vhost_limits(broker: Broker, vhost_name: str, limits: dict[str, int]) -> None:
+    """All of a vhost's limits at once (its ``vhost-limits`` runtime parameter)."""
+    vhost, _, journal = _limited(broker, "vhost", vhost_name)
+    vhost.limits = dict(limits)
+    journal()
+
+
 def clear_limit(broker: Broker, kind: str, owner: str, name: str) -> None:
     holder, _, journal = _limited(broker, kind, owner)
     if name not in holder.limits:
