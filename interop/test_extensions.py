@@ -10,9 +10,9 @@ import pika
 import pika.exceptions
 import pytest
 
-from interop.support import channel_error, connect, drain, exists
+from interop.support import Management, channel_error, connect, drain, exists
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = pytest.mark.timeout(40)
 
 
 def _get(ch, queue: str, timeout: float = 3.0):
@@ -444,3 +444,38 @@ def test_arguments_a_queue_type_does_not_take_are_refused_as_rabbitmq(conn, uniq
 def test_quorum_queue_arguments_rabbitmq_takes_are_taken(conn, cleanup, unique, arguments) -> None:
     conn.channel().queue_declare(cleanup.queue(f"{unique}-q"), durable=True,
                                  arguments={"x-queue-type": "quorum", **arguments})
+
+
+@pytest.mark.parametrize("strategy", ["at-least-once", "at-most-once"])
+def test_at_least_once_dead_lettering_keeps_what_a_full_target_refused(management_url, ch, cleanup, unique, strategy):
+    """x-dead-letter-strategy on a quorum queue with reject-publish (3.10 has it): the target
+    takes one, and the source holds the other two (``messages_dlx``) instead of dropping them."""
+    dlx = cleanup.exchange(f"{unique}-dlx")
+    dlq = cleanup.queue(f"{unique}-dlq")
+    source = cleanup.queue(f"{unique}-q")
+    ch.exchange_declare(dlx, "fanout", durable=True)
+    ch.queue_declare(dlq, durable=True, arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
+    ch.queue_bind(dlq, dlx)
+    ch.queue_declare(source, durable=True, arguments={
+        "x-queue-type": "quorum", "x-dead-letter-exchange": dlx, "x-dead-letter-strategy": strategy,
+        "x-overflow": "reject-publish"})
+    ch.confirm_delivery()
+    for body in (b"1", b"2", b"3"):
+        ch.basic_publish("", source, body, pika.BasicProperties(delivery_mode=2))
+    for _ in range(3):
+        method = None
+        deadline = time.monotonic() + 3
+        while method is None and time.monotonic() < deadline:
+            method, _, _ = ch.basic_get(source)
+        ch.basic_reject(method.delivery_tag, requeue=False)
+    held = 2 if strategy == "at-least-once" else 0
+    api = Management(management_url)
+    deadline = time.monotonic() + 20  # (RabbitMQ's queue figures lag by up to 5 s)
+    while True:
+        view = api.request("GET", f"/api/queues/%2F/{source}")[1]
+        if view.get("messages_dlx", 0) == held and view.get("messages") == held or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert (view.get("messages_dlx", 0), view.get("messages"), view.get("messages_ready")) == (held, held, 0)
+    assert ch.queue_declare(dlq, passive=True).method.message_count == 1
+    assert ch.basic_get(source)[0] is None  # held messages are not handed to consumers

@@ -30,6 +30,9 @@ for the next sync, which keeps confirms in order.
 ``("delivered", queue_id, seq)``                        an inline entry was handed out once
 ``("count", queue_id, seq, n)``                          a stored entry was returned n times
 ``("count-", queue_id, seq)``                            ... and has left its queue
+``("held", queue_id, seq, reason)``                     a stored entry is held for dead-lettering
+                                                        at least once (dead_letter_hold.py)
+``("held-", queue_id, seq)``                            ... its targets took it
 ``("dedup", owner, value, expires, at)``                 a deduplication cache remembers a value
 ``("dedup-", owner, value)`` / ``("dedup*", owner)``     ... forgot it / the whole cache went
 ``("inline-", queue_id, seq)``                          inline entry (and its mark) acked or dropped
@@ -163,6 +166,13 @@ class Journal:
     def count_delivery(self, queue: Queue, entry: Entry, count: int) -> None:
         """A stored entry was returned ``count`` times (kept so that a restart keeps counting)."""
         self.ops.append(("count", queue.queue_id, entry[0], count))
+
+    def hold_dead_letter(self, queue: Queue, entry: Entry, reason: str) -> None:
+        """A stored entry died but no dead-letter target took it yet: a restart keeps it held."""
+        self.ops.append(("held", queue.queue_id, entry[0], reason))
+
+    def release_dead_letter(self, queue: Queue, entry: Entry) -> None:
+        self.ops.append(("held-", queue.queue_id, entry[0]))
 
     def forget_count(self, queue: Queue, entry: Entry) -> None:
         self.ops.append(("count-", queue.queue_id, entry[0]))

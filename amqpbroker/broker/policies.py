@@ -10,7 +10,8 @@ Where a queue argument, a policy and an operator policy set the same key, Rabbit
 apply (``rabbit_queue_type_util:args_policy_lookup``): for the numeric limits (message-ttl,
 expires, max-length, max-length-bytes, delivery-limit, consumer-timeout) the lowest value
 wins, so an operator policy caps; for the rest (overflow, dead-letter-exchange,
-dead-letter-routing-key, alternate-exchange) the queue argument wins over the policy.
+dead-letter-routing-key, dead-letter-strategy, alternate-exchange) the queue argument wins over
+the policy.
 ``queue-mode`` is accepted and ignored (every classic queue pages here).
 """
 
@@ -29,12 +30,14 @@ _NUMERIC = ("message-ttl", "expires", "max-length", "max-length-bytes", "deliver
             "delayed-retry-min", "delayed-retry-max", "delayed-retry-multiplier")
 _TEXT = ("dead-letter-exchange", "dead-letter-routing-key", "alternate-exchange", "queue-mode", "delayed-retry-type")
 _OVERFLOW = ("drop-head", "reject-publish", "reject-publish-dlx")
+DEAD_LETTER_STRATEGIES = ("at-most-once", "at-least-once")
 OPERATOR_KEYS = ("expires", "message-ttl", "max-length", "max-length-bytes", "delivery-limit", "consumer-timeout")
 # a policy key -> the queue argument it stands for
 QUEUE_KEYS = {"message-ttl": "x-message-ttl", "expires": "x-expires", "max-length": "x-max-length",
               "max-length-bytes": "x-max-length-bytes", "overflow": "x-overflow",
               "dead-letter-exchange": "x-dead-letter-exchange",
-              "dead-letter-routing-key": "x-dead-letter-routing-key", "delivery-limit": "x-delivery-limit",
+              "dead-letter-routing-key": "x-dead-letter-routing-key",
+              "dead-letter-strategy": "x-dead-letter-strategy", "delivery-limit": "x-delivery-limit",
               "consumer-timeout": "x-consumer-timeout", "delayed-retry-min": "x-delayed-retry-min",
               "delayed-retry-max": "x-delayed-retry-max", "delayed-retry-multiplier": "x-delayed-retry-multiplier",
               "delayed-retry-type": "x-delayed-retry-type"}
@@ -85,6 +88,9 @@ def validate_definition(definition: Any, *, operator: bool = False) -> dict[str,
         elif key == "overflow":
             if value not in _OVERFLOW:
                 raise PolicyError(f"overflow must be one of {', '.join(_OVERFLOW)}")
+        elif key == "dead-letter-strategy":
+            if value not in DEAD_LETTER_STRATEGIES:
+                raise PolicyError(f"dead-letter-strategy must be one of {', '.join(DEAD_LETTER_STRATEGIES)}")
         elif key == "delayed-retry-type":
             if value not in RETRY_TYPES:
                 raise PolicyError(f"delayed-retry-type must be one of {', '.join(RETRY_TYPES)}")

@@ -35,6 +35,7 @@ from amqpbroker.broker.backlog import TaskCounters
 from amqpbroker.broker.channel import OUTPUT_BYTES_HIGH_WATER, OUTPUT_HIGH_WATER
 from amqpbroker.broker.deduplication import Deduplication
 from amqpbroker.broker.dead_letter import DELIVERY_LIMIT, EXPIRED, MAXLEN
+from amqpbroker.broker.dead_letter_hold import DeadLetterHold, HeldDeadLetter
 from amqpbroker.broker.flow import FLOW_HIGH, FLOW_LOW
 from amqpbroker.broker.journal import INLINE, Journal
 from amqpbroker.broker.message import Message
@@ -65,7 +66,7 @@ class Queue:
         "ready_bytes", "paged", "page_next", "page_id", "paging_in", "page_epoch", "paged_bytes",
         "options", "host", "expiring", "last_used", "single_active", "_consumer_groups",
         "general_dispatch", "quorum", "delivery_limit", "delivery_counts", "counters", "dedup", "retry", "retrying",
-        "completed", "sampler", "page_waiters",
+        "completed", "sampler", "page_waiters", "dead_letter_hold",
         "delivered", "dispatched_at", "flow_on", "flow_publishers", "policy", "operator_policy",
     )
 
@@ -136,6 +137,8 @@ class Queue:
             self.ready = PriorityReady(max_priority)
         self.expiring = False  # may hold messages with a TTL: check the head before handing out
         self.last_used = self.host.clock()
+        # x-dead-letter-strategy: at-least-once (dead_letter_hold.py): what no target took yet
+        self.dead_letter_hold: DeadLetterHold | None = None
         self._options_changed()
 
     @property
@@ -249,13 +252,24 @@ class Queue:
                 self._drop_over_limits()
 
     def _options_changed(self) -> None:
-        """A TTL makes it check heads for expiry, a TTL or ``x-expires`` makes it timed."""
+        """A TTL makes it check heads for expiry, a TTL or ``x-expires`` makes it timed; the
+        at-least-once dead-letter strategy gives it a hold (its end releases what it held)."""
         options = self.options
         if options is not None:
             if options.message_ttl is not None:
                 self.expiring = True
             if options.message_ttl is not None or options.expires is not None:
                 self.host.timed.add(self)
+        at_least_once = options is not None and options.dead_letter_at_least_once and self.quorum
+        if at_least_once and self.dead_letter_hold is None:
+            self.dead_letter_hold = DeadLetterHold()
+        elif not at_least_once and self.dead_letter_hold is not None:
+            hold, self.dead_letter_hold = self.dead_letter_hold, None
+            for held in hold.take_all():  # dead-lettered at most once now, as RabbitMQ does
+                self._release_held(held)
+                if options is not None and options.dead_letter_exchange is not None:
+                    self.host.dead_letter(self, [held.entry[1]], held.reason)
+                self._forget(held.entry)
         self._update_dispatch()
 
     def _update_dispatch(self) -> None:
@@ -289,18 +303,27 @@ class Queue:
             return None
 
     def _full(self, message: Message) -> bool:
-        """Would one more message break a length limit?"""
+        """Would one more message break a length limit? (Messages backing off or held for
+        dead-lettering count, as RabbitMQ counts them.)"""
         options = self.options
-        if options.max_length is not None and self.message_count + len(self.retrying) >= options.max_length:
+        hold = self.dead_letter_hold
+        if options.max_length is not None and (self.message_count + len(self.retrying)
+                                               + (len(hold) if hold is not None else 0)) >= options.max_length:
             return True
         return (options.max_length_bytes is not None
-                and self.ready_bytes + self.paged_bytes + len(message.body) > options.max_length_bytes)
+                and self._limited_bytes() + len(message.body) > options.max_length_bytes)
 
     def _over_limits(self) -> bool:
         options = self.options
-        if options.max_length is not None and self.message_count + len(self.retrying) > options.max_length:
+        hold = self.dead_letter_hold
+        if options.max_length is not None and (self.message_count + len(self.retrying)
+                                               + (len(hold) if hold is not None else 0)) > options.max_length:
             return True
-        return options.max_length_bytes is not None and self.ready_bytes + self.paged_bytes > options.max_length_bytes
+        return options.max_length_bytes is not None and self._limited_bytes() > options.max_length_bytes
+
+    def _limited_bytes(self) -> int:
+        hold = self.dead_letter_hold
+        return self.ready_bytes + self.paged_bytes + (hold.bytes if hold is not None else 0)
 
     def expires_at(self, message: Message) -> float | None:
         """When ``message`` expires in this queue (the lower of the queue's and its own TTL)."""
@@ -334,6 +357,9 @@ class Queue:
                 self._want_page()
         if self.retrying:
             self._release_due(now)
+        hold = self.dead_letter_hold
+        if hold is not None and hold.due(now):
+            self._settle_held(now)
         expires = self.options.expires if self.options is not None else None
         return expires is not None and not self.consumers and now - self.last_used >= expires
 
@@ -363,7 +389,12 @@ class Queue:
             due.append(heapq.heappop(retrying)[2])
         if due:
             self._put_back(sorted(due))
-        if not retrying and not self.expiring and (self.options is None or self.options.expires is None):
+        self._untime_if_idle()
+
+    def _untime_if_idle(self) -> None:
+        """Leave the vhost's timer once there is no timed work (expiry, backoff, held messages)."""
+        if (not self.retrying and not self.expiring and not self.dead_letter_hold
+                and (self.options is None or self.options.expires is None)):
             self.host.timed.discard(self)
 
     def _put_back(self, returned: list[Entry]) -> None:
@@ -441,6 +472,9 @@ class Queue:
         for _, _, entry in self.retrying:
             self.discard(entry)
         self.retrying.clear()
+        if self.deleted and self.dead_letter_hold:  # (a live queue's purge leaves them held)
+            for held in self.dead_letter_hold.take_all():
+                self._forget(held.entry)
         if self.paged:
             if self.queue_id is None or not self.deleted:  # a durable queue's delete dropped them
                 self.journal.drop_paged(self, self.page_next)
@@ -464,13 +498,60 @@ class Queue:
             if not self.delivery_counts:
                 self._update_dispatch()
         if reason is not None and self.options is not None and self.options.dead_letter_exchange is not None:
+            if self.dead_letter_hold is not None and not self.deleted:
+                self.dead_letter_hold.add(entry, reason, self.host.clock())
+                self._settle_held(self.host.clock())
+                return  # its entry stays until every target has the message
             self.host.dead_letter(self, [message], reason)
+        self._forget(entry)
+
+    def _forget(self, entry: Entry) -> None:
+        """Its stored entry goes (the message too, once no queue holds it)."""
+        message = entry[1]
         if self.queue_id is None or message.message_id is None:
             return
         if not self.deleted:
             self.journal.forget_entry(self, entry)
         elif message.message_id != INLINE:  # the queue's entries went with it; the message may not
             self.journal.release(message)
+
+    def _settle_held(self, now: float) -> None:
+        """Dead-letter held messages, in order, until one still cannot go (``dead_letter_hold``);
+        those that went are forgotten in this batch, those newly held are stored as held."""
+        hold = self.dead_letter_hold
+        host = self.host
+        for held in hold.settle(lambda held: host.dead_letter_once(self, held.entry[1], held.reason, held.taken), now):
+            self._release_held(held)
+            self._forget(held.entry)
+        if not hold and not (self.options is not None and self.options.dead_letter_at_least_once and self.quorum):
+            self.dead_letter_hold = None  # what recovery held, gone after a strategy change
+        if hold:
+            if self.queue_id is not None:
+                for held in reversed(hold.held):
+                    if held.stored:
+                        break
+                    if held.entry[1].message_id is not None:
+                        self.journal.hold_dead_letter(self, held.entry, held.reason)
+                        held.stored = True
+            host.timed.add(self)
+        else:
+            self._untime_if_idle()
+
+    def _release_held(self, held: HeldDeadLetter) -> None:
+        if held.stored and not self.deleted:
+            self.journal.release_dead_letter(self, held.entry)
+
+    def restore_held(self, held: list[tuple[Entry, str]]) -> None:
+        """Recovery: entries the store held for dead-lettering at least once, in order; tried
+        from the first tick on (when every queue is back), even if the queue's strategy changed."""
+        if self.dead_letter_hold is None:
+            self.dead_letter_hold = DeadLetterHold()  # (dropped once empty: _settle_held)
+        hold = self.dead_letter_hold
+        now = self.host.clock()
+        for entry, reason in held:
+            hold.add(entry, reason, now).stored = True
+        if hold:
+            self.host.timed.add(self)
 
     def restore(self, entries: list[Entry], *, paged: int = 0, page_next: int = 0, last_seq: int = 0) -> None:
         """Recovery: the entries the store held, in order, and how many more it holds from
@@ -729,3 +810,7 @@ class _NoHost:
     @staticmethod
     def dead_letter(queue: Queue, messages: list[Message], reason: str) -> None:
         pass
+
+    @staticmethod
+    def dead_letter_once(queue: Queue, message: Message, reason: str, taken: set[str]) -> bool:
+        return True

@@ -29,6 +29,9 @@ class QueueOptions:
     dead_letter_exchange: str | None = None
     dead_letter_routing_key: str | None = None
     deduplicate: bool = False  # x-message-deduplication (the cache is the queue's)
+    # x-dead-letter-strategy: at-least-once, which RabbitMQ honours only with reject-publish
+    # (dead_letter_hold.py; quorum queues only)
+    dead_letter_at_least_once: bool = False
 
     @classmethod
     def from_arguments(cls, arguments: dict[str, Any]) -> QueueOptions | None:
@@ -45,6 +48,9 @@ class QueueOptions:
             dead_letter_exchange=_text(dlx) if dlx is not None else None,
             dead_letter_routing_key=_text(dlrk) if dlrk is not None else None,
             deduplicate=arguments.get("x-message-deduplication") is True,
+            dead_letter_at_least_once=(
+                _text(arguments.get("x-dead-letter-strategy", "")) == "at-least-once"
+                and _text(arguments.get("x-overflow", DROP_HEAD)) == REJECT_PUBLISH and dlx is not None),
         )
         return None if options == cls() else options
 

@@ -104,17 +104,23 @@ def restore(broker: Broker, store: Any) -> None:
     returns: dict[int, dict[int, int]] = {}  # queue id -> seq -> times returned
     for (queue_id, seq), returned in recovered.delivery_counts.items():
         returns.setdefault(queue_id, {})[seq] = returned
+    held: dict[int, dict[int, str]] = {}  # queue id -> seq -> why it died (held for dead-lettering)
+    for (queue_id, seq), reason in recovered.held_dead_letters.items():
+        held.setdefault(queue_id, {})[seq] = reason
     count = paged = 0
     for queue_id, queue in queues_by_id.items():
         _restore_queue(queue, store, messages, journal.paging_window, cleanup, marks_used,
-                       returns.pop(queue_id, {}))
+                       returns.pop(queue_id, {}), held.pop(queue_id, {}))
         count += queue.message_count
         paged += queue.paged
     for queue_id, seq in recovered.delivered_marks - marks_used:
         cleanup.add(("delivered-", queue_id, seq))
-    for queue_id, held in returns.items():  # counts of queues that are gone
-        for seq in held:
+    for queue_id, counted in returns.items():  # counts of queues that are gone
+        for seq in counted:
             cleanup.add(("count-", queue_id, seq))
+    for queue_id, reasons in held.items():  # ... and what they held
+        for seq in reasons:
+            cleanup.add(("held-", queue_id, seq))
     for message_id, message in messages.items():
         if not message.refs:
             cleanup.add(("message-", message_id))
@@ -125,7 +131,8 @@ def restore(broker: Broker, store: Any) -> None:
 
 
 def _restore_queue(queue: Queue, store: Any, messages: dict[int, Message], window: tuple[int, int],
-                   cleanup: _Cleanup, marks_used: set[tuple[int, int]], returns: dict[int, int]) -> None:
+                   cleanup: _Cleanup, marks_used: set[tuple[int, int]], returns: dict[int, int],
+                   held: dict[int, str]) -> None:
     queue_id = queue.queue_id
 
     def survives(entry: Any) -> bool:
@@ -141,7 +148,7 @@ def _restore_queue(queue: Queue, store: Any, messages: dict[int, Message], windo
         if entry.seq in returns:  # how often it was returned: the count goes on from there
             queue.delivery_counts[entry.seq] = returns.pop(entry.seq)
         total += 1
-        if entry.message_id or entry.delivered:
+        if entry.message_id or entry.delivered or entry.seq in held:
             must_load = total
 
     # second pass: load the in-memory part
@@ -167,7 +174,16 @@ def _restore_queue(queue: Queue, store: Any, messages: dict[int, Message], windo
             entries.append((entry.seq, message, entry.delivered))
     for seq in returns:  # counts whose entries are gone
         cleanup.add(("count-", queue_id, seq))
-    queue.restore(entries, paged=total - len(entries), page_next=page_next, last_seq=last_seq)
+    loaded = len(entries)
+    held_entries = [(entry, held.pop(entry[0])) for entry in entries if entry[0] in held]
+    for seq in held:  # held marks whose entries are gone
+        cleanup.add(("held-", queue_id, seq))
+    if held_entries:
+        held_seqs = {entry[0] for entry, _ in held_entries}
+        entries = [entry for entry in entries if entry[0] not in held_seqs]
+    queue.restore(entries, paged=total - loaded, page_next=page_next, last_seq=last_seq)
+    if held_entries:
+        queue.restore_held(held_entries)
 
 
 def _restore_deduplication(broker: Broker, queues_by_id: dict[int, Queue],

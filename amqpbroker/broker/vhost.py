@@ -551,13 +551,8 @@ class VirtualHost:
         exchange = self.exchanges.get(options.dead_letter_exchange) if options is not None else None
         if exchange is None:
             return
-        now = self.clock()
         for message in messages:
-            try:
-                copy = dead_lettered(message, queue.name, reason, options.dead_letter_routing_key,
-                                     exchange.name, now)
-            except Exception as exc:  # headers we cannot re-encode: quarantined, never lost
-                copy = self._quarantined(message, queue, exc, options.dead_letter_routing_key, exchange.name)
+            copy = self._dead_lettered_copy(queue, message, reason, exchange.name)
             try:
                 for target in self.route(exchange, copy.routing_key, copy):
                     if not is_cycle(copy, target.name):
@@ -566,6 +561,39 @@ class VirtualHost:
                 self.dead_letter_failures += 1
                 log_internal_error(log, f"dead-lettering from queue '{queue.name}' in vhost '{self.name}' "
                                         f"(message dropped)", exc)
+
+    def dead_letter_once(self, queue: Queue, message: Message, reason: str, taken: set[str]) -> bool:
+        """Dead-letter ``message`` at least once (``dead_letter_hold.py``): True when every queue
+        the dead-letter exchange routes it to has it (``taken`` names those that took it, now or
+        before); False when the exchange is missing, routes it nowhere, or a target refused it."""
+        options = queue.options
+        exchange = self.exchanges.get(options.dead_letter_exchange) if options is not None else None
+        if exchange is None:
+            return False
+        copy = self._dead_lettered_copy(queue, message, reason, exchange.name)
+        try:
+            targets = self.route(exchange, copy.routing_key, copy)
+            settled = bool(targets)
+            for target in targets:
+                if target.name in taken or is_cycle(copy, target.name):
+                    continue  # (a cycle would never settle: RabbitMQ drops those targets too)
+                if target.enqueue(copy):
+                    taken.add(target.name)
+                else:
+                    settled = False
+            return settled
+        except Exception as exc:  # kept by its queue, tried again later
+            self.dead_letter_failures += 1
+            log_internal_error(log, f"dead-lettering from queue '{queue.name}' in vhost '{self.name}' "
+                                    f"(message kept, tried again later)", exc)
+            return False
+
+    def _dead_lettered_copy(self, queue: Queue, message: Message, reason: str, exchange: str) -> Message:
+        routing_key = queue.options.dead_letter_routing_key
+        try:
+            return dead_lettered(message, queue.name, reason, routing_key, exchange, self.clock())
+        except Exception as exc:  # headers we cannot re-encode: quarantined, never lost
+            return self._quarantined(message, queue, exc, routing_key, exchange)
 
     def _quarantined(self, message: Message, queue: Queue, exc: Exception, routing_key: str | None,
                      exchange: str) -> Message:

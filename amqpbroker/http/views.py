@@ -94,6 +94,7 @@ def queue_view(vhost: str, queue: Queue, ages: UnackedAges | None = None) -> dic
     """A queue as the API shows it (``ages``: the broker's unacked ages, for ``oldest_unacked_age``)."""
     queue_type = "quorum" if queue.quorum else "classic"
     counters = queue.counters
+    hold = queue.dead_letter_hold
     return {
         "name": queue.name, "vhost": vhost, "durable": queue.durable, "auto_delete": queue.auto_delete,
         "exclusive": queue.exclusive, "arguments": json_value(queue.arguments), "type": queue_type,
@@ -101,8 +102,10 @@ def queue_view(vhost: str, queue: Queue, ages: UnackedAges | None = None) -> dic
         "policy": queue.policy.name if queue.policy is not None else None,
         "operator_policy": queue.operator_policy.name if queue.operator_policy is not None else None,
         "effective_policy_definition": effective_definition(queue.policy, queue.operator_policy),
-        "messages": queue.message_count + queue.unacked_count, "messages_ready": queue.message_count,
-        "messages_unacknowledged": queue.unacked_count,
+        "messages": queue.message_count + queue.unacked_count + len(hold or ()),
+        "messages_ready": queue.message_count, "messages_unacknowledged": queue.unacked_count,
+        # held for dead-lettering at least once (RabbitMQ's quorum-queue fields)
+        "messages_dlx": len(hold or ()), "message_bytes_dlx": hold.bytes if hold is not None else 0,
         "messages_paged_out": queue.paged,
         "message_bytes_paged_out": queue.paged_bytes, "messages_ready_ram": len(queue.ready),
         "message_bytes_ready": queue.ready_bytes + queue.paged_bytes,

@@ -13,6 +13,8 @@ key                                            value
                                                 persistent) and its own copy of the message
 ``d`` queue id (8) seq (8)                      (empty) that inline entry was delivered once
 ``c`` queue id (8) seq (8)                      how often that entry was returned (4 bytes)
+``h`` queue id (8) seq (8)                      that entry is held for dead-lettering at least
+                                                once: the reason it died (text)
 ``t`` page id (8) seq (8)                       a paged-out message of a non-durable queue
 ``w`` delay id (8)                              a message held by a delayed exchange: vhost and
                                                 exchange (shortstrs), due time (double), message
@@ -166,6 +168,8 @@ class RocksStore:
             recovered.delivered_marks = self._delivered
             recovered.delivery_counts = {_SEQ_KEY.unpack(key)[1:]: _U32.unpack(value)[0]
                                          for key, value in self._scan(b"c")}
+            recovered.held_dead_letters = {_SEQ_KEY.unpack(key)[1:]: value.decode()
+                                           for key, value in self._scan(b"h")}
             for key, value in self._scan(b"u"):
                 owner_end = 3 + _U16.unpack_from(key, 1)[0]
                 recovered.deduplication.setdefault(key[3:owner_end].decode(), []).append(
@@ -198,7 +202,7 @@ class RocksStore:
             iterator.seek_to_first()
             while iterator.valid():
                 key = iterator.key()
-                if key[:1] not in (b"x", b"q", b"b", b"m", b"e", b"d", b"c", b"u", b"w", b"a"):
+                if key[:1] not in (b"x", b"q", b"b", b"m", b"e", b"d", b"c", b"h", b"u", b"w", b"a"):
                     raise StoreError(f"unknown key {key[:16]!r} in the data directory {self.path}")
                 iterator.seek(bytes([key[0] + 1]))
         finally:
@@ -286,6 +290,10 @@ class RocksStore:
                 put(_seq_key(b"c", op[1], op[2]), _U32.pack(op[3]))
             elif tag == "count-":
                 delete(_seq_key(b"c", op[1], op[2]))
+            elif tag == "held":
+                put(_seq_key(b"h", op[1], op[2]), op[3].encode())
+            elif tag == "held-":
+                delete(_seq_key(b"h", op[1], op[2]))
             elif tag == "entries-":
                 batch.delete_range(*_range(b"e", op[1], op[2]))
                 batch.delete_range(*_range(b"c", op[1], op[2]))
@@ -304,6 +312,7 @@ class RocksStore:
                 batch.delete_range(*_range(b"e", queue_id))
                 batch.delete_range(*_range(b"d", queue_id))
                 batch.delete_range(*_range(b"c", queue_id))
+                batch.delete_range(*_range(b"h", queue_id))
                 batch.delete_range(*_dedup_range(f"q:{queue_id}"))
             elif tag == "exchange":
                 put(_text_key(b"x", op[1], op[2]), op[3])
