@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "default: every interface)")
     parser.add_argument("--management-host", help="address the management API listens on (env "
                                                   "AMQPBROKER_MANAGEMENT_HOST; default 127.0.0.1)")
+    parser.add_argument("--compatibility", help="whose rules apply where RabbitMQ 3.x and 4.x differ: 3.13, "
+                        "4.0 or 4.3 (env AMQPBROKER_COMPATIBILITY; default 4.0; docs/compatibility.md)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                         help="log verbosity (env AMQPBROKER_LOG_LEVEL; default info)")
     return parser
@@ -74,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config, host=args.host, port=args.port, data_dir=args.data_dir,
                              heartbeat=args.heartbeat, log_level=args.log_level,
                              prometheus_port=args.prometheus_port, management_port=args.management_port,
-                             prometheus_host=args.prometheus_host, management_host=args.management_host)
+                             prometheus_host=args.prometheus_host, management_host=args.management_host,
+                             compatibility=args.compatibility)
     except (OSError, ValueError) as exc:
         print(f"amqpbroker: {exc}", file=sys.stderr)
         return 2

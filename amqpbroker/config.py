@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from amqpbroker.broker.compatibility import profile
+
 __all__ = ["Config", "default_data_dir", "load_config"]
 
 
@@ -26,7 +28,10 @@ class Config:
     heartbeat: int = 60
     frame_max: int = 131072
     channel_max: int = 2047
-    max_message_size: int = 16 << 20  # bytes (RabbitMQ 4's default); a larger publish gets 406
+    # which RabbitMQ generation's rules apply where 3.x and 4.x differ: "3.13", "4.0" or "4.3"
+    # (broker/compatibility.py); it sets the defaults of the two settings that say "profile"
+    compatibility: str = "4.0"
+    max_message_size: int | None = None  # bytes (profile: 16 MiB, 3.13: 128 MiB); larger gets 406
     disk_free_limit: int = 50_000_000  # bytes free in the data dir below which publishers are blocked
     connection_max: int = 0  # connections in all (0: no limit)
     connection_max_per_user: int = 0  # connections of one user (0: no limit)
@@ -38,7 +43,7 @@ class Config:
     # x-delivery-limit for queues that set none (negative: no limit): after that many returns a
     # message is dead-lettered (reason delivery_limit) or dropped; RabbitMQ 4 gives quorum queues 20
     delivery_limit_classic: int = -1
-    delivery_limit_quorum: int = 20
+    delivery_limit_quorum: int | None = None  # (profile: 20, 3.13: none)
     default_user: str = "guest"
     default_password: str = "guest"
     default_vhost: str = "/"  # the vhost made on the first start (the default user may use it)
@@ -81,6 +86,7 @@ class Config:
 
 
 _FIELDS = {field.name: field for field in dataclasses.fields(Config)}
+_OPTIONAL_INTS = ("max_message_size", "delivery_limit_quorum")  # None: the profile's default
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -89,6 +95,8 @@ def _coerce(name: str, value: Any) -> Any:
     kind = type(getattr(Config(), name))
     if name in ("host", "prometheus_host", "management_host"):
         return str(value) or None
+    if name in _OPTIONAL_INTS:
+        return int(value) if str(value).strip() != "" else None
     if kind is bool:
         return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
     if kind in (int, float):
@@ -116,4 +124,6 @@ def load_config(file: str | None = None, env: dict[str, str] | None = None, **fl
     for name, value in flags.items():
         if value is not None:
             values[name] = _coerce(name, value)
-    return Config(**values)
+    config = Config(**values)
+    profile(config.compatibility)  # (a ValueError naming the choices)
+    return config

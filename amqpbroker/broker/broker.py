@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from amqpbroker.broker.auth import UserDatabase
+from amqpbroker.broker.compatibility import DEFAULT_PROFILE, PROFILES, Profile
 from amqpbroker.errors import log_internal_error
 from amqpbroker.broker.consumer_timeouts import ConsumerTimeouts
 from amqpbroker.broker.journal import Journal
@@ -47,6 +48,9 @@ class Limits:
     # x-delivery-limit for queues without one (negative: none): RabbitMQ 4's 20 for quorum queues
     delivery_limit_classic: int = -1
     delivery_limit_quorum: int = 20
+    # where RabbitMQ 3.x and 4.x differ, whose rules apply (compatibility.py; the two limits
+    # above are already resolved from it)
+    compatibility: Profile = PROFILES[DEFAULT_PROFILE]
 
 
 class MessageTotals:
@@ -119,6 +123,7 @@ class Broker:
         vhost = VirtualHost(name, journal=self.journal, mark_dirty=self._dirty.add,
                             on_queue_deleted=self._queue_deleted)
         vhost.max_queues = self.limits.queue_max_per_vhost
+        vhost.rules = self.limits.compatibility
         vhost.delivery_limit_defaults = tuple(None if limit < 0 else limit for limit in (
             self.limits.delivery_limit_classic, self.limits.delivery_limit_quorum))
         self.vhosts[name] = vhost

@@ -7,8 +7,9 @@ the message had a per-message TTL, which is removed so the copy does not expire 
 first death is also kept in ``x-first-death-queue`` / ``-reason`` / ``-exchange``, the latest in
 ``x-last-death-queue`` / ``-reason`` / ``-exchange`` (RabbitMQ 3.13+).
 
-As RabbitMQ 4, the history is the broker's own record (``Message.deaths``): an ``x-death``
-header a client published is data, neither continued nor used to detect cycles (RabbitMQ 3.x
+Under the 3.13 compatibility profile (``client_history``) a published ``x-death`` header is the
+history, as RabbitMQ 3.x took it. Otherwise, as RabbitMQ 4, the history is the broker's own
+record (``Message.deaths``): an ``x-death`` header a client published is data, neither continued nor used to detect cycles (RabbitMQ 3.x
 took it as history); it is replaced on the message's first death here. A message read back
 from the store takes its ``x-death`` header as its record (the broker wrote it).
 """
@@ -28,12 +29,14 @@ REJECTED, EXPIRED, MAXLEN, DELIVERY_LIMIT = "rejected", "expired", "maxlen", "de
 
 
 def dead_lettered(message: Message, queue: str, reason: str, routing_key: str | None,
-                  exchange: str, now: float) -> Message:
+                  exchange: str, now: float, *, client_history: bool = False) -> Message:
     """A copy of ``message`` to publish to ``exchange`` (the dead-letter exchange), with its death
-    in ``queue`` for ``reason`` recorded; ``routing_key`` None keeps the message's own."""
+    in ``queue`` for ``reason`` recorded; ``routing_key`` None keeps the message's own.
+    ``client_history`` (the 3.13 compatibility profile): an ``x-death`` header the client
+    published is the history, continued and read for cycles, as RabbitMQ 3.x."""
     properties = decode_properties(message.header)
     headers: dict[str, Any] = dict(properties.headers or {})
-    deaths = [dict(death) for death in _record(message, headers)]
+    deaths = [dict(death) for death in _record(message, headers, client_history)]
     first = not deaths
     for index, death in enumerate(deaths):
         if _text(death.get("queue")) == queue and _text(death.get("reason")) == reason:
@@ -81,14 +84,15 @@ def is_cycle(message: Message, queue: str) -> bool:
     return seen
 
 
-def _record(message: Message, headers: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """The message's deaths as the broker recorded them."""
+def _record(message: Message, headers: dict[str, Any] | None, client_history: bool = False) -> list[dict[str, Any]]:
+    """The message's deaths as the broker recorded them (with ``client_history``, a published
+    ``x-death`` header too)."""
     deaths = message.deaths
-    if deaths is None:
+    if deaths is None and not client_history:
         return []
-    if deaths == FROM_HEADERS:  # (read back from the store: the broker's record when it wrote x-last-death-*)
+    if deaths is None or deaths == FROM_HEADERS:  # (read back from the store: the broker's record when it wrote x-last-death-*)
         headers = headers if headers is not None else message.headers
-        if "x-last-death-queue" not in headers:
+        if "x-last-death-queue" not in headers and not client_history:
             return []  # a client's x-death, or one from before: data
         found = headers.get("x-death") or []
         return [death for death in found if isinstance(death, dict)] if isinstance(found, list) else []

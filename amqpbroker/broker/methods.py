@@ -199,8 +199,10 @@ def _queue_delete(session: Session, channel: Channel, m: commands.Queue.Delete) 
 def _basic_qos(session: Session, channel: Channel, m: commands.Basic.Qos) -> None:
     if m.prefetch_size:
         raise ConnectionError(ReplyCode.NOT_IMPLEMENTED, f"prefetch_size!=0 ({m.prefetch_size})")
-    channel.global_qos_requested = bool(m.global_ and m.prefetch_count)
-    if m.global_ or _spec_qos_semantics(session):
+    # the 4.3 profile denies global QoS as RabbitMQ 4.3 does: global=true taken as global=false
+    shared = m.global_ and session.broker.limits.compatibility.global_qos
+    channel.global_qos_requested = bool(shared and m.prefetch_count)
+    if shared or _spec_qos_semantics(session):
         channel.global_prefetch = m.prefetch_count
     else:
         channel.consumer_prefetch = m.prefetch_count  # for consumers created from now on

@@ -32,6 +32,7 @@ from amqpbroker.broker.policies import Policy, choose, effective
 from amqpbroker.broker.queue import Queue
 from amqpbroker.codec.methods import shortstr
 from amqpbroker.codec.tables import TableError, encode_table
+from amqpbroker.broker.compatibility import DEFAULT_PROFILE, PROFILES, TRANSIENT_NONEXCLUSIVE_REFUSED, Profile
 from amqpbroker.errors import (
     ConnectionError, ReplyCode, access_refused, cut_to_bytes, log_internal_error, not_found,
     precondition_failed, resource_locked,
@@ -109,6 +110,7 @@ class VirtualHost:
         self.timed: set[Queue] = set()  # queues with TTLs or x-expires: ticked by the broker
         # x-delivery-limit where a queue has none: (classic, quorum); None: no limit
         self.delivery_limit_defaults: tuple[int | None, int | None] = (None, 20)
+        self.rules: Profile = PROFILES[DEFAULT_PROFILE]  # the compatibility profile (the broker's)
         self.reply_queues: dict[str, Queue] = {}  # direct reply-to: one hidden queue per consumer
         self.journal = journal if journal is not None else Journal()
         self.delayed = DelayedMessages(name, self.journal)  # held by x-delayed-message exchanges until due
@@ -381,6 +383,8 @@ class VirtualHost:
         if default_type is not None and (existing is None or existing.arguments.get("x-queue-type") == default_type):
             arguments = {**arguments, "x-queue-type": default_type}  # (an older queue keeps its type)
         if existing is None:
+            if not durable and not exclusive and not self.rules.transient_nonexclusive_queues:
+                raise ConnectionError(ReplyCode.INTERNAL_ERROR, TRANSIENT_NONEXCLUSIVE_REFUSED, 50, 10)
             most = self.limits.get("max-queues", self.max_queues or None)
             if most is not None and len(self.queues) >= most:
                 raise precondition_failed(f"cannot declare queue '{name}': queue limit in vhost "
@@ -591,7 +595,8 @@ class VirtualHost:
     def _dead_lettered_copy(self, queue: Queue, message: Message, reason: str, exchange: str) -> Message:
         routing_key = queue.options.dead_letter_routing_key
         try:
-            return dead_lettered(message, queue.name, reason, routing_key, exchange, self.clock())
+            return dead_lettered(message, queue.name, reason, routing_key, exchange, self.clock(),
+                                 client_history=self.rules.client_x_death_is_history)
         except Exception as exc:  # headers we cannot re-encode: quarantined, never lost
             return self._quarantined(message, queue, exc, routing_key, exchange)
 

@@ -27,6 +27,7 @@ from amqpbroker.http.prometheus import prometheus_app
 from amqpbroker.http.views import NODE
 from amqpbroker.server.http import serve_http
 from amqpbroker.server.listener import ListenError, listen, listen_error
+from amqpbroker.broker.compatibility import profile
 from amqpbroker.server.memory import resident_bytes, watermark_bytes
 from amqpbroker.store.base import StoreError
 from amqpbroker.store.rocks import RocksStore
@@ -41,15 +42,19 @@ SHUTDOWN_TEXT = "broker forced connection closure with reason 'shutdown'"
 
 
 def build_broker(config: Config) -> Broker:
-    return Broker(Limits(channel_max=config.channel_max, frame_max=config.frame_max,
-                         heartbeat=config.heartbeat, max_message_size=config.max_message_size,
+    rules = profile(config.compatibility)
+    return Broker(Limits(channel_max=config.channel_max, frame_max=config.frame_max, heartbeat=config.heartbeat,
+                         max_message_size=(rules.max_message_size if config.max_message_size is None
+                                           else config.max_message_size),
                          connection_max=config.connection_max,
                          connection_max_per_user=config.connection_max_per_user,
                          consumer_max_per_channel=config.consumer_max_per_channel,
                          queue_max_per_vhost=config.queue_max_per_vhost,
                          consumer_timeout=config.consumer_timeout,
                          delivery_limit_classic=config.delivery_limit_classic,
-                         delivery_limit_quorum=config.delivery_limit_quorum),
+                         delivery_limit_quorum=(rules.quorum_delivery_limit if config.delivery_limit_quorum is None
+                                                else config.delivery_limit_quorum),
+                         compatibility=rules),
                   default_user=config.default_user, default_password=config.default_password,
                   loopback_users=config.loopback_user_names(), default_vhost=config.default_vhost,
                   paging_window=(config.queue_window_messages, config.queue_window_bytes))
