@@ -108,6 +108,14 @@ def make_app(broker_url: str | None = None, name: str | None = None, backend: st
             log.write(f"{value}\n")
         return value
 
+    @app.task(name="interop.slow_record", bind=True, acks_late=True, shared=False)
+    def slow_record(self, log_path, seconds):
+        """Appends its run (was it a redelivery?), then takes ``seconds``."""
+        with open(log_path, "a") as log:
+            log.write(f"{(self.request.delivery_info or {}).get('redelivered')}\n")
+        time.sleep(seconds)
+        return seconds
+
     @app.task(name="interop.late_ack_sleep", acks_late=True, shared=False)
     def late_ack_sleep(seconds, value):
         time.sleep(seconds)

@@ -455,3 +455,30 @@ def test_a_task_published_twice_runs_once(amqp_url, tmp_path, monkeypatch) -> No
         assert other.get(timeout=RESULT_TIMEOUT) == "another"
         time.sleep(0.5)
         assert log.read_text().split() == ["once", "another"]
+
+
+def test_a_task_longer_than_its_queue_s_consumer_timeout(amqp_url, management_url, tmp_path) -> None:
+    """An acks_late task that runs longer than the consumer timeout a policy sets on its queue
+    (docs/operations.md, "Running Celery"): the broker cancels the worker's consumer and requeues
+    the task; the worker finishes the run (its late ack is ignored), reconnects and runs the task
+    again as a redelivery. (What the worker does after a second cancel is Celery's: see the docs.)"""
+    if _is_rabbitmq(amqp_url):
+        pytest.skip("RabbitMQ 3.10 has no per-queue consumer timeout (only the broker-wide one)")
+    api = Management(management_url)
+    with celery_pair(amqp_url, "solo") as (client, worker):
+        assert api.call("PUT", f"/api/policies/%2F/{worker.name}-timeout", {
+            "pattern": f"^{worker.name}$", "apply-to": "queues",
+            "definition": {"consumer-timeout": 1000}}) in (201, 204)
+        try:
+            log = tmp_path / "runs"
+            result = client.tasks["interop.slow_record"].delay(str(log), 2.5)
+            assert result.get(timeout=RESULT_TIMEOUT) == 2.5  # the first run's result
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and len(log.read_text().split()) < 2:
+                time.sleep(0.2)
+            assert log.read_text().split()[:2] == ["False", "True"], worker.tail()
+            assert any("ConsumerCancelled" in line for line in worker.log)
+            view = api.request("GET", f"/api/queues/%2F/{worker.name}")[1]
+            assert view["consumer_timeouts"] >= 1
+        finally:
+            api.call("DELETE", f"/api/policies/%2F/{worker.name}-timeout")
