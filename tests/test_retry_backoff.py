@@ -177,3 +177,32 @@ def test_waiting_messages_count_for_length_limits_and_if_empty(clock) -> None:
     client.send(commands.Queue.Delete(queue="jobs", if_empty=True))
     [(_, close)] = client.methods()
     assert isinstance(close, commands.Channel.Close) and close.reply_code == 406  # not empty
+
+
+def test_a_backoff_wait_survives_a_kill_9(start_broker) -> None:
+    """The end of a stored message's backoff is kept with its delivery count: after a crash it
+    still waits out the rest of it, then comes back counted."""
+    broker = start_broker(management_port=_free_port())
+    parameters = pika.URLParameters(broker.url)
+    with pika.BlockingConnection(parameters) as connection:
+        channel = connection.channel()
+        channel.queue_declare("durable-backoff", durable=True, arguments={"x-delayed-retry-min": 4000})
+        channel.confirm_delivery()
+        channel.basic_publish("", "durable-backoff", b"flaky", pika.BasicProperties(delivery_mode=2))
+        method, _, _ = channel.basic_get("durable-backoff")
+        rejected_at = time.monotonic()
+        channel.basic_reject(method.delivery_tag, requeue=True)
+        channel.queue_declare("durable-backoff", passive=True)  # (a round trip: the reject is in)
+    broker.restart(crash=True)
+    assert call(broker, "GET", "/api/queues/%2F/durable-backoff")[1]["messages_retrying"] == 1
+    with pika.BlockingConnection(parameters) as connection:
+        channel = connection.channel()
+        assert channel.basic_get("durable-backoff")[0] is None  # still waiting after the restart
+        while True:
+            method, properties, _ = channel.basic_get("durable-backoff")
+            if method is not None:
+                break
+            assert time.monotonic() - rejected_at < 20
+            time.sleep(0.1)
+        assert time.monotonic() - rejected_at >= 3.5
+        assert method.redelivered and properties.headers["x-delivery-count"] == 1

@@ -28,7 +28,8 @@ for the next sync, which keeps confirms in order.
 ``("inline", queue_id, seq, message, persistent)``      paged-out entry of a durable queue, with
                                                         its own copy of the message
 ``("delivered", queue_id, seq)``                        an inline entry was handed out once
-``("count", queue_id, seq, n)``                          a stored entry was returned n times
+``("count", queue_id, seq, n, due)``                     a stored entry was returned n times (and
+                                                        backs off until ``due``, or None)
 ``("count-", queue_id, seq)``                            ... and has left its queue
 ``("held", queue_id, seq, reason)``                     a stored entry is held for dead-lettering
                                                         at least once (dead_letter_hold.py)
@@ -163,9 +164,10 @@ class Journal:
         else:
             self.ops[index] = op
 
-    def count_delivery(self, queue: Queue, entry: Entry, count: int) -> None:
-        """A stored entry was returned ``count`` times (kept so that a restart keeps counting)."""
-        self.ops.append(("count", queue.queue_id, entry[0], count))
+    def count_delivery(self, queue: Queue, entry: Entry, count: int, retry_due: float | None = None) -> None:
+        """A stored entry was returned ``count`` times (kept so that a restart keeps counting),
+        and waits until ``retry_due`` (wall-clock seconds) to be redelivered."""
+        self.ops.append(("count", queue.queue_id, entry[0], count, retry_due))
 
     def hold_dead_letter(self, queue: Queue, entry: Entry, reason: str) -> None:
         """A stored entry died but no dead-letter target took it yet: a restart keeps it held."""

@@ -368,13 +368,14 @@ class Queue:
         (``failed``: rejected or nacked; ``counted`` False: a peek that is no delivery). With a
         backoff (``x-delayed-retry-*``) they wait in ``retrying`` first."""
         returned = sorted((seq, message, True) for seq, message, _ in entries)
+        retry = self.retry
+        backoff = retry is not None and counted and retry.applies(failed) and not self.deleted
+        now = self.host.clock() if backoff else 0.0
         if counted:
-            returned = self._count_returns(returned)
+            returned = self._count_returns(returned, retry if backoff else None, now)
         if not returned:
             return
-        retry = self.retry
-        if retry is not None and counted and retry.applies(failed) and not self.deleted:
-            now = self.host.clock()
+        if backoff:
             for entry in returned:
                 heapq.heappush(self.retrying, (now + retry.delay(self.delivery_counts.get(entry[0], 1)), entry[0], entry))
             self.host.timed.add(self)
@@ -414,9 +415,10 @@ class Queue:
 
     # ---------------------------------------------------------------- messages out
 
-    def _count_returns(self, returned: list[Entry]) -> list[Entry]:
-        """Count each message's returns (kept with a stored message); past ``x-delivery-limit``
-        it is dead-lettered (``delivery_limit``), or dropped with a warning, instead of requeued."""
+    def _count_returns(self, returned: list[Entry], retry: RetryPolicy | None = None, now: float = 0.0) -> list[Entry]:
+        """Count each message's returns (kept with a stored message, with the end of its backoff
+        when ``retry`` makes it wait, so a restart keeps both); past ``x-delivery-limit`` it is
+        dead-lettered (``delivery_limit``), or dropped with a warning, instead of requeued."""
         counts, limit = self.delivery_counts, self.delivery_limit
         stored = self.queue_id is not None and not self.deleted
         kept = []
@@ -431,7 +433,8 @@ class Queue:
                 self.discard(entry, reason=DELIVERY_LIMIT)
                 continue
             if stored and entry[1].message_id is not None:
-                self.journal.count_delivery(self, entry, count)
+                self.journal.count_delivery(self, entry, count,
+                                            now + retry.delay(count) if retry is not None else None)
             kept.append(entry)
         if counts and not self.general_dispatch:
             self._update_dispatch()
@@ -551,6 +554,13 @@ class Queue:
         for entry, reason in held:
             hold.add(entry, reason, now).stored = True
         if hold:
+            self.host.timed.add(self)
+
+    def restore_retrying(self, waiting: list[tuple[float, Entry]]) -> None:
+        """Recovery: entries whose redelivery backoff had not ended, with its end."""
+        for due, entry in waiting:
+            heapq.heappush(self.retrying, (due, entry[0], entry))
+        if waiting:
             self.host.timed.add(self)
 
     def restore(self, entries: list[Entry], *, paged: int = 0, page_next: int = 0, last_seq: int = 0) -> None:

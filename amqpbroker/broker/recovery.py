@@ -104,13 +104,18 @@ def restore(broker: Broker, store: Any) -> None:
     returns: dict[int, dict[int, int]] = {}  # queue id -> seq -> times returned
     for (queue_id, seq), returned in recovered.delivery_counts.items():
         returns.setdefault(queue_id, {})[seq] = returned
+    waits: dict[int, dict[int, float]] = {}  # queue id -> seq -> when its redelivery backoff ends
+    now = time.time()
+    for (queue_id, seq), due in recovered.retry_due.items():
+        if due > now:
+            waits.setdefault(queue_id, {})[seq] = due
     held: dict[int, dict[int, str]] = {}  # queue id -> seq -> why it died (held for dead-lettering)
     for (queue_id, seq), reason in recovered.held_dead_letters.items():
         held.setdefault(queue_id, {})[seq] = reason
     count = paged = 0
     for queue_id, queue in queues_by_id.items():
         _restore_queue(queue, store, messages, journal.paging_window, cleanup, marks_used,
-                       returns.pop(queue_id, {}), held.pop(queue_id, {}))
+                       returns.pop(queue_id, {}), held.pop(queue_id, {}), waits.get(queue_id, {}))
         count += queue.message_count
         paged += queue.paged
     for queue_id, seq in recovered.delivered_marks - marks_used:
@@ -132,7 +137,7 @@ def restore(broker: Broker, store: Any) -> None:
 
 def _restore_queue(queue: Queue, store: Any, messages: dict[int, Message], window: tuple[int, int],
                    cleanup: _Cleanup, marks_used: set[tuple[int, int]], returns: dict[int, int],
-                   held: dict[int, str]) -> None:
+                   held: dict[int, str], waits: dict[int, float]) -> None:
     queue_id = queue.queue_id
 
     def survives(entry: Any) -> bool:
@@ -148,7 +153,7 @@ def _restore_queue(queue: Queue, store: Any, messages: dict[int, Message], windo
         if entry.seq in returns:  # how often it was returned: the count goes on from there
             queue.delivery_counts[entry.seq] = returns.pop(entry.seq)
         total += 1
-        if entry.message_id or entry.delivered or entry.seq in held:
+        if entry.message_id or entry.delivered or entry.seq in held or entry.seq in waits:
             must_load = total
 
     # second pass: load the in-memory part
@@ -175,15 +180,18 @@ def _restore_queue(queue: Queue, store: Any, messages: dict[int, Message], windo
     for seq in returns:  # counts whose entries are gone
         cleanup.add(("count-", queue_id, seq))
     loaded = len(entries)
+    waiting = [(waits[entry[0]], entry) for entry in entries if entry[0] in waits and entry[0] not in held]
     held_entries = [(entry, held.pop(entry[0])) for entry in entries if entry[0] in held]
     for seq in held:  # held marks whose entries are gone
         cleanup.add(("held-", queue_id, seq))
-    if held_entries:
-        held_seqs = {entry[0] for entry, _ in held_entries}
-        entries = [entry for entry in entries if entry[0] not in held_seqs]
+    if held_entries or waiting:
+        apart = {entry[0] for entry, _ in held_entries} | {entry[0] for _, entry in waiting}
+        entries = [entry for entry in entries if entry[0] not in apart]
     queue.restore(entries, paged=total - loaded, page_next=page_next, last_seq=last_seq)
     if held_entries:
         queue.restore_held(held_entries)
+    if waiting:  # their backoff goes on where it was
+        queue.restore_retrying(waiting)
 
 
 def _restore_deduplication(broker: Broker, queues_by_id: dict[int, Queue],

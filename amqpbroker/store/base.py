@@ -43,6 +43,8 @@ class Recovered:
     deduplication: dict[str, list[tuple[str, float, float]]] = field(default_factory=dict)
     # (queue id, seq) -> times returned, for entries that were
     delivery_counts: dict[tuple[int, int], int] = field(default_factory=dict)
+    # (queue id, seq) -> when its redelivery backoff ends (wall clock), for entries that back off
+    retry_due: dict[tuple[int, int], float] = field(default_factory=dict)
     # (queue id, seq) -> reason, for entries held for dead-lettering at least once
     held_dead_letters: dict[tuple[int, int], str] = field(default_factory=dict)
     delivered_marks: set[tuple[int, int]] = field(default_factory=set)  # (queue id, seq) of inline entries

@@ -12,7 +12,8 @@ key                                            value
                                                 written while its queue paged, 0 (8), flags (1:
                                                 persistent) and its own copy of the message
 ``d`` queue id (8) seq (8)                      (empty) that inline entry was delivered once
-``c`` queue id (8) seq (8)                      how often that entry was returned (4 bytes)
+``c`` queue id (8) seq (8)                      how often that entry was returned (4 bytes), and
+                                                when its redelivery backoff ends (double), if any
 ``h`` queue id (8) seq (8)                      that entry is held for dead-lettering at least
                                                 once: the reason it died (text)
 ``t`` page id (8) seq (8)                       a paged-out message of a non-durable queue
@@ -166,8 +167,11 @@ class RocksStore:
                                           _stored_message(value, exchange_end + _ARRIVED.size)))
             self._delivered = {_SEQ_KEY.unpack(key)[1:] for key, _ in self._scan(b"d")}
             recovered.delivered_marks = self._delivered
-            recovered.delivery_counts = {_SEQ_KEY.unpack(key)[1:]: _U32.unpack(value)[0]
-                                         for key, value in self._scan(b"c")}
+            for key, value in self._scan(b"c"):
+                where = _SEQ_KEY.unpack(key)[1:]
+                recovered.delivery_counts[where] = _U32.unpack_from(value)[0]
+                if len(value) >= _U32.size + _ARRIVED.size:
+                    recovered.retry_due[where] = _ARRIVED.unpack_from(value, _U32.size)[0]
             recovered.held_dead_letters = {_SEQ_KEY.unpack(key)[1:]: value.decode()
                                            for key, value in self._scan(b"h")}
             for key, value in self._scan(b"u"):
@@ -287,7 +291,8 @@ class RocksStore:
             elif tag == "dedup*":  # a whole cache
                 batch.delete_range(*_dedup_range(op[1]))
             elif tag == "count":
-                put(_seq_key(b"c", op[1], op[2]), _U32.pack(op[3]))
+                due = op[4] if len(op) > 4 else None
+                put(_seq_key(b"c", op[1], op[2]), _U32.pack(op[3]) + (_ARRIVED.pack(due) if due is not None else b""))
             elif tag == "count-":
                 delete(_seq_key(b"c", op[1], op[2]))
             elif tag == "held":
