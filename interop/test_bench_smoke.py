@@ -79,3 +79,12 @@ def test_the_in_process_micro_benchmark_runs() -> None:
     from interop.bench.micro import run
 
     assert 0 < run(20) < 0.01  # seconds per message: publish, deliver and ack, in process
+
+
+def test_bench_says_how_to_get_a_reference_broker_when_none_answers(amqp_url: str) -> None:
+    from amqpbroker.testing import _free_port
+
+    cmd = [sys.executable, "-m", "interop.bench", "--url", amqp_url, "--reference",
+           "--reference-url", f"amqp://guest:guest@127.0.0.1:{_free_port()}/", "--duration", "1"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=45)
+    assert proc.returncode == 2 and "interop/reference.sh start" in proc.stderr, proc.stderr

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import socket
 import sys
 from dataclasses import dataclass
 
@@ -65,7 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--label", action="append", default=[],
                    help="column name for the matching --url (default: amqpbroker, or host:port)")
     p.add_argument("--reference", action="store_true",
-                   help="also benchmark the reference RabbitMQ and print ratios")
+                   help="also benchmark the reference RabbitMQ and print ratios "
+                        "(start one with interop/reference.sh start)")
     p.add_argument("--reference-url", default=DEFAULT_REFERENCE, help="default: %(default)s")
     p.add_argument("--broker-pid", action="append", default=[],
                    help="pid of the broker behind the matching --url, for CPU accounting; "
@@ -238,6 +240,16 @@ def _summary(run: dict) -> str:
     return "; ".join(parts)
 
 
+def _answers(url: str) -> bool:
+    """Does something accept connections at ``url``'s address?"""
+    parsed = loadgen.parse_url(url)
+    try:
+        socket.create_connection((parsed.host, parsed.port), timeout=3).close()
+    except OSError:
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.selftest:
@@ -247,6 +259,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     workloads = _workloads(args.workload)
+    if args.reference and not _answers(args.reference_url):
+        print(f"no broker answers at {args.reference_url} (the reference RabbitMQ): start one with "
+              f"`interop/reference.sh start`, or give its URL with --reference-url", file=sys.stderr)
+        return 2
     targets = _targets(args)
     opts = RunOptions(duration=args.duration, warmup=args.warmup, body_size=args.size,
                       producers=args.producers, consumers=args.consumers, queues=args.queues,
