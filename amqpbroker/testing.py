@@ -7,7 +7,14 @@ Registered through the ``pytest11`` entry point, so any project that installs am
 
 The broker runs as a subprocess of the test run (the same Python), on a free port of 127.0.0.1,
 with a temporary data directory; the fixture yields its URL (``amqp://guest:guest@127.0.0.1:PORT/``)
-and stops the broker when the session ends.
+and stops the broker when the session ends. Its management API and Prometheus endpoint listen on
+free ports too: ``amqp_broker_endpoints`` gives all three URLs. To start it with other settings,
+override the ``amqp_broker_args`` fixture in a ``conftest.py`` (any of ``amqpbroker --help``'s
+flags)::
+
+    @pytest.fixture(scope="session")
+    def amqp_broker_args():
+        return ["--compatibility", "4.3"]
 """
 
 from __future__ import annotations
@@ -20,10 +27,21 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 
-__all__ = ["run_broker", "amqp_broker", "amqp_broker_with_management"]
+__all__ = ["run_broker", "BrokerEndpoints", "amqp_broker", "amqp_broker_args", "amqp_broker_endpoints",
+           "amqp_broker_with_management"]
+
+
+@dataclass(frozen=True)
+class BrokerEndpoints:
+    """Where the session's broker answers (guest/guest everywhere)."""
+
+    amqp_url: str  # amqp://guest:guest@127.0.0.1:PORT/
+    management_url: str  # http://127.0.0.1:PORT (the management API under /api, the web UI at /)
+    metrics_url: str  # http://127.0.0.1:PORT/metrics (Prometheus)
 
 
 def _free_port() -> int:
@@ -68,25 +86,39 @@ def run_broker(*extra_args: str, port: int | None = None, data_dir: str | None =
 
 
 @pytest.fixture(scope="session")
-def amqp_broker_with_management() -> Iterator[tuple[str, str]]:
-    """An amqpbroker started for this test session: its AMQP URL and its management API's base
-    URL (``http://127.0.0.1:PORT``, guest/guest), both on free ports."""
-    management_port = _free_port()
-    with run_broker("--management-port", str(management_port)) as url:
-        _wait_for_management(management_port)
-        yield url, f"http://127.0.0.1:{management_port}"
+def amqp_broker_args() -> list[str]:
+    """Extra ``amqpbroker`` flags for the session's broker: none; override it to add some."""
+    return []
 
 
 @pytest.fixture(scope="session")
-def amqp_broker(amqp_broker_with_management: tuple[str, str]) -> str:
+def amqp_broker_endpoints(amqp_broker_args: list[str]) -> Iterator[BrokerEndpoints]:
+    """An amqpbroker started for this test session, with its management API and /metrics, all
+    on free ports of 127.0.0.1."""
+    management_port, metrics_port = _free_port(), _free_port()
+    with run_broker("--management-port", str(management_port), "--prometheus-port", str(metrics_port),
+                    *amqp_broker_args) as url:
+        for port, what in ((management_port, "management API"), (metrics_port, "Prometheus endpoint")):
+            _wait_for_listener(port, what)
+        yield BrokerEndpoints(url, f"http://127.0.0.1:{management_port}", f"http://127.0.0.1:{metrics_port}/metrics")
+
+
+@pytest.fixture(scope="session")
+def amqp_broker_with_management(amqp_broker_endpoints: BrokerEndpoints) -> tuple[str, str]:
+    """The session's broker: its AMQP URL and its management API's base URL."""
+    return amqp_broker_endpoints.amqp_url, amqp_broker_endpoints.management_url
+
+
+@pytest.fixture(scope="session")
+def amqp_broker(amqp_broker_endpoints: BrokerEndpoints) -> str:
     """The URL of an amqpbroker started for this test session on a free port."""
-    return amqp_broker_with_management[0]
+    return amqp_broker_endpoints.amqp_url
 
 
-def _wait_for_management(port: int, timeout: float = 10.0) -> None:
+def _wait_for_listener(port: int, what: str, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
             return
         time.sleep(0.05)
-    raise RuntimeError(f"amqpbroker's management API did not listen on port {port} within {timeout} s")
+    raise RuntimeError(f"amqpbroker's {what} did not listen on port {port} within {timeout} s")
