@@ -232,3 +232,11 @@ def test_a_path_with_a_trailing_slash_is_a_404_not_a_redirect(managed) -> None:
     with pytest.raises(urllib.error.HTTPError) as answered:
         urllib.request.build_opener(NoRedirect).open(request, timeout=5)
     assert answered.value.code == 404  # as RabbitMQ 3.10
+
+
+def test_the_web_ui_and_its_icon_need_no_login(managed) -> None:
+    for path, kind in (("/", "text/html"), ("/favicon.ico", "image/x-icon")):
+        with urllib.request.urlopen(f"http://127.0.0.1:{managed.management_port}{path}", timeout=5) as response:
+            assert response.status == 200 and response.headers["Content-Type"].startswith(kind)
+            body = response.read()
+    assert body[:4] == b"\x00\x00\x01\x00"  # an ICO file (one PNG image inside)

@@ -87,6 +87,13 @@ def test_the_web_ui_shows_live_figures_and_acts_on_queues_and_connections(page_a
     assert closed.value.reply_code == 320
     assert answers[-1].startswith("Close connection ")
 
+    page.click("#logout")  # back to the login form; the session is forgotten
+    page.wait_for_selector("#login", state="visible")
+    assert not page.is_visible("#tabs") and not page.is_visible("#logout")
+    assert page.evaluate("sessionStorage.getItem('amqpbroker-auth')") is None
+    page.reload()
+    assert page.is_visible("#login")
+
 
 def test_the_admin_tab_manages_users_vhosts_permissions_policies_and_limits(page_and_broker) -> None:
     page, broker = page_and_broker

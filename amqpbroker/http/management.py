@@ -54,6 +54,7 @@ GET_LIMIT = 10_000  # messages one POST .../get takes at most
 PAGE_IN_WAIT = 1.0  # seconds a /get waits for a queue's paged-out messages to come in
 _ACKMODES = ("ack_requeue_true", "ack_requeue_false", "reject_requeue_true", "reject_requeue_false")
 _PAGE = os.path.join(os.path.dirname(__file__), "static", "index.html")  # the web UI
+_ICON = os.path.join(os.path.dirname(__file__), "static", "favicon.ico")
 
 
 def management_app(broker: Broker, listeners: list[dict[str, Any]], memory_limit: int | None = None, *,
@@ -69,8 +70,12 @@ def management_app(broker: Broker, listeners: list[dict[str, Any]], memory_limit
     async def page(request: Request) -> Response:
         return FileResponse(_PAGE, media_type="text/html")
 
+    async def icon(request: Request) -> Response:
+        return FileResponse(_ICON, media_type="image/x-icon", headers={"Cache-Control": "max-age=86400"})
+
     routes = [
         Route("/", page),
+        Route("/favicon.ico", icon),
         Route("/api/overview", api.overview),
         Route("/api/whoami", api.whoami),
         Route("/api/nodes", api.nodes),
