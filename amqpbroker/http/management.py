@@ -118,20 +118,25 @@ def management_app(broker: Broker, listeners: list[dict[str, Any]], memory_limit
         Route("/api/aliveness-test/{vhost}", api.aliveness),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: _starlette_error})
-    app.router.redirect_slashes = False  # RabbitMQ answers 404, never a redirect that drops credentials
+    app.router.redirect_slashes = False  # never a redirect that drops credentials (_RouteOnRawPath)
     return _RouteOnRawPath(app)
 
 
 class _RouteOnRawPath:
     """Route on the raw path, still percent-encoded, so that ``/api/queues/%2F/q`` finds vhost
-    ``/``; each path parameter is then decoded exactly once (``_Api._name``)."""
+    ``/``; each path parameter is then decoded exactly once (``_Api._name``). One trailing slash
+    is ignored, as RabbitMQ's router does (``/api/queues/`` is ``/api/queues``: Flower asks for
+    it), never redirected (a redirect makes clients drop the credentials in the URL)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope.get("raw_path"):
-            scope = {**scope, "path": scope["raw_path"].decode("latin-1").split("?", 1)[0]}
+        if scope["type"] == "http":
+            path = scope["raw_path"].decode("latin-1").split("?", 1)[0] if scope.get("raw_path") else scope["path"]
+            if len(path) > 1 and path.endswith("/"):
+                path = path[:-1]
+            scope = {**scope, "path": path}
         await self.app(scope, receive, send)
 
 
