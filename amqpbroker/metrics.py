@@ -9,7 +9,10 @@ rabbitmq_prometheus's ``/metrics/per-object``. What is ours is named ``amqpbroke
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Iterator
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _distribution_version
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -18,8 +21,18 @@ from prometheus_client.registry import Collector
 from amqpbroker import __version__
 from amqpbroker.broker.backlog import UnackedAges, oldest_ready_age, redelivery_histogram
 from amqpbroker.broker.broker import NODE_NAME, Broker
+from amqpbroker.broker.channel import MESSAGE_SIZE_BOUNDS
+
+
+def _package_version(name: str) -> str:
+    try:
+        return _distribution_version(name)
+    except PackageNotFoundError:
+        return ""
 
 __all__ = ["BrokerCollector"]
+
+_CLIENT_VERSION = _package_version("prometheus-client")
 
 _QUEUE_GAUGES = (
     ("rabbitmq_queue_messages_ready", "Messages ready to be delivered to consumers",
@@ -35,10 +48,28 @@ _QUEUE_GAUGES = (
      lambda queue: queue.paged_bytes),
 )
 
+# (name without _total, help, the MessageTotals key or a function of the totals); RabbitMQ 3.13+'s
+# global counters, then the channel counters of 3.8-3.12 (the same figures summed over channels),
+# which older copies of RabbitMQ's dashboards query
 _COUNTERS = (
     ("rabbitmq_global_messages_received", "Messages received from publishers", "received"),
+    ("rabbitmq_global_messages_received_confirm", "Messages received from publishers on channels in "
+     "confirm mode", "received_confirm"),
+    ("rabbitmq_global_messages_routed", "Messages routed to at least one queue",
+     lambda totals: totals["received"] - totals["unroutable_dropped"] - totals["unroutable_returned"]),
     ("rabbitmq_global_messages_delivered", "Messages delivered to consumers (basic.deliver and basic.get-ok)",
      "delivered"),
+    ("rabbitmq_global_messages_delivered_consume_auto_ack", "Messages delivered to consumers without "
+     "acknowledgements", "consume_auto_ack"),
+    ("rabbitmq_global_messages_delivered_consume_manual_ack", "Messages delivered to consumers that acknowledge",
+     lambda totals: totals["delivered"] - totals["consume_auto_ack"] - totals["get_auto_ack"]
+     - totals["get_manual_ack"]),
+    ("rabbitmq_global_messages_delivered_get_auto_ack", "Messages fetched with basic.get without "
+     "acknowledgement", "get_auto_ack"),
+    ("rabbitmq_global_messages_delivered_get_manual_ack", "Messages fetched with basic.get to acknowledge",
+     "get_manual_ack"),
+    ("rabbitmq_global_messages_get_empty", "basic.get answered with get-empty", "get_empty"),
+    ("rabbitmq_global_messages_redelivered", "Messages delivered again (requeued before)", "redelivered"),
     ("rabbitmq_global_messages_acknowledged", "Messages acknowledged by consumers", "acknowledged"),
     ("rabbitmq_global_messages_confirmed", "Messages confirmed to publishers", "confirmed"),
     ("rabbitmq_global_messages_unroutable_dropped", "Messages published as non-mandatory into an exchange "
@@ -46,7 +77,33 @@ _COUNTERS = (
     ("rabbitmq_global_messages_unroutable_returned", "Messages published as mandatory into an exchange "
      "and returned to the publisher as unroutable", "unroutable_returned"),
     ("rabbitmq_connections_opened", "Total number of connections opened", "connections_opened"),
+    ("rabbitmq_connections_closed", "Total number of connections closed or terminated", "connections_closed"),
     ("rabbitmq_channels_opened", "Total number of channels opened", "channels_opened"),
+    ("rabbitmq_channels_closed", "Total number of channels closed", "channels_closed"),
+    ("rabbitmq_queues_declared", "Total number of queues declared", "queues_declared"),
+    ("rabbitmq_queues_created", "Total number of queues created", "queues_created"),
+    ("rabbitmq_queues_deleted", "Total number of queues deleted", "queues_deleted"),
+    ("rabbitmq_channel_messages_published", "Messages published into an exchange (the channels' sum)",
+     "received"),
+    ("rabbitmq_channel_messages_confirmed", "Messages confirmed to publishers (the channels' sum)", "confirmed"),
+    ("rabbitmq_channel_messages_unroutable_dropped", "Messages dropped as unroutable (the channels' sum)",
+     "unroutable_dropped"),
+    ("rabbitmq_channel_messages_unroutable_returned", "Messages returned as unroutable (the channels' sum)",
+     "unroutable_returned"),
+    ("rabbitmq_queue_messages_published", "Messages routed to queues (the channels' sum)",
+     lambda totals: totals["received"] - totals["unroutable_dropped"] - totals["unroutable_returned"]),
+    ("rabbitmq_channel_messages_delivered_ack", "Messages delivered to consumers that acknowledge (the "
+     "channels' sum)", lambda totals: totals["delivered"] - totals["consume_auto_ack"] - totals["get_auto_ack"]
+     - totals["get_manual_ack"]),
+    ("rabbitmq_channel_messages_delivered", "Messages delivered to consumers without acknowledgements (the "
+     "channels' sum)", "consume_auto_ack"),
+    ("rabbitmq_channel_messages_redelivered", "Messages redelivered (the channels' sum)", "redelivered"),
+    ("rabbitmq_channel_messages_acked", "Messages acknowledged by consumers (the channels' sum)", "acknowledged"),
+    ("rabbitmq_channel_get_ack", "Messages fetched with basic.get to acknowledge (the channels' sum)",
+     "get_manual_ack"),
+    ("rabbitmq_channel_get", "Messages fetched with basic.get without acknowledgement (the channels' sum)",
+     "get_auto_ack"),
+    ("rabbitmq_channel_get_empty", "basic.get answered with get-empty (the channels' sum)", "get_empty"),
 )
 
 
@@ -61,14 +118,25 @@ class BrokerCollector(Collector):
         sessions = list(broker.sessions)
         queues = [(vhost.name, queue) for vhost in broker.vhosts.values() for queue in vhost.queues.values()]
         yield _gauge("rabbitmq_identity_info", "RabbitMQ node & cluster identity info",
-                     1, rabbitmq_node=NODE_NAME, rabbitmq_cluster=broker.cluster_name)
-        yield _gauge("rabbitmq_build_info", "RabbitMQ & Erlang/OTP version info", 1,
-                     rabbitmq_version=__version__, product="amqpbroker")
+                     1, rabbitmq_node=NODE_NAME, rabbitmq_cluster=broker.cluster_name,
+                     rabbitmq_endpoint="per-object" if self.per_object else "metrics")
+        yield _gauge("rabbitmq_build_info", "RabbitMQ & Erlang/OTP version info (amqpbroker's version; "
+                     "Python's as the runtime)", 1, rabbitmq_version=__version__, product="amqpbroker",
+                     erlang_version="", python_version=platform.python_version(),
+                     prometheus_client_version=_CLIENT_VERSION, prometheus_plugin_version=__version__)
+        yield from _node_families(broker)
         yield _gauge("rabbitmq_connections", "Connections currently open", len(sessions))
         yield _gauge("rabbitmq_channels", "Channels currently open",
                      sum(len(session.channels) for session in sessions))
-        yield _gauge("rabbitmq_consumers", "Consumers currently connected",
-                     sum(len(channel.consumers) for session in sessions for channel in session.channels.values()))
+        consumers = sum(len(channel.consumers) for session in sessions for channel in session.channels.values())
+        yield _gauge("rabbitmq_consumers", "Consumers currently connected", consumers)
+        yield _gauge("rabbitmq_global_consumers", "Consumers currently connected", consumers)
+        yield _gauge("rabbitmq_channel_consumers", "Consumers on all channels", consumers)
+        yield _gauge("rabbitmq_global_publishers", "Channels that have published messages",
+                     sum(channel.published > 0 for session in sessions for channel in session.channels.values()))
+        yield _gauge("rabbitmq_channel_messages_unconfirmed", "Published messages not confirmed yet",
+                     sum(channel.publish_seq - channel.confirmed_through for session in sessions
+                         for channel in session.channels.values() if channel.confirm))
         yield _gauge("rabbitmq_queues", "Queues available", len(queues))
         yield _gauge("amqpbroker_connections_flow", "Connections read less lately because the queues they "
                      "publish into are behind their consumers (state 'flow')",
@@ -100,7 +168,8 @@ class BrokerCollector(Collector):
                                   value=broker.consumer_timeouts.timed_out)
         totals = broker.totals.including(sessions)
         for name, text, key in _COUNTERS:
-            yield CounterMetricFamily(name, text, value=totals[key])
+            yield CounterMetricFamily(name, text, value=key(totals) if callable(key) else totals[key])
+        yield _message_sizes(totals)
         if self.store_writer is not None:
             buckets, total, _ = self.store_writer.sync_histogram()
             yield HistogramMetricFamily("amqpbroker_store_sync_seconds",
@@ -203,3 +272,41 @@ def _gauge(name: str, text: str, value: float, **labels: str) -> GaugeMetricFami
     family = GaugeMetricFamily(name, text, labels=tuple(labels))
     family.add_metric(tuple(labels.values()), value)
     return family
+
+
+def _node_families(broker: Broker) -> Iterator[Metric]:
+    """The process's own figures, as RabbitMQ names them (sampled once a second by the server);
+    one that is not known (no /proc) is left out."""
+    node = broker.node
+    for name, text, value in (
+            ("rabbitmq_process_resident_memory_bytes", "Memory used in bytes (the process's resident set)",
+             node.resident_bytes),
+            ("rabbitmq_resident_memory_limit_bytes", "Memory high watermark in bytes", node.memory_limit),
+            ("rabbitmq_disk_space_available_bytes", "Disk space available in bytes (the data directory's "
+             "file system)", node.disk_free),
+            ("rabbitmq_disk_space_available_limit_bytes", "Free disk space low watermark in bytes",
+             node.disk_free_limit),
+            ("rabbitmq_process_open_fds", "Open file descriptors", node.open_fds),
+            ("rabbitmq_process_max_fds", "Open file descriptors limit", node.max_fds),
+            ("rabbitmq_process_open_tcp_sockets", "Open TCP sockets (AMQP connections)", len(broker.sessions)),
+            ("rabbitmq_process_max_tcp_sockets", "Open TCP sockets limit (the file descriptor limit)",
+             node.max_fds),
+            ("rabbitmq_erlang_uptime_seconds", "Node uptime (the broker process's)", node.uptime())):
+        if value is not None:
+            yield _gauge(name, text, value)
+
+
+def _message_sizes(totals: dict[str, Any]) -> Metric:
+    """Published messages by body size, as rabbitmq_prometheus's rabbitmq_message_size_bytes."""
+    buckets, running = [], 0
+    for bound, count in zip((*map(float, MESSAGE_SIZE_BOUNDS), float("inf")), totals["size_counts"]):
+        running += count
+        buckets.append(("+Inf" if bound == float("inf") else _le(bound), running))
+    return HistogramMetricFamily("rabbitmq_message_size_bytes", "Size of messages received from publishers",
+                                 buckets=buckets, sum_value=totals["received_bytes"])
+
+
+def _le(bound: float) -> str:
+    from prometheus_client.utils import floatToGoString
+
+    return floatToGoString(bound)

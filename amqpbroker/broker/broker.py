@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from amqpbroker.broker.auth import UserDatabase
 from amqpbroker.broker.compatibility import DEFAULT_PROFILE, PROFILES, Profile
+from amqpbroker.broker.node import NodeFacts
+from amqpbroker.broker.totals import MessageTotals
 from amqpbroker.errors import log_internal_error
 from amqpbroker.broker.consumer_timeouts import ConsumerTimeouts
 from amqpbroker.broker.journal import Journal
@@ -53,43 +55,6 @@ class Limits:
     compatibility: Profile = PROFILES[DEFAULT_PROFILE]
 
 
-class MessageTotals:
-    """Broker-wide message counters, for metrics. Live channels count their own (``published``,
-    ``next_tag`` for deliveries, ``acknowledged``, ``confirmed_through``); a closing channel
-    adds them here, so the hot path only ever bumps a plain attribute."""
-
-    __slots__ = ("received", "delivered", "acknowledged", "confirmed", "unroutable_dropped",
-                 "unroutable_returned", "connections_opened", "channels_opened")
-
-    def __init__(self) -> None:
-        self.received = self.delivered = self.acknowledged = self.confirmed = 0
-        self.unroutable_dropped = self.unroutable_returned = 0
-        self.connections_opened = self.channels_opened = 0
-
-    def add_closed_channel(self, channel: Any) -> None:
-        self.received += channel.published
-        self.delivered += channel.next_tag
-        self.acknowledged += channel.acknowledged
-        self.confirmed += channel.confirmed_through
-
-    def count_unroutable(self, returned: bool) -> None:
-        if returned:
-            self.unroutable_returned += 1
-        else:
-            self.unroutable_dropped += 1
-
-    def including(self, sessions: Any) -> dict[str, int]:
-        """Every counter, the live channels of ``sessions`` included."""
-        totals = {name: getattr(self, name) for name in self.__slots__}
-        for session in sessions:
-            for channel in session.channels.values():
-                totals["received"] += channel.published
-                totals["delivered"] += channel.next_tag
-                totals["acknowledged"] += channel.acknowledged
-                totals["confirmed"] += channel.confirmed_through
-        return totals
-
-
 NODE_NAME = "amqpbroker@localhost"  # the node's name (RabbitMQ's rabbit@host), the default cluster name
 
 
@@ -110,6 +75,7 @@ class Broker:
         # resource alarms in effect ("memory", "disk", "store"): publishers are blocked meanwhile
         self.alarms: set[str] = set()
         self.totals = MessageTotals()
+        self.node = NodeFacts()  # the process's own facts (memory, disk, fds), sampled by the server
         self._sampled_at = 0.0
         # (time, MessageTotals.including()) once a second: the overview's message rates
         self.total_samples: deque[tuple[float, dict[str, int]]] = deque(maxlen=RATE_SAMPLES + 1)
@@ -124,6 +90,7 @@ class Broker:
                             on_queue_deleted=self._queue_deleted)
         vhost.max_queues = self.limits.queue_max_per_vhost
         vhost.rules = self.limits.compatibility
+        vhost.totals = self.totals
         vhost.delivery_limit_defaults = tuple(None if limit < 0 else limit for limit in (
             self.limits.delivery_limit_classic, self.limits.delivery_limit_quorum))
         self.vhosts[name] = vhost
@@ -216,6 +183,7 @@ class Broker:
             pending.clear()
 
     def _queue_deleted(self, queue: Queue) -> None:
+        self.totals.queues_deleted += 1
         self._dirty.discard(queue)
         for consumer in list(queue.consumers):
             queue.remove_consumer(consumer)

@@ -36,12 +36,19 @@ OUTPUT_BYTES_HIGH_WATER = 4 << 20
 Unacked = tuple  # (queue, entry, consumer or None for basic.get, delivered_at)
 
 
+# body sizes the published-message histogram counts up to (bytes), as rabbitmq_prometheus's
+# rabbitmq_message_size_bytes; one more bucket for larger ones
+MESSAGE_SIZE_BOUNDS = (100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000, 50_000_000, 100_000_000)
+SIZE_TOTAL = len(MESSAGE_SIZE_BOUNDS) + 1  # Channel.size_counts[SIZE_TOTAL]: the body bytes published
+
+
 class Channel:
     __slots__ = (
         "number", "session", "out", "frame_max", "next_tag", "unacked", "consumers",
         "consumer_prefetch", "global_prefetch", "confirm", "publish_seq",
         "confirms_pending", "nacks_pending", "confirmed_through", "settled_ahead", "tx", "last_queue",
-        "reply_queue", "global_qos_requested", "published", "acknowledged",
+        "reply_queue", "global_qos_requested", "acknowledged", "redelivered", "auto_delivered",
+        "size_counts",
     )
 
     def __init__(self, session: Session, number: int) -> None:
@@ -65,8 +72,22 @@ class Channel:
         self.reply_queue: Queue | None = None  # its direct reply-to consumer's hidden queue
         self.global_qos_requested = False  # basic.qos global=true (quorum queues refuse it)
         # message counters for metrics (deliveries are next_tag: one tag per delivery)
-        self.published = 0
         self.acknowledged = 0
+        self.redelivered = 0  # deliveries (and gets) of redelivered messages
+        self.auto_delivered = 0  # deliveries to consumers without acks
+        # messages published per body size bucket (MESSAGE_SIZE_BOUNDS, one more for larger
+        # ones), then their body bytes: one list increment per publish counts the publishes and
+        # the size histogram (rabbitmq_message_size_bytes)
+        self.size_counts = [0] * (SIZE_TOTAL + 1)
+
+    @property
+    def published(self) -> int:
+        """Messages published on this channel."""
+        return sum(self.size_counts) - self.size_counts[SIZE_TOTAL]
+
+    @property
+    def received_bytes(self) -> int:
+        return self.size_counts[SIZE_TOTAL]
 
     # ---------------------------------------------------------------- sending
 
@@ -83,7 +104,10 @@ class Channel:
         message = entry[1]
         append_deliver(self.out, self.number, consumer.prefix, tag, entry[2], message.routing_raw,
                        header or message.header, message.body, self.frame_max)
+        if entry[2]:
+            self.redelivered += 1
         if consumer.no_ack:
+            self.auto_delivered += 1
             queue.completed += 1
             if message.message_id is not None or queue.delivery_counts:
                 queue.discard(entry)
@@ -106,10 +130,15 @@ class Channel:
         append_content(self.out, self.number, queue.delivery_header(entry) or message.header, message.body,
                        self.frame_max)
         self.session.out_bytes += len(message.body)
+        if entry[2]:
+            self.redelivered += 1
+        totals = self.session.broker.totals
         if no_ack:
+            totals.get_auto_ack += 1
             queue.completed += 1
             queue.discard(entry)
         else:
+            totals.get_manual_ack += 1
             self.unacked[tag] = (queue, entry, None, monotonic())
             queue.unacked_count += 1
             if message.message_id is not None and not entry[2] and queue.queue_id is not None:

@@ -291,6 +291,7 @@ def _answer_get(session: Session, channel: Channel, queue: Queue, no_ack: bool, 
 
 def _send_get_answer(session: Session, channel: Channel, queue: Queue, entry: Any, no_ack: bool) -> None:
     if entry is None:
+        session.broker.totals.get_empty += 1
         channel.send(commands.Basic.GetEmpty())
         return
     channel.send_get_ok(queue, entry, no_ack)

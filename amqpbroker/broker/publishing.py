@@ -7,11 +7,12 @@ test of the property flags decides whether any property needs a look.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from typing import TYPE_CHECKING, Any
 
 from amqpbroker.broker.access import WRITE
 from amqpbroker.broker.arguments import MAX_EXPIRY
-from amqpbroker.broker.channel import Channel
+from amqpbroker.broker.channel import MESSAGE_SIZE_BOUNDS, SIZE_TOTAL, Channel
 from amqpbroker.broker.message import Message
 from amqpbroker.broker.vhost import REPLY_TO
 from amqpbroker.codec.methods import Publish, method_frame
@@ -26,6 +27,10 @@ __all__ = ["on_publish", "route", "message_ttl"]
 _USER_ID_FLAG = 0x10  # user_id's bit in the low byte of the first property-flags word
 _EXPIRATION_FLAG = 0x01  # expiration's bit in the high byte
 _REPLY_TO_FLAG = 0x02  # reply_to's bit in the high byte
+
+
+def _size_bucket(size: int) -> int:
+    return bisect_left(MESSAGE_SIZE_BOUNDS, size)
 
 
 def message_ttl(expiration: str | None) -> float | None:
@@ -44,7 +49,11 @@ def on_publish(session: Session, number: int, publish: Publish, header: bytes, b
         if session.broker.alarms:
             session.block()
     channel = session.channels[number]
-    channel.published += 1
+    size = len(body)
+    counts = channel.size_counts  # (its sum is the channel's publish count; the last item the bytes)
+    counts[0 if size <= 100 else 1 if size <= 1_000 else 2 if size <= 10_000 else 3 if size <= 100_000
+           else _size_bucket(size)] += 1  # (MESSAGE_SIZE_BOUNDS, inline for the usual sizes)
+    counts[SIZE_TOTAL] += size
     vhost = session.vhost
     access = session.access
     if publish.exchange not in access.writable:  # (checked before the exchange is looked up)

@@ -170,7 +170,9 @@ class Session:
             self.exclusive_queues.clear()
         finally:
             self.flow.release()
-            self.broker.sessions.discard(self)
+            if self in self.broker.sessions:
+                self.broker.totals.connections_closed += 1
+                self.broker.sessions.discard(self)
 
     def vhost_deleted(self) -> None:
         """Its vhost is being deleted (connection.close 320 was sent): let go of its queues now,

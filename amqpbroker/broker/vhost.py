@@ -111,6 +111,7 @@ class VirtualHost:
         # x-delivery-limit where a queue has none: (classic, quorum); None: no limit
         self.delivery_limit_defaults: tuple[int | None, int | None] = (None, 20)
         self.rules: Profile = PROFILES[DEFAULT_PROFILE]  # the compatibility profile (the broker's)
+        self.totals: Any = None  # the broker's MessageTotals: queues declared and created are counted there
         self.reply_queues: dict[str, Queue] = {}  # direct reply-to: one hidden queue per consumer
         self.journal = journal if journal is not None else Journal()
         self.delayed = DelayedMessages(name, self.journal)  # held by x-delayed-message exchanges until due
@@ -373,7 +374,9 @@ class VirtualHost:
         if passive:
             if not name:
                 raise not_found(f"no queue '' in vhost '{self.name}'")
-            return self.use_queue(name, owner)
+            queue = self.use_queue(name, owner)
+            self._count_declare(created=False)
+            return queue
         if name.startswith("amq.") and name not in self.queues and not server_named:
             raise access_refused(f"queue name '{name}' contains reserved prefix 'amq.*'")
         if not name:
@@ -398,8 +401,9 @@ class VirtualHost:
             if problem is not None:
                 raise precondition_failed(f"invalid arguments for queue '{name}' in vhost '{self.name}': {problem}")
             self._check_queue_type(name, arguments, durable=durable, exclusive=exclusive, auto_delete=auto_delete)
-            return self.apply(ops.DeclareQueue(name, durable, auto_delete, arguments,
-                                               owner if exclusive else None))
+            queue = self.apply(ops.DeclareQueue(name, durable, auto_delete, arguments, owner if exclusive else None))
+            self._count_declare(created=True)
+            return queue
         self._check_exclusive(existing, owner)
         if exclusive != existing.exclusive:  # RabbitMQ: strict exclusive access, 405
             raise resource_locked(self._locked_text(existing))
@@ -409,6 +413,7 @@ class VirtualHost:
         check_queue_equivalence(name, self.name, arguments, existing.arguments)
         validate_queue_arguments(name, self.name, arguments)
         existing.touch()
+        self._count_declare(created=False)
         return existing
 
     def _check_queue_type(self, name: str, arguments: dict[str, Any], *, durable: bool, exclusive: bool,
@@ -427,6 +432,11 @@ class VirtualHost:
                               ("auto-delete", auto_delete)):
             if flag:
                 raise precondition_failed(f"invalid property '{invalid}' {where}")
+
+    def _count_declare(self, *, created: bool) -> None:
+        if self.totals is not None:
+            self.totals.queues_declared += 1
+            self.totals.queues_created += created
 
     def delete_queue(self, name: str, *, if_unused: bool, if_empty: bool, owner: Any) -> int:
         queue = self.queues.get(name)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import os
 import decimal
 import hashlib
 import json
@@ -275,11 +276,15 @@ def topic_permission_views(users: Any) -> list[dict[str, Any]]:
 
 
 def node_view(broker: Broker, memory_used: int | None, memory_limit: int | None) -> dict[str, Any]:
+    """The node as RabbitMQ's /api/nodes shows it (the figures the server samples once a second)."""
+    node = broker.node
     return {"name": NODE, "type": "disc", "running": True, "mem_used": memory_used or 0,
             "mem_limit": memory_limit or 0, "mem_alarm": broker.memory_alarm, "disk_free_alarm": broker.disk_alarm,
-            "store_alarm": broker.store_alarm,
+            "store_alarm": broker.store_alarm, "disk_free": node.disk_free or 0,
+            "disk_free_limit": node.disk_free_limit, "fd_used": node.open_fds or 0, "fd_total": node.max_fds or 0,
             "proc_used": len(broker.sessions), "sockets_used": len(broker.sessions),
-            "uptime": 0, "rates_mode": "basic", "being_drained": False}
+            "uptime": int(node.uptime() * 1000), "os_pid": str(os.getpid()), "rates_mode": "basic",
+            "being_drained": False}
 
 
 def overview(broker: Broker, listeners: list[dict[str, Any]], vhosts: list[Any] | None = None,
@@ -309,7 +314,9 @@ def overview(broker: Broker, listeners: list[dict[str, Any]], vhosts: list[Any] 
 
 _STATS = (("publish", "received"), ("deliver_get", "delivered"), ("ack", "acknowledged"),
           ("confirm", "confirmed"), ("return_unroutable", "unroutable_returned"),
-          ("drop_unroutable", "unroutable_dropped"))
+          ("drop_unroutable", "unroutable_dropped"), ("redeliver", "redelivered"),
+          ("deliver_no_ack", "consume_auto_ack"), ("get_no_ack", "get_auto_ack"), ("get", "get_manual_ack"),
+          ("get_empty", "get_empty"))
 
 
 def _overview_stats(broker: Broker, totals: dict[str, int]) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from amqpbroker.http.views import NODE
 from amqpbroker.server.http import serve_http
 from amqpbroker.server.listener import ListenError, listen, listen_error
 from amqpbroker.broker.compatibility import profile
-from amqpbroker.server.memory import resident_bytes, watermark_bytes
+from amqpbroker.server.memory import max_fds, open_fds, resident_bytes, watermark_bytes
 from amqpbroker.store.base import StoreError
 from amqpbroker.store.rocks import RocksStore
 from amqpbroker.server.persistence import StoreWriter
@@ -43,21 +43,22 @@ SHUTDOWN_TEXT = "broker forced connection closure with reason 'shutdown'"
 
 def build_broker(config: Config) -> Broker:
     rules = profile(config.compatibility)
-    return Broker(Limits(channel_max=config.channel_max, frame_max=config.frame_max, heartbeat=config.heartbeat,
-                         max_message_size=(rules.max_message_size if config.max_message_size is None
-                                           else config.max_message_size),
-                         connection_max=config.connection_max,
-                         connection_max_per_user=config.connection_max_per_user,
-                         consumer_max_per_channel=config.consumer_max_per_channel,
-                         queue_max_per_vhost=config.queue_max_per_vhost,
-                         consumer_timeout=config.consumer_timeout,
-                         delivery_limit_classic=config.delivery_limit_classic,
-                         delivery_limit_quorum=(rules.quorum_delivery_limit if config.delivery_limit_quorum is None
-                                                else config.delivery_limit_quorum),
-                         compatibility=rules),
-                  default_user=config.default_user, default_password=config.default_password,
-                  loopback_users=config.loopback_user_names(), default_vhost=config.default_vhost,
-                  paging_window=(config.queue_window_messages, config.queue_window_bytes))
+    limits = Limits(channel_max=config.channel_max, frame_max=config.frame_max, heartbeat=config.heartbeat,
+                    max_message_size=(rules.max_message_size if config.max_message_size is None
+                                      else config.max_message_size),
+                    connection_max=config.connection_max, connection_max_per_user=config.connection_max_per_user,
+                    consumer_max_per_channel=config.consumer_max_per_channel,
+                    queue_max_per_vhost=config.queue_max_per_vhost, consumer_timeout=config.consumer_timeout,
+                    delivery_limit_classic=config.delivery_limit_classic,
+                    delivery_limit_quorum=(rules.quorum_delivery_limit if config.delivery_limit_quorum is None
+                                           else config.delivery_limit_quorum),
+                    compatibility=rules)
+    broker = Broker(limits, default_user=config.default_user, default_password=config.default_password,
+                    loopback_users=config.loopback_user_names(), default_vhost=config.default_vhost,
+                    paging_window=(config.queue_window_messages, config.queue_window_bytes))
+    broker.node.memory_limit = watermark_bytes(config.memory_high_watermark)
+    broker.node.disk_free_limit = config.disk_free_limit
+    return broker
 
 
 def open_store(config: Config, broker: Broker) -> RocksStore:
@@ -113,8 +114,8 @@ async def _serve(config: Config, broker: Broker, writer: StoreWriter, task_statu
         group.start_soon(writer.run_pages)
         group.start_soon(writer.run_retries)
         group.start_soon(_tick, broker, watermark_bytes(config.memory_high_watermark))
-        if config.disk_free_limit:
-            group.start_soon(_watch_disk, broker, config.data_dir, config.disk_free_limit)
+        group.start_soon(_watch_disk, broker, config.data_dir, config.disk_free_limit)
+        group.start_soon(_sample_process, broker)
         connections = await group.start(listen, config, broker)
         task_status.started(connections.ports)
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -214,18 +215,37 @@ DISK_CHECK_SECONDS = 1.0
 async def _watch_disk(broker: Broker, path: str, limit: int) -> None:
     """The disk alarm: publishers are blocked while the data directory's file system has less
     than ``limit`` bytes free, before RocksDB fails for want of space (RabbitMQ's
-    ``disk_free_limit``, 50 MB by default). Read in a worker thread: statvfs can block."""
+    ``disk_free_limit``, 50 MB by default; 0: no alarm, the free space is still shown). Read in
+    a worker thread: statvfs can block."""
     while True:
         try:
             free = await anyio.to_thread.run_sync(free_bytes, path)
         except OSError as exc:
             log.warning("cannot read the free space of %s: %s", path, exc)
         else:
+            broker.node.disk_free = free
             try:
-                broker.set_alarm("disk", free < limit)
+                if limit:
+                    broker.set_alarm("disk", free < limit)
             except Exception as exc:
                 log_internal_error(log, "the disk alarm", exc)
         await anyio.sleep(DISK_CHECK_SECONDS)
+
+
+PROCESS_SAMPLE_SECONDS = 1.0
+
+
+async def _sample_process(broker: Broker) -> None:
+    """The process's memory and file descriptors for /api/nodes and /metrics, once a second, in a
+    worker thread (listing /proc/self/fd takes longer with many connections)."""
+    node = broker.node
+    while True:
+        try:
+            node.resident_bytes, node.open_fds, node.max_fds = await anyio.to_thread.run_sync(
+                lambda: (resident_bytes(), open_fds(), max_fds()))
+        except Exception as exc:  # a sample missed: the figures stay as they were
+            log_internal_error(log, "sampling the process's memory and file descriptors", exc)
+        await anyio.sleep(PROCESS_SAMPLE_SECONDS)
 
 
 def free_bytes(path: str) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["resident_bytes", "watermark_bytes"]
+__all__ = ["resident_bytes", "watermark_bytes", "open_fds", "max_fds"]
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -21,6 +21,25 @@ def resident_bytes() -> int | None:
             return int(statm.read().split()[1]) * _PAGE
     except (OSError, ValueError, IndexError):
         return None
+
+
+def open_fds() -> int | None:
+    """File descriptors this process has open (sockets included), or None without /proc."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return None
+
+
+def max_fds() -> int | None:
+    """The soft limit on this process's open files."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return None
+    return None if soft == resource.RLIM_INFINITY else soft
 
 
 def watermark_bytes(setting: float) -> int | None:
