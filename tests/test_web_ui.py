@@ -1,11 +1,14 @@
 """The web UI end to end in headless Chromium (Debian's ``chromium`` driven by Playwright, never a
 downloaded browser): log in, watch a queue fill without reloading, get, purge, publish, close a
-connection. ``.ci/run`` installs Chromium; without it this test is skipped, saying so."""
+connection, log out; the queues list filtered, sorted and paged; a queue's page with its figures
+explained. Screenshots are kept in ``test-artifacts/web-ui``. ``.ci/run`` installs Chromium;
+without it these tests are skipped, saying so."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pika
 import pytest
@@ -176,3 +179,98 @@ def test_the_exchanges_tab_shows_and_purges_what_a_delayed_exchange_holds(page_a
     page.click("tr[data-exchange='ui-later'] button:has-text('Purge held')")
     page.wait_for_selector("tr[data-exchange='ui-later'] td:nth-child(5):has-text('0')")
     assert any("Drop every message exchange ui-later holds?" in answer for answer in answers)
+
+
+ARTIFACTS = Path(os.environ.get("WEB_UI_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts" / "web-ui"))
+
+
+def _screenshot(page, name: str) -> None:
+    """Kept as a test artifact (``test-artifacts/web-ui``, or ``$WEB_UI_ARTIFACTS``)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def _log_in(page, broker) -> None:
+    page.goto(f"http://127.0.0.1:{broker.management_port}/")
+    page.fill("#password", "guest")
+    page.click("#login-button")
+    page.wait_for_selector("#node-facts dd")
+
+
+def test_the_queues_tab_filters_sorts_naturally_and_pages_many_queues(page_and_broker) -> None:
+    page, broker = page_and_broker
+    with pika.BlockingConnection(pika.URLParameters(broker.url)) as connection:
+        channel = connection.channel()
+        for index in range(1, 151):
+            channel.queue_declare(f"celery_delayed_{index}")
+        channel.queue_declare("jobs", durable=True, arguments={"x-queue-type": "quorum"})
+    _log_in(page, broker)
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.click("nav button[data-tab=queues]")
+    page.wait_for_selector("#queue-page-info:has-text('page 1 of 2: 151 of 151 queues')")
+    names = page.locator("#queue-rows tr a.queue-link").all_inner_texts()
+    assert names[:3] == ["celery_delayed_1", "celery_delayed_2", "celery_delayed_3"]  # 2 before 10
+    assert len(names) == 100
+    page.click("#queue-next")
+    page.wait_for_selector("#queue-page-info:has-text('page 2 of 2')")
+    assert page.locator("#queue-rows tr").count() == 51
+    page.click("button.sort[data-sort=name]")  # descending now
+    page.wait_for_selector("button.sort[data-sort=name][aria-sort=descending]")
+    page.fill("#queue-name-filter", "^celery_delayed_1[0-9]$")
+    page.click("#queue-filter button[type=submit]")
+    page.wait_for_selector("#queue-page-info:has-text('10 of 151 queues')")
+    assert page.locator("#queue-rows tr a.queue-link").all_inner_texts()[0] == "celery_delayed_19"
+    page.fill("#queue-name-filter", "")
+    page.select_option("#queue-type-filter", "quorum")
+    page.click("#queue-filter button[type=submit]")
+    page.wait_for_selector("#queue-page-info:has-text('page 1 of 1: 1 of')")
+    assert page.locator("#queue-rows tr a.queue-link").all_inner_texts() == ["jobs"]
+    _screenshot(page, "queues-1280")
+    page.set_viewport_size({"width": 390, "height": 844})  # a phone: the table scrolls, the page does not
+    assert page.evaluate("document.documentElement.scrollWidth") <= 400
+    _screenshot(page, "queues-phone")
+
+
+def test_a_queue_s_page_explains_its_figures_and_acts_on_it(page_and_broker) -> None:
+    page, broker = page_and_broker
+    connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+    channel = connection.channel()
+    channel.queue_declare("detail", durable=True, arguments={"x-max-length": 1000})
+    for index in range(5):
+        channel.basic_publish("", "detail", f"job {index}".encode())
+    consumer = connection.channel()
+    consumer.basic_qos(prefetch_count=1)
+    consumer.basic_consume("detail", lambda *args: None, consumer_tag="slow-worker")  # takes one, never acks
+    connection.process_data_events(time_limit=0.3)
+    answers = []
+    page.on("dialog", lambda dialog: (answers.append(dialog.message), dialog.accept()))
+    _log_in(page, broker)
+    assert "of" in page.inner_text("#node-memory") and page.inner_text("#node-alarms") == "none"
+    assert page.inner_text("#node-fds").split(" of ")[0].isdigit()
+    _screenshot(page, "overview")
+    page.click("nav button[data-tab=queues]")
+    page.click("#queue-rows a.queue-link:has-text('detail')")
+    page.wait_for_selector("#queue-title:has-text('Queue detail in vhost /')")
+    page.wait_for_selector("#queue-ready:has-text('4')")
+    assert '{"x-max-length":1000}' in page.inner_text("#queue-arguments")
+    page.wait_for_selector("#queue-consumer-rows td:has-text('slow-worker')")
+    assert "how busy the consumers are" in page.inner_text("#queue-figures").lower()
+    assert page.inner_text("#queue-prediction")  # a prediction, or why there is none yet
+    page.select_option("#queue-ackmode", "ack_requeue_false")
+    page.fill("#queue-get-count", "2")
+    page.click("#queue-get-button")
+    page.wait_for_selector("#queue-got:has-text('job 1')")
+    page.wait_for_selector("#queue-ready:has-text('2')")  # taken for good (automatic ack)
+    page.fill("#queue-publish-payload", "from the page")
+    page.click("#queue-publish-form button[type=submit]")
+    page.wait_for_selector("#queue-publish-result:has-text('Message published.')")
+    page.wait_for_selector("#queue-ready:has-text('3')")
+    _screenshot(page, "queue-detail")
+    page.click("#queue-purge")
+    page.wait_for_selector("#queue-ready:has-text('0')")
+    page.click("#queue-delete")
+    page.wait_for_selector("#queues:not([hidden])")
+    assert answers == ["Drop every ready message of queue detail?", "Delete queue detail with its messages?"]
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker):
+        connection.channel().queue_declare("detail", passive=True)
+    connection.close()

@@ -89,8 +89,8 @@ class Lister:
         shaped = items if page is None or page.name is None else await self._named(items, page)
         if query.get("sort"):
             path = query["sort"]
-            shaped = sorted(shaped, key=lambda item: _sort_key(dig(item, path)),
-                            reverse=query.get("sort_reverse") == "true")
+            key = _natural_key if query.get("sort_natural") == "true" else _sort_key  # (ours: the web UI's)
+            shaped = sorted(shaped, key=lambda item: key(dig(item, path)), reverse=query.get("sort_reverse") == "true")
         if "columns" in query:
             wanted = _column_list(query)
             shaped = [columns(item, wanted) for item in shaped]
@@ -164,6 +164,17 @@ def _sort_key(value: Any) -> tuple:
     """Missing values last, numbers before (and never compared with) anything else."""
     number = isinstance(value, (int, float))
     return (value is None, not number, value if number else str(value))
+
+
+_DIGITS = re.compile(r"([0-9]+)")
+
+
+def _natural_key(value: Any) -> tuple:
+    """As ``_sort_key``, but runs of digits in text compare as numbers (``q_2`` before ``q_10``)."""
+    if isinstance(value, str):
+        parts = tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in _DIGITS.split(value) if part)
+        return (False, True, parts)
+    return _sort_key(value)
 
 
 def columns(item: Any, wanted: list[str]) -> Any:

@@ -195,6 +195,9 @@ class _Api(ApiBase):
         """Every queue; built in slices, letting AMQP traffic in between, so that ten thousand
         queues do not stall the broker."""
         snapshot = [(vhost.name, queue) for vhost in self._vhosts(request) for queue in vhost.queues.values()]
+        wanted_type = request.query_params.get("type")  # (ours, for the web UI: classic or quorum)
+        if wanted_type:
+            snapshot = [(vhost, queue) for vhost, queue in snapshot if views.queue_type(queue) == wanted_type]
         ages = UnackedAges(self.broker)
         result = []
         for start in range(0, len(snapshot), _SLICE):
@@ -220,7 +223,10 @@ class _Api(ApiBase):
             vhost.delete_queue(name, if_unused=request.query_params.get("if-unused") == "true",
                                if_empty=request.query_params.get("if-empty") == "true", owner=None)
             return Response(status_code=204)
-        return views.queue_view(vhost.name, queue, UnackedAges(self.broker))
+        view = views.queue_view(vhost.name, queue, UnackedAges(self.broker))
+        view["consumer_details"] = [consumer for consumer in views.consumer_views(self.broker)
+                                    if consumer["queue"] == {"name": queue.name, "vhost": vhost.name}]
+        return view
 
     @handler()
     async def purge(self, request: Request, user: Any) -> Any:

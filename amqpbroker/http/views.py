@@ -91,6 +91,10 @@ def _utf8_or_base64(data: bytes) -> str:
         return "Not UTF-8, base64 is: " + base64.b64encode(data).decode()
 
 
+def queue_type(queue: Queue) -> str:
+    return "quorum" if queue.quorum else "classic"
+
+
 def queue_view(vhost: str, queue: Queue, ages: UnackedAges | None = None) -> dict[str, Any]:
     """A queue as the API shows it (``ages``: the broker's unacked ages, for ``oldest_unacked_age``)."""
     queue_type = "quorum" if queue.quorum else "classic"
