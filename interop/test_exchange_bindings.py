@@ -54,3 +54,29 @@ def test_exchange_bind_to_missing_exchange_is_not_found(channel, unique: str) ->
         connection = channel.connection
         cleanup = connection.channel()
         cleanup.exchange_delete(source)
+
+
+def test_the_management_api_lists_an_exchange_s_and_a_queue_s_bindings(channel, management_url, cleanup,
+                                                                        unique: str) -> None:
+    """``/api/exchanges/V/X/bindings/source`` and ``/destination``, ``/api/queues/V/Q/bindings``,
+    as RabbitMQ answers them (the web console shows both directions)."""
+    from interop.support import Management
+
+    api = Management(management_url)
+    source, target, queue = cleanup.exchange(f"{unique}-x"), cleanup.exchange(f"{unique}-y"), cleanup.queue(f"{unique}-q")
+    channel.exchange_declare(source, "topic")
+    channel.exchange_declare(target, "fanout")
+    channel.queue_declare(queue)
+    channel.queue_bind(queue, source, "a.#")
+    channel.exchange_bind(target, source, "b")
+
+    def listed(path: str) -> list[tuple]:
+        status, items = api.request("GET", path)
+        assert status == 200, items
+        return sorted((item["source"], item["destination"], item["destination_type"], item["routing_key"])
+                      for item in items)
+    assert listed(f"/api/exchanges/%2F/{source}/bindings/source") == [
+        (source, queue, "queue", "a.#"), (source, target, "exchange", "b")]
+    assert listed(f"/api/exchanges/%2F/{target}/bindings/destination") == [(source, target, "exchange", "b")]
+    assert listed(f"/api/queues/%2F/{queue}/bindings") == [("", queue, "queue", queue), (source, queue, "queue", "a.#")]
+    assert listed(f"/api/exchanges/%2F/{unique}-none/bindings/source") == []

@@ -81,6 +81,19 @@ def test_the_web_ui_shows_live_figures_and_acts_on_queues_and_connections(page_a
     page.click("#publish-button")
     page.wait_for_selector("#publish-result:has-text('Message published.')")
     assert channel.basic_get("ui-queue", auto_ack=True)[2] == b"from the browser"
+    channel.exchange_declare("ui-x", "topic")
+    channel.exchange_declare("ui-y", "fanout")
+    channel.queue_bind("ui-queue", "ui-x", "ui.#")
+    channel.exchange_bind("ui-y", "ui-x", "to-y")
+    page.wait_for_selector("tr[data-exchange='ui-y']")
+    page.click("tr[data-exchange='ui-x'] button:has-text('Bindings')")
+    page.wait_for_selector("#exchange-bindings:has-text('from it (2)')")
+    assert 'ui-x → ui-queue (queue) key "ui.#"' in page.inner_text("#exchange-bindings")
+    page.click("tr[data-exchange='ui-y'] button:has-text('Bindings')")
+    page.wait_for_selector("#exchange-bindings:has-text('to it (1)')")
+
+    page.click("nav button[data-tab=channels]")
+    page.wait_for_selector("#channel-rows td:has-text('running')")
 
     page.click("nav button[data-tab=connections]")
     page.click("tr[data-connection] button:has-text('Close')")
@@ -257,6 +270,7 @@ def test_a_queue_s_page_explains_its_figures_and_acts_on_it(page_and_broker) -> 
     page.wait_for_selector("#queue-ready:has-text('4')")
     assert '{"x-max-length":1000}' in page.inner_text("#queue-arguments")
     page.wait_for_selector("#queue-consumer-rows td:has-text('slow-worker')")
+    assert page.inner_text("#queue-bindings") == 'from (AMQP default) with key "detail"'
     assert "how busy the consumers are" in page.inner_text("#queue-figures").lower()
     assert page.inner_text("#queue-prediction")  # a prediction, or why there is none yet
     page.select_option("#queue-ackmode", "ack_requeue_false")

@@ -101,6 +101,8 @@ def management_app(broker: Broker, listeners: list[dict[str, Any]], memory_limit
         Route("/api/exchanges/{vhost}/{name}", api.exchange, methods=["GET", "PUT", "DELETE"]),
         Route("/api/exchanges/{vhost}/{name}/publish", api.publish, methods=["POST"]),
         Route("/api/exchanges/{vhost}/{name}/delayed", api.delayed, methods=["GET", "DELETE"]),
+        Route("/api/exchanges/{vhost}/{name}/bindings/{direction}", api.exchange_bindings),
+        Route("/api/queues/{vhost}/{name}/bindings", api.queue_bindings),
         Route("/api/bindings", api.bindings),
         Route("/api/bindings/{vhost}", api.bindings),
         Route("/api/bindings/{vhost}/e/{source}/{kind}/{destination}", api.bind, methods=["GET", "POST"]),
@@ -377,6 +379,24 @@ class _Api(ApiBase):
     async def bindings(self, request: Request, user: Any) -> Any:
         visible = {vhost.name for vhost in self._vhosts(request)}
         return [view for view in views.binding_views(self.broker) if view["vhost"] in visible]
+
+    @handler()
+    async def exchange_bindings(self, request: Request, user: Any) -> Any:
+        """``.../bindings/source``: the bindings from this exchange; ``.../destination``: to it
+        (an exchange that does not exist has none, as RabbitMQ answers)."""
+        vhost, name = self._vhost(request), self._name(request)
+        direction = request.path_params["direction"]
+        if direction not in ("source", "destination"):
+            raise not_found()
+        name = "" if name == "amq.default" else name
+        return [view for view in views.binding_views(self.broker) if view["vhost"] == vhost.name
+                and view[direction] == name and (direction == "source" or view["destination_type"] == "exchange")]
+
+    @handler()
+    async def queue_bindings(self, request: Request, user: Any) -> Any:
+        vhost, name = self._vhost(request), self._name(request)
+        return [view for view in views.binding_views(self.broker) if view["vhost"] == vhost.name
+                and view["destination"] == name and view["destination_type"] == "queue"]
 
     @handler()
     async def bind(self, request: Request, user: Any) -> Any:

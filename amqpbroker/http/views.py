@@ -227,7 +227,8 @@ def channel_views(broker: Broker) -> list[dict[str, Any]]:
                 "vhost": session.vhost.name if session.vhost else None, "user": session.user,
                 "consumer_count": len(channel.consumers), "messages_unacknowledged": len(channel.unacked),
                 "prefetch_count": channel.consumer_prefetch, "global_prefetch_count": channel.global_prefetch,
-                "confirm": channel.confirm, "transactional": channel.tx is not None, "state": "running",
+                "confirm": channel.confirm, "transactional": channel.tx is not None,
+                "state": _connection_state(session),  # (flow and blocked are the connection's)
             })
     return views
 
