@@ -246,3 +246,22 @@ def test_the_web_ui_and_its_icon_need_no_login(managed) -> None:
             assert response.status == 200 and response.headers["Content-Type"].startswith(kind)
             body = response.read()
     assert body[:4] == b"\x00\x00\x01\x00"  # an ICO file (one PNG image inside)
+
+
+def test_the_overview_gives_rate_and_length_samples_of_the_last_minutes(managed) -> None:
+    """RabbitMQ's msg_rates_age/_incr and lengths_age/_incr: counters and queue lengths sampled by
+    the broker once a second for five minutes, newest first (the web UI's charts)."""
+    with pika.BlockingConnection(pika.URLParameters(managed.url)) as connection:
+        channel = connection.channel()
+        channel.queue_declare("sampled")
+        for _ in range(3):
+            for _ in range(10):
+                channel.basic_publish("", "sampled", b"m")
+            connection.sleep(1.2)
+    overview = call(managed, "GET", "/api/overview?msg_rates_age=60&msg_rates_incr=1&lengths_age=60&lengths_incr=1")[1]
+    published = overview["message_stats"]["publish_details"]["samples"]
+    assert published[0]["sample"] == 30 and published[-1]["sample"] < 30
+    assert [sample["timestamp"] for sample in published] == sorted((s["timestamp"] for s in published), reverse=True)
+    assert overview["queue_totals"]["messages_ready_details"]["samples"][0]["sample"] == 30
+    plain = call(managed, "GET", "/api/overview?msg_rates_age=x&msg_rates_incr=5")[1]
+    assert "samples" not in plain["message_stats"]["publish_details"] and "rate" in plain["message_stats"]["publish_details"]

@@ -261,6 +261,7 @@ def test_a_queue_s_page_explains_its_figures_and_acts_on_it(page_and_broker) -> 
     assert "of" in page.inner_text("#node-memory") and page.inner_text("#node-alarms") == "none"
     assert page.inner_text("#node-fds").split(" of ")[0].isdigit()
     _screenshot(page, "overview")
+    page.wait_for_selector("#chart-rates polyline", state="attached")  # the last minutes, from the broker
     unnamed = page.evaluate("""[...document.querySelectorAll('input, select')]
         .filter(c => !c.labels.length && !c.getAttribute('aria-label')).map(c => c.id)""")
     assert unnamed == []  # every control has a label or an accessible name

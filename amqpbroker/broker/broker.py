@@ -21,7 +21,7 @@ from amqpbroker.broker.consumer_timeouts import ConsumerTimeouts
 from amqpbroker.broker.journal import Journal
 from amqpbroker.broker.parameters import CLUSTER_NAME, INTERNAL_CLUSTER_ID, new_cluster_id
 from amqpbroker.broker.queue import Queue
-from amqpbroker.broker.queueing import RATE_SAMPLES, SAMPLE_SECONDS
+from amqpbroker.broker.queueing import SAMPLE_SECONDS
 from amqpbroker.broker.vhost import VirtualHost
 
 if TYPE_CHECKING:
@@ -55,6 +55,7 @@ class Limits:
     compatibility: Profile = PROFILES[DEFAULT_PROFILE]
 
 
+HISTORY_SECONDS = 300  # how far back the overview's samples reach (RabbitMQ's UI shows the last 5 min)
 NODE_NAME = "amqpbroker@localhost"  # the node's name (RabbitMQ's rabbit@host), the default cluster name
 
 
@@ -77,8 +78,9 @@ class Broker:
         self.totals = MessageTotals()
         self.node = NodeFacts()  # the process's own facts (memory, disk, fds), sampled by the server
         self._sampled_at = 0.0
-        # (time, MessageTotals.including()) once a second: the overview's message rates
-        self.total_samples: deque[tuple[float, dict[str, int]]] = deque(maxlen=RATE_SAMPLES + 1)
+        # (time, MessageTotals.including() with the queued "ready" and "unacked") once a second,
+        # for the last HISTORY_SECONDS: the overview's rates and its samples (the web UI's charts)
+        self.total_samples: deque[tuple[float, dict[str, Any]]] = deque(maxlen=HISTORY_SECONDS + 1)
         self.consumer_timeouts = ConsumerTimeouts(limits.consumer_timeout)
         self.journal = Journal(window_messages=paging_window[0], window_bytes=paging_window[1])
         # RabbitMQ's global runtime parameters (broker/parameters.py): stored, exported, and two read
@@ -150,11 +152,16 @@ class Broker:
                 vhost.tick(now)  # guards each queue itself
         if now - self._sampled_at >= SAMPLE_SECONDS:
             self._sampled_at = now
-            self.total_samples.append((now, self.totals.including(self.sessions)))
+            sample = self.totals.including(self.sessions)
+            ready = unacked = 0
             for vhost in self.vhosts.values():
                 for queue in vhost.queues.values():
                     queue.sampler.record(now, queue.arrivals, queue.completed,
                                          queue.message_count + queue.unacked_count)
+                    ready += queue.message_count
+                    unacked += queue.unacked_count
+            sample["ready"], sample["unacked"] = ready, unacked
+            self.total_samples.append((now, sample))
         try:
             self.consumer_timeouts.check(self)
         except Exception as exc:  # a fault in the check: logged, the timer and the broker go on

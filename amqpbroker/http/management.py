@@ -37,6 +37,7 @@ from amqpbroker.codec.methods import shortstr
 from amqpbroker.errors import AMQPError, ReplyCode, access_refused, precondition_failed
 from amqpbroker.http import bodies, views
 from amqpbroker.http.definitions import declare_exchange, declare_queue, export_definitions, import_definitions
+from amqpbroker.http.history import window_of
 from amqpbroker.http.admin import AdminApi, LimitsApi, PoliciesApi, admin_routes, by_method
 from amqpbroker.http.parameters import ParametersApi, parameter_routes
 from amqpbroker.http.errors import HTTPError, bad_request, not_found, refused
@@ -155,9 +156,11 @@ class _Api(ApiBase):
 
     @handler()
     async def overview(self, request: Request, user: Any) -> Any:
+        windows = {"rates_window": window_of(request.query_params, "msg_rates"),
+                   "lengths_window": window_of(request.query_params, "lengths")}
         if self._sees_all(request):
-            return views.overview(self.broker, self.listeners)
-        return views.overview(self.broker, self.listeners, self._vhosts(request), self._sessions(request))
+            return views.overview(self.broker, self.listeners, **windows)
+        return views.overview(self.broker, self.listeners, self._vhosts(request), self._sessions(request), **windows)
 
     @handler()
     async def whoami(self, request: Request, user: Any) -> Any:

@@ -20,6 +20,7 @@ from amqpbroker.broker.broker import NODE_NAME, Broker
 from amqpbroker.broker.policies import effective_definition
 from amqpbroker.broker.queue import Queue
 from amqpbroker.broker.session import Session
+from amqpbroker.http.history import Window, details
 
 __all__ = ["NODE", "MAX_JSON_DEPTH", "TOO_DEEP", "json_value", "overview", "queue_view", "exchange_view",
            "binding_views", "connection_view", "channel_views", "consumer_views", "vhost_view", "user_view",
@@ -293,9 +294,11 @@ def node_view(broker: Broker, memory_used: int | None, memory_limit: int | None)
 
 
 def overview(broker: Broker, listeners: list[dict[str, Any]], vhosts: list[Any] | None = None,
-             sessions: list[Any] | None = None) -> dict[str, Any]:
+             sessions: list[Any] | None = None, rates_window: Window | None = None,
+             lengths_window: Window | None = None) -> dict[str, Any]:
     """The node's totals, or those of the ``vhosts`` and ``sessions`` a user may see (its message
     rates stay the node's)."""
+    whole = vhosts is None  # (the node's queue-length samples are shown to whoever sees the whole node)
     sessions = list(broker.sessions) if sessions is None else sessions
     vhosts = list(broker.vhosts.values()) if vhosts is None else vhosts
     queues = [queue for vhost in vhosts for queue in vhost.queues.values()]
@@ -310,9 +313,8 @@ def overview(broker: Broker, listeners: list[dict[str, Any]], vhosts: list[Any] 
             "exchanges": sum(len(vhost.exchanges) for vhost in vhosts),
             "queues": len(queues), "consumers": sum(len(queue.consumers) for queue in queues),
         },
-        "queue_totals": {"messages": ready + unacked, "messages_ready": ready,
-                         "messages_unacknowledged": unacked},
-        "message_stats": _overview_stats(broker, totals),
+        "queue_totals": _queue_totals(broker, ready, unacked, lengths_window if whole else None),
+        "message_stats": _overview_stats(broker, totals, rates_window),
         "listeners": listeners,
     }
 
@@ -324,16 +326,26 @@ _STATS = (("publish", "received"), ("deliver_get", "delivered"), ("ack", "acknow
           ("get_empty", "get_empty"))
 
 
-def _overview_stats(broker: Broker, totals: dict[str, int]) -> dict[str, Any]:
-    """The message counters and their rates over the last seconds of samples."""
+def _overview_stats(broker: Broker, totals: dict[str, int], window: Window | None) -> dict[str, Any]:
+    """The message counters and their rates over the last seconds of samples (with the samples
+    themselves for ``window``)."""
     samples = broker.total_samples
-    elapsed = samples[-1][0] - samples[0][0] if len(samples) >= 2 else 0.0
     stats: dict[str, Any] = {}
     for name, key in _STATS:
         stats[name] = totals[key]
-        rate = (samples[-1][1][key] - samples[0][1][key]) / elapsed if elapsed > 0 else 0.0
-        stats[f"{name}_details"] = {"rate": round(rate, 1)}
+        stats[f"{name}_details"] = details(samples, key, window if name in _SAMPLED else None)
     return stats
+
+
+_SAMPLED = ("publish", "deliver_get", "ack")  # the rates whose samples the overview can give
+
+
+def _queue_totals(broker: Broker, ready: int, unacked: int, window: Window | None) -> dict[str, Any]:
+    totals: dict[str, Any] = {"messages": ready + unacked, "messages_ready": ready, "messages_unacknowledged": unacked}
+    if window is not None:
+        for name, key in (("messages_ready", "ready"), ("messages_unacknowledged", "unacked")):
+            totals[f"{name}_details"] = details(broker.total_samples, key, window)
+    return totals
 
 
 def _timestamp(seconds: float) -> str:
