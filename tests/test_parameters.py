@@ -90,7 +90,8 @@ def test_global_parameters_and_the_cluster_name_are_kept_across_kill_9(managed) 
         connection.close()
     with urllib.request.urlopen(f"http://127.0.0.1:{managed.prometheus_port}/metrics", timeout=5) as response:
         metrics = response.read().decode()
-    assert 'rabbitmq_identity_info{rabbitmq_cluster="orders-prod",rabbitmq_node="amqpbroker@localhost"} 1.0' in metrics
+    assert ('rabbitmq_identity_info{rabbitmq_cluster="orders-prod",rabbitmq_endpoint="metrics",'
+            'rabbitmq_node="amqpbroker@localhost"} 1.0' in metrics)
     assert call(managed, "DELETE", "/api/global-parameters/cluster_name")[0] == 204
     assert call(managed, "DELETE", "/api/global-parameters/cluster_name")[0] == 404
     assert call(managed, "GET", "/api/cluster-name")[1] == {"name": "amqpbroker@localhost"}
