@@ -292,3 +292,26 @@ def test_a_queue_s_page_explains_its_figures_and_acts_on_it(page_and_broker) -> 
     with pytest.raises(pika.exceptions.ChannelClosedByBroker):
         connection.channel().queue_declare("detail", passive=True)
     connection.close()
+
+
+def test_the_console_works_from_the_keyboard_alone(page_and_broker) -> None:
+    page, broker = page_and_broker
+    with pika.BlockingConnection(pika.URLParameters(broker.url)) as connection:
+        connection.channel().queue_declare("keyboard-queue")
+    page.goto(f"http://127.0.0.1:{broker.management_port}/")
+    page.focus("#username")
+    page.keyboard.press("Tab")  # to the password
+    page.keyboard.type("guest")
+    page.keyboard.press("Enter")  # submits the login form
+    page.wait_for_selector("#node-facts dd")
+    page.focus("nav button[data-tab=overview]")
+    page.keyboard.press("Tab")  # to Queues
+    page.keyboard.press("Enter")
+    link = page.locator("#queue-rows a.queue-link:has-text('keyboard-queue')")
+    link.wait_for()
+    link.focus()
+    page.keyboard.press("Enter")  # opens the queue's page
+    page.wait_for_selector("#queue-title:has-text('Queue keyboard-queue')")
+    page.focus("#queue-back")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#queues:not([hidden])")
