@@ -103,7 +103,6 @@ def management_app(broker: Broker, listeners: list[dict[str, Any]], memory_limit
         Route("/api/exchanges/{vhost}/{name}/publish", api.publish, methods=["POST"]),
         Route("/api/exchanges/{vhost}/{name}/delayed", api.delayed, methods=["GET", "DELETE"]),
         Route("/api/exchanges/{vhost}/{name}/bindings/{direction}", api.exchange_bindings),
-        Route("/api/queues/{vhost}/{name}/bindings", api.queue_bindings),
         Route("/api/bindings", api.bindings),
         Route("/api/bindings/{vhost}", api.bindings),
         Route("/api/bindings/{vhost}/e/{source}/{kind}/{destination}", api.bind, methods=["GET", "POST"]),
@@ -269,9 +268,7 @@ class _Api(ApiBase):
     @handler()
     async def queue_bindings(self, request: Request, user: Any) -> Any:
         vhost = self._vhost(request)
-        name = self._name(request)
-        if name not in vhost.queues:
-            raise not_found()
+        name = self._name(request)  # (a queue that does not exist has none)
         return [view for view in views.binding_views(self.broker, vhost.name)
                 if view["destination_type"] == "queue" and view["destination"] == name]
 
@@ -392,14 +389,8 @@ class _Api(ApiBase):
         if direction not in ("source", "destination"):
             raise not_found()
         name = "" if name == "amq.default" else name
-        return [view for view in views.binding_views(self.broker) if view["vhost"] == vhost.name
-                and view[direction] == name and (direction == "source" or view["destination_type"] == "exchange")]
-
-    @handler()
-    async def queue_bindings(self, request: Request, user: Any) -> Any:
-        vhost, name = self._vhost(request), self._name(request)
-        return [view for view in views.binding_views(self.broker) if view["vhost"] == vhost.name
-                and view["destination"] == name and view["destination_type"] == "queue"]
+        return [view for view in views.binding_views(self.broker, vhost.name)
+                if view[direction] == name and (direction == "source" or view["destination_type"] == "exchange")]
 
     @handler()
     async def bind(self, request: Request, user: Any) -> Any:
