@@ -26,12 +26,14 @@ REDELIVERY_BUCKETS = ("1", "2-5", "6+")  # how many times the messages now in a 
 class TaskCounters:
     """Per queue, since it was declared."""
 
-    __slots__ = ("dropped_by_delivery_limit", "dead_lettered_by_delivery_limit", "consumer_timeouts")
+    __slots__ = ("dropped_by_delivery_limit", "dead_lettered_by_delivery_limit", "consumer_timeouts",
+                 "drop_warned_at")
 
     def __init__(self) -> None:
         self.dropped_by_delivery_limit = 0  # past x-delivery-limit, no dead-letter exchange
         self.dead_lettered_by_delivery_limit = 0
         self.consumer_timeouts = 0  # consumers cancelled or channels closed for its deliveries
+        self.drop_warned_at: float | None = None  # (monotonic) the last warning about such a drop
 
 
 def oldest_ready_age(queue: Queue, now: float) -> float | None:

@@ -225,7 +225,7 @@ def _basic_consume(session: Session, channel: Channel, m: commands.Basic.Consume
         name = _queue_name(session, channel, m.queue)
         session.access.check(READ, QUEUE, name)
         queue = session.vhost.use_queue(name, owner=session)
-    if queue.quorum and channel.global_qos_requested:
+    if channel.global_qos_requested and not queue.type.takes_global_qos:
         raise ConnectionError(ReplyCode.NOT_IMPLEMENTED, f"queue '{queue.name}' in vhost "
                               f"'{session.vhost.name}' does not support global qos", 60, 20)
     if queue.exclusive_consumer is not None or (m.exclusive and queue.consumers):

@@ -40,12 +40,12 @@ from amqpbroker.broker.flow import FLOW_HIGH, FLOW_LOW
 from amqpbroker.broker.journal import INLINE, Journal
 from amqpbroker.broker.message import Message
 from amqpbroker.broker.priority import PriorityReady
+from amqpbroker.broker.queue_types import queue_type_of
 from amqpbroker.broker.queueing import Sampler
 from amqpbroker.broker.retry import DEFAULT_RETRY_LIMIT, RetryPolicy
 from amqpbroker.broker.queue_options import DROP_HEAD, REJECT_PUBLISH_DLX, QueueOptions
 from amqpbroker.codec.content import decode_properties, encode_content_header
 from amqpbroker.codec.tables import TableError
-from amqpbroker.errors import LogRate
 
 if TYPE_CHECKING:
     from amqpbroker.broker.consumer import Consumer
@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 __all__ = ["Queue", "Entry"]
 
 log = logging.getLogger("amqpbroker.queue")
-_limit_warnings = LogRate()  # per queue: a poison message loop must not flood the log
+LIMIT_WARNING_SECONDS = 10.0
 
 Entry = tuple  # (seq: int, message: Message, redelivered: bool)
 
@@ -65,7 +65,7 @@ class Queue:
         "had_consumers", "deleted", "exclusive_consumer", "queue_id", "journal",
         "ready_bytes", "paged", "page_next", "page_id", "paging_in", "page_epoch", "paged_bytes",
         "options", "host", "expiring", "last_used", "single_active", "_consumer_groups",
-        "general_dispatch", "quorum", "delivery_limit", "delivery_counts", "counters", "dedup", "retry", "retrying",
+        "general_dispatch", "type", "delivery_limit", "delivery_counts", "counters", "dedup", "retry", "retrying",
         "completed", "sampler", "page_waiters", "dead_letter_hold",
         "delivered", "dispatched_at", "flow_on", "flow_publishers", "policy", "operator_policy",
     )
@@ -107,8 +107,8 @@ class Queue:
         self.operator_policy: Any = None
         self.single_active = self.arguments.get("x-single-active-consumer") is True
         self._consumer_groups: list[list[Consumer]] = []  # see _group_consumers
-        # a quorum queue: same semantics to clients, plus x-delivery-count on every delivery
-        self.quorum = self.arguments.get("x-queue-type") in ("quorum", b"quorum")
+        # classic or quorum (queue_types.py): what differs between them is decided there
+        self.type = queue_type_of(self.arguments)
         # redelivery backoff (retry.py): returned messages wait here, (due, seq, entry), a heap
         self.retry = RetryPolicy.of(self.arguments)
         self.retrying: list[tuple[float, int, Entry]] = []
@@ -260,7 +260,7 @@ class Queue:
                 self.expiring = True
             if options.message_ttl is not None or options.expires is not None:
                 self.host.timed.add(self)
-        at_least_once = options is not None and options.dead_letter_at_least_once and self.quorum
+        at_least_once = options is not None and options.dead_letter_at_least_once and self.type.dead_letters_at_least_once
         if at_least_once and self.dead_letter_hold is None:
             self.dead_letter_hold = DeadLetterHold()
         elif not at_least_once and self.dead_letter_hold is not None:
@@ -275,7 +275,7 @@ class Queue:
     def _update_dispatch(self) -> None:
         """Does ``dispatch`` need the general path (TTLs, consumer priorities, single active
         consumer, delivery-count headers)?"""
-        self.general_dispatch = (self.expiring or bool(self._consumer_groups) or self.quorum
+        self.general_dispatch = (self.expiring or bool(self._consumer_groups) or self.type.counts_every_delivery
                                  or bool(self.delivery_counts))
 
     def _delivery_limit(self, arguments: dict[str, Any]) -> int | None:
@@ -283,8 +283,8 @@ class Queue:
         negative: none (RabbitMQ 4's -1)."""
         limit = arguments.get("x-delivery-limit")
         if limit is None:
-            limit = DEFAULT_RETRY_LIMIT if self.retry is not None else self.host.delivery_limit_defaults[
-                1 if self.quorum else 0]
+            limit = (DEFAULT_RETRY_LIMIT if self.retry is not None
+                     else self.type.default_delivery_limit(self.host.delivery_limit_defaults))
         return None if limit is None or limit < 0 else limit
 
     def delivery_header(self, entry: Entry) -> bytes | None:
@@ -292,7 +292,7 @@ class Queue:
         message was returned before (``x-delivery-count``; a quorum queue says it every time, as
         RabbitMQ's, other queues once it was returned)."""
         count = self.delivery_counts.get(entry[0], 0)
-        if not count and not self.quorum:
+        if not count and not self.type.counts_every_delivery:
             return None
         message = entry[1]
         properties = decode_properties(message.header)
@@ -443,7 +443,9 @@ class Queue:
     def _dropped_by_limit(self, limit: int) -> None:
         counters = self.counters
         counters.dropped_by_delivery_limit += 1
-        if _limit_warnings.allow(id(self)):
+        now = time.monotonic()  # (one warning per queue every LIMIT_WARNING_SECONDS: a poison loop must not flood the log)
+        if counters.drop_warned_at is None or now - counters.drop_warned_at >= LIMIT_WARNING_SECONDS:
+            counters.drop_warned_at = now
             log.warning("queue '%s' in vhost '%s': a message returned more than its delivery limit (%d) "
                         "was dropped (no dead-letter exchange); %d so far", self.name, self.vhost, limit,
                         counters.dropped_by_delivery_limit)
@@ -526,7 +528,8 @@ class Queue:
         for held in hold.settle(lambda held: host.dead_letter_once(self, held.entry[1], held.reason, held.taken), now):
             self._release_held(held)
             self._forget(held.entry)
-        if not hold and not (self.options is not None and self.options.dead_letter_at_least_once and self.quorum):
+        if not hold and not (self.options is not None and self.options.dead_letter_at_least_once
+                             and self.type.dead_letters_at_least_once):
             self.dead_letter_hold = None  # what recovery held, gone after a strategy change
         if hold:
             if self.queue_id is not None:

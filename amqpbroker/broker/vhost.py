@@ -32,6 +32,7 @@ from amqpbroker.broker.policies import Policy, choose, effective
 from amqpbroker.broker.queue import Queue
 from amqpbroker.codec.methods import shortstr
 from amqpbroker.codec.tables import TableError, encode_table
+from amqpbroker.broker.queue_types import queue_type_of
 from amqpbroker.broker.compatibility import DEFAULT_PROFILE, PROFILES, TRANSIENT_NONEXCLUSIVE_REFUSED, Profile
 from amqpbroker.errors import (
     ConnectionError, ReplyCode, access_refused, cut_to_bytes, log_internal_error, not_found,
@@ -224,7 +225,7 @@ class VirtualHost:
             self._apply_policies_to_exchange(exchange)
 
     def _apply_policies_to_queue(self, queue: Queue) -> None:
-        queue_type = "quorum" if queue.quorum else "classic"
+        queue_type = queue.type.name
         policy = choose(self.policies, "queue", queue.name, queue_type)
         operator = choose(self.operator_policies, "queue", queue.name, queue_type)
         if policy is queue.policy and operator is queue.operator_policy:
@@ -426,7 +427,7 @@ class VirtualHost:
         where = f"for queue '{name}' in vhost '{self.name}'"
         if queue_type == "stream":
             raise precondition_failed(f"invalid arg 'x-queue-type' {where}: unsupported queue type 'stream'")
-        if queue_type != "quorum":
+        if not queue_type_of(arguments).needs_durable_shared:
             return
         for invalid, flag in (("non-durable", not durable), ("exclusive-owner", exclusive),
                               ("auto-delete", auto_delete)):

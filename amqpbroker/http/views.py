@@ -93,12 +93,12 @@ def _utf8_or_base64(data: bytes) -> str:
 
 
 def queue_type(queue: Queue) -> str:
-    return "quorum" if queue.quorum else "classic"
+    return queue.type.name
 
 
 def queue_view(vhost: str, queue: Queue, ages: UnackedAges | None = None) -> dict[str, Any]:
     """A queue as the API shows it (``ages``: the broker's unacked ages, for ``oldest_unacked_age``)."""
-    queue_type = "quorum" if queue.quorum else "classic"
+    queue_type = queue.type.name
     counters = queue.counters
     hold = queue.dead_letter_hold
     return {
