@@ -161,7 +161,10 @@ def measure_publish_while_draining(target: Target, settings: Settings) -> tuple[
     """A backlog of ``settings.backlog`` messages, then one consumer (manual ack, prefetch 100)
     while the publisher keeps going without a cap; then, for comparison, the same clients on a
     queue kept short by capping the publisher at SHORT_QUEUE_INFLIGHT unconsumed messages."""
-    deep = _runner(target, "throughput-ack", _run_options(settings, prefill=settings.backlog))
+    # (at least 1 s warm-up and 1.5 s measured: in --quick's 0.25 + 0.5 s a publisher held back by
+    # flow control at the start of the drain sometimes published nothing inside the window)
+    deep = _runner(target, "throughput-ack", RunOptions(duration=max(settings.duration, 1.5),
+                                                         warmup=max(settings.warmup, 1.0), prefill=settings.backlog))
     short = _runner(target, "throughput-ack", _run_options(settings, max_inflight=SHORT_QUEUE_INFLIGHT))
     figures = {"consumer": deep["consumed_rate"], "publisher": deep["published_rate"],
                "short": short["consumed_rate"]}
