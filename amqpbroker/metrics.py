@@ -17,6 +17,7 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from amqpbroker import __version__
 from amqpbroker.broker.backlog import UnackedAges, oldest_ready_age, redelivery_histogram
@@ -48,6 +49,16 @@ _QUEUE_GAUGES = (
      lambda queue: queue.paged_bytes),
 )
 
+def _routed(totals: dict[str, Any]) -> int:
+    """Published messages that reached at least one queue."""
+    return totals["received"] - totals["unroutable_dropped"] - totals["unroutable_returned"]
+
+
+def _consumed_with_acks(totals: dict[str, Any]) -> int:
+    """Deliveries to consumers that acknowledge (all deliveries but autoack ones and gets)."""
+    return totals["delivered"] - totals["consume_auto_ack"] - totals["get_auto_ack"] - totals["get_manual_ack"]
+
+
 # (name without _total, help, the MessageTotals key or a function of the totals); RabbitMQ 3.13+'s
 # global counters, then the channel counters of 3.8-3.12 (the same figures summed over channels),
 # which older copies of RabbitMQ's dashboards query
@@ -56,14 +67,13 @@ _COUNTERS = (
     ("rabbitmq_global_messages_received_confirm", "Messages received from publishers on channels in "
      "confirm mode", "received_confirm"),
     ("rabbitmq_global_messages_routed", "Messages routed to at least one queue",
-     lambda totals: totals["received"] - totals["unroutable_dropped"] - totals["unroutable_returned"]),
+     _routed),
     ("rabbitmq_global_messages_delivered", "Messages delivered to consumers (basic.deliver and basic.get-ok)",
      "delivered"),
     ("rabbitmq_global_messages_delivered_consume_auto_ack", "Messages delivered to consumers without "
      "acknowledgements", "consume_auto_ack"),
     ("rabbitmq_global_messages_delivered_consume_manual_ack", "Messages delivered to consumers that acknowledge",
-     lambda totals: totals["delivered"] - totals["consume_auto_ack"] - totals["get_auto_ack"]
-     - totals["get_manual_ack"]),
+     _consumed_with_acks),
     ("rabbitmq_global_messages_delivered_get_auto_ack", "Messages fetched with basic.get without "
      "acknowledgement", "get_auto_ack"),
     ("rabbitmq_global_messages_delivered_get_manual_ack", "Messages fetched with basic.get to acknowledge",
@@ -91,10 +101,9 @@ _COUNTERS = (
     ("rabbitmq_channel_messages_unroutable_returned", "Messages returned as unroutable (the channels' sum)",
      "unroutable_returned"),
     ("rabbitmq_queue_messages_published", "Messages routed to queues (the channels' sum)",
-     lambda totals: totals["received"] - totals["unroutable_dropped"] - totals["unroutable_returned"]),
+     _routed),
     ("rabbitmq_channel_messages_delivered_ack", "Messages delivered to consumers that acknowledge (the "
-     "channels' sum)", lambda totals: totals["delivered"] - totals["consume_auto_ack"] - totals["get_auto_ack"]
-     - totals["get_manual_ack"]),
+     "channels' sum)", _consumed_with_acks),
     ("rabbitmq_channel_messages_delivered", "Messages delivered to consumers without acknowledgements (the "
      "channels' sum)", "consume_auto_ack"),
     ("rabbitmq_channel_messages_redelivered", "Messages redelivered (the channels' sum)", "redelivered"),
@@ -307,6 +316,4 @@ def _message_sizes(totals: dict[str, Any]) -> Metric:
 
 
 def _le(bound: float) -> str:
-    from prometheus_client.utils import floatToGoString
-
     return floatToGoString(bound)

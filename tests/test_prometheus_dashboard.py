@@ -9,14 +9,13 @@ through ``increase()``. ``.ci/run`` installs Prometheus; without it this test is
 
 from __future__ import annotations
 
-import subprocess
 import time
 
 import pika
 import pytest
 
 from amqpbroker.testing import _free_port
-from tests.test_prometheus_server import PROMETHEUS, query
+from tests.test_prometheus_server import PROMETHEUS, prometheus_scraping, query
 
 pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason="no prometheus binary (Debian package "
                                                           "'prometheus'; .ci/run installs it)")
@@ -89,20 +88,7 @@ def _traffic(url: str) -> None:
 
 def test_every_family_of_rabbitmq_s_overview_dashboard_has_data(tmp_path, start_broker) -> None:
     broker = start_broker(prometheus_port=_free_port())
-    prometheus_port = _free_port()
-    config = tmp_path / "prometheus.yml"
-    config.write_text(f"""
-global:
-  scrape_interval: 1s
-scrape_configs:
-  - job_name: rabbitmq
-    static_configs:
-      - targets: ["127.0.0.1:{broker.prometheus_port}"]
-""")
-    server = subprocess.Popen([PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                               f"--web.listen-address=127.0.0.1:{prometheus_port}"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
+    with prometheus_scraping(tmp_path, broker.prometheus_port, "/metrics", "rabbitmq") as prometheus_port:
         _wait_for(prometheus_port, "rabbitmq_identity_info")
         _traffic(broker.url)
         time.sleep(4)  # a few scrapes after the traffic, so that rate() sees it
@@ -131,9 +117,6 @@ scrape_configs:
         node = query(prometheus_port, f"rabbitmq_erlang_uptime_seconds * on(instance, job) group_left(rabbitmq_version, "
                                       f"erlang_version) rabbitmq_build_info {JOIN}")
         assert node and node[0]["metric"]["rabbitmq_node"] == CLUSTER
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 def _wait_for(port: int, expression: str) -> None:

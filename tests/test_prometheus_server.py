@@ -4,12 +4,14 @@ is skipped, saying so."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 
 import pytest
 
@@ -28,23 +30,33 @@ def query(port: int, expression: str) -> list[dict]:
         return json.load(response)["data"]["result"]
 
 
-def test_prometheus_scrapes_the_queue_depth(tmp_path, start_broker) -> None:
-    broker = start_broker(prometheus_port=_free_port())
-    prometheus_port = _free_port()
+@contextlib.contextmanager
+def prometheus_scraping(tmp_path, target_port: int, metrics_path: str, job: str) -> Iterator[int]:
+    """A Prometheus server scraping ``127.0.0.1:target_port`` every second; yields its port."""
+    port = _free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(f"""
 global:
   scrape_interval: 1s
 scrape_configs:
-  - job_name: amqpbroker
-    metrics_path: /metrics/per-object
+  - job_name: {job}
+    metrics_path: {metrics_path}
     static_configs:
-      - targets: ["127.0.0.1:{broker.prometheus_port}"]
+      - targets: ["127.0.0.1:{target_port}"]
 """)
     server = subprocess.Popen([PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                               f"--web.listen-address=127.0.0.1:{prometheus_port}"],
+                               f"--web.listen-address=127.0.0.1:{port}"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
+        yield port
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_prometheus_scrapes_the_queue_depth(tmp_path, start_broker) -> None:
+    broker = start_broker(prometheus_port=_free_port())
+    with prometheus_scraping(tmp_path, broker.prometheus_port, "/metrics/per-object", "amqpbroker") as prometheus_port:
         with channel_of(broker) as ch:
             ch.queue_declare("scraped", durable=True)
             ch.confirm_delivery()
@@ -63,6 +75,3 @@ scrape_configs:
             time.sleep(0.5)
         assert result, "Prometheus never had the sample"
         assert float(result[0]["value"][1]) == 7
-    finally:
-        server.terminate()
-        server.wait(10)
