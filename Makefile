@@ -21,8 +21,11 @@ $(STAMP_TEST): pyproject.toml | $(BIN)/python
 run: $(STAMP_RUN)
 	$(BIN)/amqpbroker $(ARGS)
 
+# two workers, a test file each at a time (a file's tests share its brokers); TEST_WORKERS=0: one process
+TEST_WORKERS ?= 2
+
 test: $(STAMP_TEST)
-	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not slow" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: $(STAMP_TEST)
 	$(BIN)/python -m interop.bench $(ARGS)

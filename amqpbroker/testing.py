@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import pytest
 
-__all__ = ["run_broker", "BrokerEndpoints", "amqp_broker", "amqp_broker_args", "amqp_broker_endpoints",
+__all__ = ["run_broker", "free_port", "BrokerEndpoints", "amqp_broker", "amqp_broker_args", "amqp_broker_endpoints",
            "amqp_broker_with_management"]
 
 
@@ -44,10 +44,37 @@ class BrokerEndpoints:
     metrics_url: str  # http://127.0.0.1:PORT/metrics (Prometheus)
 
 
-def _free_port() -> int:
+_PORT_BLOCK = 1500  # ports per pytest-xdist worker, below Linux's ephemeral range (32768-60999)
+_next_port: list[int] = []
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 now. Under pytest-xdist each worker takes ports from its own
+    block (20000 + 1500 per worker), in turn, so that two workers never pick the same one between
+    choosing it and binding it; otherwise the system picks one."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw") or not worker[2:].isdigit():
+        return _system_port()
+    start = 20000 + int(worker[2:]) % 8 * _PORT_BLOCK
+    if not _next_port:
+        _next_port.append(start)
+    for _ in range(_PORT_BLOCK):
+        port = _next_port[0]
+        _next_port[0] = start + (port + 1 - start) % _PORT_BLOCK
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    return _system_port()
+
+
+def _system_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
 
 
 def _wait_for_port(port: int, process: subprocess.Popen, timeout: float) -> None:
@@ -65,7 +92,7 @@ def _wait_for_port(port: int, process: subprocess.Popen, timeout: float) -> None
 def run_broker(*extra_args: str, port: int | None = None, data_dir: str | None = None,
                timeout: float = 20.0) -> Iterator[str]:
     """Run amqpbroker in a subprocess and yield its AMQP URL; stop it on exit (SIGTERM, then kill)."""
-    port = port or _free_port()
+    port = port or free_port()
     with contextlib.ExitStack() as stack:
         if data_dir is None:
             data_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="amqpbroker-"))
@@ -95,7 +122,7 @@ def amqp_broker_args() -> list[str]:
 def amqp_broker_endpoints(amqp_broker_args: list[str]) -> Iterator[BrokerEndpoints]:
     """An amqpbroker started for this test session, with its management API and /metrics, all
     on free ports of 127.0.0.1."""
-    management_port, metrics_port = _free_port(), _free_port()
+    management_port, metrics_port = free_port(), free_port()
     with run_broker("--management-port", str(management_port), "--prometheus-port", str(metrics_port),
                     *amqp_broker_args) as url:
         for port, what in ((management_port, "management API"), (metrics_port, "Prometheus endpoint")):

@@ -63,6 +63,7 @@ from typing import Any
 
 import pika
 import pika.exceptions
+from amqpbroker.testing import free_port
 
 __all__ = ["SeedResult", "run_seed", "main"]
 
@@ -190,11 +191,6 @@ def header_line() -> str:
 
 
 # ----------------------------------------------------------------------------- the broker
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Broker:

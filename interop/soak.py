@@ -86,7 +86,7 @@ from pamqp import frame as pframe
 from pamqp import header as pheader
 from pamqp import heartbeat as pheartbeat
 
-from amqpbroker.testing import _free_port, _wait_for_port
+from amqpbroker.testing import free_port, _wait_for_port
 from interop.bench.procstat import cpu_seconds, listener_pid, rss_kb, system_cpu
 
 try:
@@ -877,7 +877,7 @@ def slope_per_min(points: list[tuple[float, float]]) -> float | None:
 @contextlib.contextmanager
 def own_broker(extra: list[str], keep_log: str | None):
     """Start amqpbroker on free 127.0.0.1 ports with a temporary data dir; its log goes to a file."""
-    port, mport = _free_port(), _free_port()
+    port, mport = free_port(), free_port()
     with tempfile.TemporaryDirectory(prefix="amqpbroker-soak-") as tmp:
         data_dir = os.path.join(tmp, "data")
         log_path = keep_log or os.path.join(tmp, "broker.log")

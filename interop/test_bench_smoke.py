@@ -82,9 +82,9 @@ def test_the_in_process_micro_benchmark_runs() -> None:
 
 
 def test_bench_says_how_to_get_a_reference_broker_when_none_answers(amqp_url: str) -> None:
-    from amqpbroker.testing import _free_port
+    from amqpbroker.testing import free_port
 
     cmd = [sys.executable, "-m", "interop.bench", "--url", amqp_url, "--reference",
-           "--reference-url", f"amqp://guest:guest@127.0.0.1:{_free_port()}/", "--duration", "1"]
+           "--reference-url", f"amqp://guest:guest@127.0.0.1:{free_port()}/", "--duration", "1"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=45)
     assert proc.returncode == 2 and "interop/reference.sh start" in proc.stderr, proc.stderr

@@ -14,14 +14,14 @@ import pika
 import pika.exceptions
 import pytest
 
-from amqpbroker.testing import _free_port, _wait_for_listener, run_broker
+from amqpbroker.testing import free_port, _wait_for_listener, run_broker
 from interop.support import Management, params
 
 
 @pytest.fixture
 def fresh() -> Iterator[tuple[str, Management]]:
     """A new amqpbroker with its management API: the other end of each move."""
-    port = _free_port()
+    port = free_port()
     with run_broker("--management-port", str(port)) as url:
         _wait_for_listener(port, "management API")
         yield url, Management(f"http://guest:guest@127.0.0.1:{port}")

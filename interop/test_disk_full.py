@@ -35,6 +35,7 @@ from typing import Any
 import pika
 import pika.exceptions
 import pytest
+from amqpbroker.testing import free_port
 
 FS_BYTES = 64 << 20
 MIB = 1 << 20
@@ -95,11 +96,6 @@ def write_filler(path: Path, size: int | None) -> int:
 
 # ------------------------------------------------------------------ the broker
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 class Broker:
     """amqpbroker as a subprocess on loopback, its output in a log file (outside the small fs)."""
@@ -107,8 +103,8 @@ class Broker:
     def __init__(self, data_dir: Path, log_path: Path, **env: str) -> None:
         self.data_dir = data_dir
         self.log_path = log_path
-        self.port = _free_port()
-        self.metrics_port = _free_port()
+        self.port = free_port()
+        self.metrics_port = free_port()
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "AMQPBROKER_PROMETHEUS_HOST": "127.0.0.1", **env}
         self.process: subprocess.Popen | None = None
 

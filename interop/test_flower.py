@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import pika
 import pytest
 
-from amqpbroker.testing import _free_port
+from amqpbroker.testing import free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -37,7 +37,7 @@ def test_flower_shows_the_queue_lengths(amqp_url, management_url, cleanup, uniqu
         for _ in range(3):
             channel.basic_publish("", queue, b"task")
     api = urlsplit(management_url)
-    port = _free_port()
+    port = free_port()
     flower = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "interop.celery_app", f"--broker={amqp_url}", "flower",
          f"--broker_api=http://{api.username}:{api.password}@{api.hostname}:{api.port}/api/",

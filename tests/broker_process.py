@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import pika
 
-from amqpbroker.testing import _free_port, _wait_for_port
+from amqpbroker.testing import free_port, _wait_for_port
 
 __all__ = ["PERSISTENT", "TRANSIENT", "BrokerProcess", "channel_of", "drain"]
 
@@ -29,7 +29,7 @@ class BrokerProcess:
         self.prometheus_port = prometheus_port  # 0: no /metrics
         self.management_port = management_port  # 0: no management API
         self.env = {**os.environ, **(env or {})}
-        self.port = _free_port()
+        self.port = free_port()
         self.process: subprocess.Popen | None = None
         self._log = None
 

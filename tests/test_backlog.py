@@ -9,12 +9,12 @@ import urllib.request
 
 import pika
 
-from amqpbroker.testing import _free_port
+from amqpbroker.testing import free_port
 from tests.test_management import call
 
 
 def test_the_figures_show_how_a_task_queue_is_doing(start_broker) -> None:
-    broker = start_broker(management_port=_free_port(), prometheus_port=_free_port(),
+    broker = start_broker(management_port=free_port(), prometheus_port=free_port(),
                           env={"AMQPBROKER_CONSUMER_TIMEOUT": "1500"})
     with pika.BlockingConnection(pika.URLParameters(broker.url)) as connection:
         channel = connection.channel()

@@ -9,14 +9,14 @@ import sys
 import pika
 import pytest
 
-from amqpbroker.testing import _free_port
+from amqpbroker.testing import free_port
 from tests.broker_process import BrokerProcess
 from tests.test_management import call
 
 
 @pytest.fixture
 def managed(start_broker) -> BrokerProcess:
-    return start_broker(management_port=_free_port())
+    return start_broker(management_port=free_port())
 
 
 def ctl(broker: BrokerProcess, *args: str, user: str = "guest", password: str = "guest") -> subprocess.CompletedProcess:
@@ -57,7 +57,7 @@ def test_definitions_are_exported_and_imported(managed, start_broker, tmp_path) 
     ctl(managed, "add_vhost", "kept")
     path = tmp_path / "definitions.json"
     assert ctl(managed, "export_definitions", str(path)).returncode == 0
-    fresh = start_broker(management_port=_free_port())
+    fresh = start_broker(management_port=free_port())
     assert ctl(fresh, "import_definitions", str(path)).returncode == 0
     assert "kept" in ctl(fresh, "list_vhosts").stdout
 
@@ -68,7 +68,7 @@ def test_exit_codes_say_what_went_wrong(managed) -> None:
     assert ctl(managed, "list_users", password="wrong").returncode == 77
     assert ctl(managed, "no_such_command").returncode == 64
     assert ctl(managed, "add_user", "only-a-name").returncode == 64
-    down = subprocess.run([sys.executable, "-m", "amqpbroker", "ctl", "--url", f"http://127.0.0.1:{_free_port()}",
+    down = subprocess.run([sys.executable, "-m", "amqpbroker", "ctl", "--url", f"http://127.0.0.1:{free_port()}",
                            "status"], capture_output=True, text=True, timeout=30)
     assert down.returncode == 69 and "cannot reach" in down.stderr
     status = ctl(managed, "status")

@@ -13,7 +13,7 @@ from pamqp import commands
 from amqpbroker.broker import tenancy
 from amqpbroker.broker.broker import Broker
 from amqpbroker.broker.dead_letter_hold import RETRY_INTERVAL
-from amqpbroker.testing import _free_port
+from amqpbroker.testing import free_port
 from tests.helpers import FakeClient, deliveries
 from tests.test_management import call
 
@@ -186,7 +186,7 @@ def test_deleting_the_source_drops_what_it_held() -> None:
 
 
 def test_held_messages_survive_a_kill_9_and_go_once_there_is_room(start_broker) -> None:
-    broker = start_broker(management_port=_free_port())
+    broker = start_broker(management_port=free_port())
     parameters = pika.URLParameters(broker.url)
     with pika.BlockingConnection(parameters) as connection:
         channel = connection.channel()

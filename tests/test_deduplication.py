@@ -10,7 +10,7 @@ import pika
 import pika.exceptions
 import pytest
 
-from amqpbroker.testing import _free_port
+from amqpbroker.testing import free_port
 from interop.support import drain
 from tests.broker_process import BrokerProcess
 from tests.test_management import call
@@ -20,7 +20,7 @@ DEDUP = {"x-message-deduplication": True}
 
 @pytest.fixture
 def managed(start_broker) -> BrokerProcess:
-    return start_broker(management_port=_free_port())
+    return start_broker(management_port=free_port())
 
 
 def _publish(channel, exchange: str, key: str, body: bytes, value=None, header: str = "x-deduplication-header",

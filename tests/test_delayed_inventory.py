@@ -9,14 +9,14 @@ import urllib.request
 import pika
 import pytest
 
-from amqpbroker.testing import _free_port
+from amqpbroker.testing import free_port
 from tests.broker_process import BrokerProcess
 from tests.test_management import call
 
 
 @pytest.fixture
 def managed(start_broker) -> BrokerProcess:
-    return start_broker(management_port=_free_port(), prometheus_port=_free_port())
+    return start_broker(management_port=free_port(), prometheus_port=free_port())
 
 
 def _publish(channel, exchange: str, delay, body: bytes, persistent: bool = True) -> None:

@@ -13,7 +13,7 @@ from pamqp import commands
 
 from amqpbroker.broker import tenancy
 from amqpbroker.broker.broker import Broker, Limits
-from amqpbroker.testing import _free_port
+from amqpbroker.testing import free_port
 from tests.helpers import FakeClient, deliveries
 from tests.test_management import call
 
@@ -105,7 +105,7 @@ def test_a_channel_closed_with_the_message_unacked_counts_as_a_return() -> None:
 
 
 def test_counts_survive_a_kill_9_and_show_in_the_api_and_metrics(start_broker) -> None:
-    broker = start_broker(management_port=_free_port(), prometheus_port=_free_port())
+    broker = start_broker(management_port=free_port(), prometheus_port=free_port())
     parameters = pika.URLParameters(broker.url)
 
     def reject_once(channel) -> dict:

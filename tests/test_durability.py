@@ -12,7 +12,7 @@ import time
 import pika
 import pytest
 
-from amqpbroker.testing import _free_port
+from amqpbroker.testing import free_port
 from tests.broker_process import PERSISTENT, TRANSIENT, BrokerProcess, channel_of, drain
 
 
@@ -216,7 +216,7 @@ def test_a_corrupt_data_dir_is_refused_with_a_clear_message(tmp_path) -> None:
     current = data / "rocksdb" / "CURRENT"
     current.write_text("MANIFEST-999999\n")  # points at a manifest that does not exist
     result = subprocess.run([sys.executable, "-m", "amqpbroker", "--host", "127.0.0.1",
-                             "--port", str(_free_port()), "--data-dir", str(data)],
+                             "--port", str(free_port()), "--data-dir", str(data)],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 1
     assert "cannot open the data directory" in result.stderr

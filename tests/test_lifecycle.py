@@ -12,13 +12,13 @@ import time
 import pika
 import pytest
 
-from amqpbroker.testing import _free_port, _wait_for_port
+from amqpbroker.testing import free_port, _wait_for_port
 from tests.broker_process import BrokerProcess
 
 
 @pytest.fixture
 def broker_process(tmp_path):
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "amqpbroker", "--host", "127.0.0.1", "--port", str(port), "--prometheus-port", "0", "--management-port", "0",
          "--data-dir", str(tmp_path)], stderr=subprocess.PIPE, text=True)
@@ -115,7 +115,7 @@ def test_a_port_in_use_stops_start_up_with_one_line(tmp_path, which) -> None:
     taken.bind(("127.0.0.1", 0))
     taken.listen()
     port = taken.getsockname()[1]
-    ports = {"amqp": _free_port(), "management": 0, "prometheus": 0, which: port}
+    ports = {"amqp": free_port(), "management": 0, "prometheus": 0, which: port}
     try:
         done = subprocess.run([sys.executable, "-m", "amqpbroker", "--host", "127.0.0.1", "--port", str(ports["amqp"]),
                                "--data-dir", str(tmp_path / "data"), "--management-port", str(ports["management"]),

@@ -13,7 +13,7 @@ import pika
 import pika.exceptions
 import pytest
 
-from amqpbroker.testing import _free_port
+from amqpbroker.testing import free_port
 from tests.broker_process import BrokerProcess
 from tests.test_management import call
 
@@ -60,7 +60,7 @@ def _login(port: int, user: str, password: str) -> None:
 
 
 def test_guest_is_refused_from_a_remote_address_and_other_users_are_not(tmp_path, from_outside) -> None:
-    broker = BrokerProcess(str(tmp_path / "data"), management_port=_free_port())
+    broker = BrokerProcess(str(tmp_path / "data"), management_port=free_port())
     broker.start(capture=True)
     try:
         _refuses_guest_only(broker, from_outside)

@@ -13,13 +13,13 @@ from typing import Any
 import pika
 import pytest
 
-from amqpbroker.testing import _free_port
+from amqpbroker.testing import free_port
 from tests.broker_process import PERSISTENT, BrokerProcess, channel_of
 
 
 @pytest.fixture
 def managed(start_broker) -> BrokerProcess:
-    return start_broker(management_port=_free_port())
+    return start_broker(management_port=free_port())
 
 
 def call(broker: BrokerProcess, method: str, path: str, body: Any = None, *,

@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 
 from amqpbroker.http.guard import FAILED_LOGINS, RequestGuard
-from amqpbroker.testing import _free_port
+from amqpbroker.testing import free_port
 from tests.broker_process import BrokerProcess
 from tests.test_management import call
 
@@ -19,7 +19,7 @@ GUEST = "Basic " + base64.b64encode(b"guest:guest").decode()
 
 @pytest.fixture
 def managed(start_broker) -> BrokerProcess:
-    return start_broker(management_port=_free_port())
+    return start_broker(management_port=free_port())
 
 
 def _raw(broker: BrokerProcess, method: str, path: str, headers: dict[str, str], data: bytes | None = None) -> int:

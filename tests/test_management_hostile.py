@@ -24,7 +24,7 @@ import pytest
 from starlette.responses import JSONResponse
 
 from amqpbroker.http import management, views
-from amqpbroker.testing import _free_port, _wait_for_port
+from amqpbroker.testing import free_port, _wait_for_port
 from tests.broker_process import PERSISTENT, BrokerProcess, channel_of
 
 LOCKED = ("cannot obtain exclusive access to locked queue 'mine' in vhost '/'. It could be originally "
@@ -34,7 +34,7 @@ INVALID = {"error": "bad_request", "reason": "Pagination parameters are invalid"
 
 
 def _managed(start_broker, **options: Any) -> BrokerProcess:
-    broker = start_broker(management_port=_free_port(), **options)
+    broker = start_broker(management_port=free_port(), **options)
     _wait_for_port(broker.management_port, broker.process, 30)  # it may listen a moment after AMQP
     return broker
 
@@ -47,7 +47,7 @@ def managed(start_broker) -> BrokerProcess:
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory) -> Iterator[BrokerProcess]:
     """One broker for the many malformed requests, none of which may change anything."""
-    broker = BrokerProcess(str(tmp_path_factory.mktemp("shared") / "data"), management_port=_free_port())
+    broker = BrokerProcess(str(tmp_path_factory.mktemp("shared") / "data"), management_port=free_port())
     broker.start()
     try:
         _wait_for_port(broker.management_port, broker.process, 30)

@@ -8,13 +8,13 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from amqpbroker.testing import _free_port
+from amqpbroker.testing import free_port
 from tests.broker_process import PERSISTENT, BrokerProcess, channel_of
 
 
 @pytest.fixture
 def metered(start_broker) -> BrokerProcess:
-    return start_broker(prometheus_port=_free_port())
+    return start_broker(prometheus_port=free_port())
 
 
 def scrape(broker: BrokerProcess, path: str = "/metrics") -> dict[tuple[str, tuple], float]:
@@ -63,7 +63,7 @@ def test_queue_depths_connections_and_message_counters(metered) -> None:
 
 
 def test_the_broker_stops_cleanly_with_the_metrics_endpoint_serving(tmp_path) -> None:
-    process = BrokerProcess(str(tmp_path / "data"), prometheus_port=_free_port())
+    process = BrokerProcess(str(tmp_path / "data"), prometheus_port=free_port())
     process.start(log_level="info", capture=True)
     try:
         assert ("rabbitmq_connections", ()) in scrape(process)
@@ -83,8 +83,8 @@ def test_the_disk_alarm_blocks_publishers_and_shows_in_metrics_and_the_api(start
 
     import pika
 
-    management = _free_port()
-    broker = start_broker(prometheus_port=_free_port(), management_port=management,
+    management = free_port()
+    broker = start_broker(prometheus_port=free_port(), management_port=management,
                           env={"AMQPBROKER_DISK_FREE_LIMIT": str(10 ** 18)})  # more than any disk
     deadline = time.monotonic() + 15  # the first look at the disk runs in a worker thread
     while (samples := scrape(broker))[("rabbitmq_alarms_free_disk_space_watermark", ())] != 1:
@@ -113,7 +113,7 @@ def test_the_disk_alarm_blocks_publishers_and_shows_in_metrics_and_the_api(start
 
 
 def test_paged_out_messages_per_queue_and_connections_in_flow(start_broker) -> None:
-    broker = start_broker(prometheus_port=_free_port(), env={"AMQPBROKER_QUEUE_WINDOW_MESSAGES": "10"})
+    broker = start_broker(prometheus_port=free_port(), env={"AMQPBROKER_QUEUE_WINDOW_MESSAGES": "10"})
     with channel_of(broker) as ch:
         ch.queue_declare("deep")
         for index in range(30):

@@ -22,7 +22,7 @@ from blockbuster import blockbuster_ctx
 
 from amqpbroker.config import Config
 from amqpbroker.server.lifecycle import serve
-from amqpbroker.testing import _free_port
+from amqpbroker.testing import free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -87,7 +87,7 @@ def _workload(port: int, management: int, prometheus: int) -> None:
 
 async def test_the_event_loop_never_blocks(tmp_path, caplog) -> None:
     caplog.set_level(logging.INFO)
-    port, management, prometheus = _free_port(), _free_port(), _free_port()
+    port, management, prometheus = free_port(), free_port(), free_port()
     config = Config(host="127.0.0.1", port=port, data_dir=str(tmp_path), management_host="127.0.0.1",
                     management_port=management, prometheus_host="127.0.0.1", prometheus_port=prometheus,
                     queue_window_messages=50, memory_high_watermark=0.9)

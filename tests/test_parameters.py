@@ -12,14 +12,14 @@ import pytest
 from amqpbroker.broker.broker import Broker
 from amqpbroker.broker.recovery import restore
 from amqpbroker.store.rocks import RocksStore
-from amqpbroker.testing import _free_port
+from amqpbroker.testing import free_port
 from tests.broker_process import BrokerProcess
 from tests.test_management import call
 
 
 @pytest.fixture
 def managed(start_broker) -> BrokerProcess:
-    return start_broker(management_port=_free_port(), prometheus_port=_free_port())
+    return start_broker(management_port=free_port(), prometheus_port=free_port())
 
 
 def _user(broker: BrokerProcess, name: str, tags: str) -> None:
@@ -104,7 +104,7 @@ def test_definitions_carry_parameters_both_ways_and_a_missing_component_is_named
     assert {"name": "app_setting", "value": "kept"} in exported["global_parameters"]
     assert exported["parameters"] == [{"value": {"max-connections": 50}, "vhost": "/",
                                        "component": "vhost-limits", "name": "limits"}]
-    fresh = start_broker(management_port=_free_port())
+    fresh = start_broker(management_port=free_port())
     assert call(fresh, "POST", "/api/definitions", exported)[0] == 204
     assert call(fresh, "GET", "/api/global-parameters/app_setting")[1]["value"] == "kept"
     assert call(fresh, "GET", "/api/vhost-limits/%2F")[1] == [{"vhost": "/", "value": {"max-connections": 50}}]
@@ -176,7 +176,7 @@ def test_a_vhost_s_default_queue_type_applies_to_durable_shared_queues_and_is_ex
     exported = call(managed, "GET", "/api/definitions")[1]
     [entry] = [vhost for vhost in exported["vhosts"] if vhost["name"] == "dqt"]
     assert entry["default_queue_type"] == "quorum" and entry["metadata"]["default_queue_type"] == "quorum"
-    fresh = start_broker(management_port=_free_port())
+    fresh = start_broker(management_port=free_port())
     assert call(fresh, "POST", "/api/definitions", exported)[0] == 204
     assert call(fresh, "GET", "/api/vhosts/dqt")[1]["default_queue_type"] == "quorum"
 
@@ -189,7 +189,7 @@ def test_default_queue_type_edge_cases(managed, start_broker, tmp_path) -> None:
     exported = call(managed, "GET", "/api/definitions")[1]
     assert {"name": "old-classic", "type": "classic"}.items() <= next(
         queue for queue in exported["queues"] if queue["name"] == "old-classic").items()
-    fresh = start_broker(management_port=_free_port())
+    fresh = start_broker(management_port=free_port())
     assert call(fresh, "POST", "/api/definitions", exported)[0] == 204
     assert call(fresh, "GET", "/api/queues/later/old-classic")[1]["type"] == "classic"
     # RabbitMQ 3.12/3.13 export "undefined" for a vhost without one

@@ -14,7 +14,7 @@ import time
 import pika
 import pytest
 
-from amqpbroker.testing import _free_port
+from amqpbroker.testing import free_port
 from tests.test_prometheus_server import PROMETHEUS, prometheus_scraping, query
 
 pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason="no prometheus binary (Debian package "
@@ -87,7 +87,7 @@ def _traffic(url: str) -> None:
 
 
 def test_every_family_of_rabbitmq_s_overview_dashboard_has_data(tmp_path, start_broker) -> None:
-    broker = start_broker(prometheus_port=_free_port())
+    broker = start_broker(prometheus_port=free_port())
     with prometheus_scraping(tmp_path, broker.prometheus_port, "/metrics", "rabbitmq") as prometheus_port:
         _wait_for(prometheus_port, "rabbitmq_identity_info")
         _traffic(broker.url)

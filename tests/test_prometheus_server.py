@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from amqpbroker.testing import _free_port
+from amqpbroker.testing import free_port
 from tests.broker_process import PERSISTENT, channel_of
 
 PROMETHEUS = shutil.which("prometheus")
@@ -33,7 +33,7 @@ def query(port: int, expression: str) -> list[dict]:
 @contextlib.contextmanager
 def prometheus_scraping(tmp_path, target_port: int, metrics_path: str, job: str) -> Iterator[int]:
     """A Prometheus server scraping ``127.0.0.1:target_port`` every second; yields its port."""
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(f"""
 global:
@@ -55,7 +55,7 @@ scrape_configs:
 
 
 def test_prometheus_scrapes_the_queue_depth(tmp_path, start_broker) -> None:
-    broker = start_broker(prometheus_port=_free_port())
+    broker = start_broker(prometheus_port=free_port())
     with prometheus_scraping(tmp_path, broker.prometheus_port, "/metrics/per-object", "amqpbroker") as prometheus_port:
         with channel_of(broker) as ch:
             ch.queue_declare("scraped", durable=True)

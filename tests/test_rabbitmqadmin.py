@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from amqpbroker.testing import _free_port
+from amqpbroker.testing import free_port
 from tests.broker_process import BrokerProcess
 
 _TOOL = (os.environ.get("RABBITMQADMIN") or shutil.which("rabbitmqadmin")
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(_TOOL is None, reason="no rabbitmqadmin (Debian'
 
 @pytest.fixture
 def admin(start_broker):
-    broker: BrokerProcess = start_broker(management_port=_free_port())
+    broker: BrokerProcess = start_broker(management_port=free_port())
 
     def run(*args: str, vhost: str | None = None) -> str:
         command = ["python3", _TOOL, "-H", "127.0.0.1", "-P", str(broker.management_port), "-u", "guest",

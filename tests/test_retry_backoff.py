@@ -14,7 +14,7 @@ from amqpbroker.broker import channel as channel_module
 from amqpbroker.broker import tenancy
 from amqpbroker.broker.broker import Broker
 from amqpbroker.broker.retry import RetryPolicy
-from amqpbroker.testing import _free_port
+from amqpbroker.testing import free_port
 from tests.helpers import FakeClient, deliveries
 from tests.test_management import call
 
@@ -140,7 +140,7 @@ def test_bad_backoff_arguments_are_a_406(arguments) -> None:
 
 
 def test_pika_sees_the_backoff_and_the_api_lists_the_waiting_messages(start_broker) -> None:
-    broker = start_broker(management_port=_free_port())
+    broker = start_broker(management_port=free_port())
     with pika.BlockingConnection(pika.URLParameters(broker.url)) as connection:
         channel = connection.channel()
         channel.queue_declare("backoff", arguments={"x-delayed-retry-min": 800, "x-delayed-retry-multiplier": 2})
@@ -182,7 +182,7 @@ def test_waiting_messages_count_for_length_limits_and_if_empty(clock) -> None:
 def test_a_backoff_wait_survives_a_kill_9(start_broker) -> None:
     """The end of a stored message's backoff is kept with its delivery count: after a crash it
     still waits out the rest of it, then comes back counted."""
-    broker = start_broker(management_port=_free_port())
+    broker = start_broker(management_port=free_port())
     parameters = pika.URLParameters(broker.url)
     with pika.BlockingConnection(parameters) as connection:
         channel = connection.channel()

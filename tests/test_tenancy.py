@@ -14,7 +14,7 @@ import pika
 import pika.exceptions
 import pytest
 
-from amqpbroker.testing import _free_port
+from amqpbroker.testing import free_port
 from tests.broker_process import BrokerProcess
 from tests.test_management import call
 
@@ -23,7 +23,7 @@ DATA = Path(__file__).parent / "data"
 
 @pytest.fixture
 def managed(start_broker) -> BrokerProcess:
-    return start_broker(management_port=_free_port())
+    return start_broker(management_port=free_port())
 
 
 def _connect(broker: BrokerProcess, user: str, password: str, vhost: str = "/") -> pika.BlockingConnection:
@@ -193,7 +193,7 @@ def test_our_definitions_load_into_a_fresh_broker(managed, start_broker) -> None
     call(managed, "PUT", "/api/vhosts/team", {"description": "the team"})
     _add_app_user(managed, "team", configure="^t", write="^t", read="^t")
     status, exported = call(managed, "GET", "/api/definitions")
-    fresh = start_broker(management_port=_free_port())
+    fresh = start_broker(management_port=free_port())
     assert call(fresh, "POST", "/api/definitions", exported)[0] == 204
     assert call(fresh, "GET", "/api/vhosts/team")[1]["description"] == "the team"
     with _connect(fresh, "app", "s3cret", "team") as connection:
@@ -220,7 +220,7 @@ def test_limits_are_set_listed_kept_across_kill_9_and_exported(managed, start_br
     assert call(managed, "GET", "/api/vhost-limits")[1] == [{"vhost": "limited", "value": {"max-queues": 3}}]
     assert call(managed, "GET", "/api/user-limits/app")[1] == [{"user": "app", "value": {"max-channels": 5}}]
     status, exported = call(managed, "GET", "/api/definitions")
-    fresh = start_broker(management_port=_free_port())
+    fresh = start_broker(management_port=free_port())
     assert call(fresh, "POST", "/api/definitions", exported)[0] == 204
     assert call(fresh, "GET", "/api/vhost-limits/limited")[1] == [{"vhost": "limited", "value": {"max-queues": 3}}]
     assert call(fresh, "GET", "/api/users/app")[1]["limits"] == {"max-channels": 5}
@@ -230,7 +230,7 @@ def test_limits_are_set_listed_kept_across_kill_9_and_exported(managed, start_br
 
 
 def test_load_definitions_at_start_imports_rabbitmq_s_file_every_start(start_broker) -> None:
-    broker = start_broker(management_port=_free_port(),
+    broker = start_broker(management_port=free_port(),
                           env={"AMQPBROKER_LOAD_DEFINITIONS": str(DATA / "rabbitmq-3.10.8-definitions.json")})
     assert call(broker, "GET", "/api/whoami", user="moved-user", password="moved-pw")[0] == 200
     broker.restart()  # imported again: idempotent
@@ -241,7 +241,7 @@ def test_a_bad_definitions_file_stops_start_up_naming_the_entry(tmp_path) -> Non
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"permissions": [{"user": "nobody", "vhost": "/", "configure": "", "write": "",
                                                 "read": ""}]}))
-    result = subprocess.run([sys.executable, "-m", "amqpbroker", "--host", "127.0.0.1", "--port", str(_free_port()),
+    result = subprocess.run([sys.executable, "-m", "amqpbroker", "--host", "127.0.0.1", "--port", str(free_port()),
                              "--data-dir", str(tmp_path / "d"), "--management-port", "0", "--prometheus-port", "0"],
                             env={"AMQPBROKER_LOAD_DEFINITIONS": str(bad), "PATH": "/usr/bin:/bin"},
                             capture_output=True, text=True, timeout=30)
@@ -251,7 +251,7 @@ def test_a_bad_definitions_file_stops_start_up_naming_the_entry(tmp_path) -> Non
 
 
 def test_the_default_vhost_is_configurable(start_broker) -> None:
-    broker = start_broker(management_port=_free_port(), env={"AMQPBROKER_DEFAULT_VHOST": "prod"})
+    broker = start_broker(management_port=free_port(), env={"AMQPBROKER_DEFAULT_VHOST": "prod"})
     with _connect(broker, "guest", "guest", "prod") as connection:
         connection.channel()
     with pytest.raises(pika.exceptions.ProbableAccessDeniedError):

@@ -14,7 +14,7 @@ import pika.exceptions
 import pytest
 import trustme
 
-from amqpbroker.testing import _free_port, _wait_for_port
+from amqpbroker.testing import free_port, _wait_for_port
 from tests.broker_process import BrokerProcess
 from tests.test_management import call
 
@@ -38,10 +38,10 @@ def tls_files(ca, tmp_path) -> dict[str, str]:
 
 
 def _tls_broker(start_broker, tls_files, prometheus_port: int = 0, **settings: str) -> tuple[BrokerProcess, int]:
-    tls_port = _free_port()
+    tls_port = free_port()
     env = {"AMQPBROKER_TLS_PORT": str(tls_port), "AMQPBROKER_TLS_CERTFILE": tls_files["cert"],
            "AMQPBROKER_TLS_KEYFILE": tls_files["key"], "AMQPBROKER_TLS_CAFILE": tls_files["ca"], **settings}
-    broker = start_broker(env=env, management_port=_free_port(), prometheus_port=prometheus_port)
+    broker = start_broker(env=env, management_port=free_port(), prometheus_port=prometheus_port)
     _wait_for_port(tls_port, broker.process, 10)
     return broker, tls_port
 
@@ -108,7 +108,7 @@ def test_a_plain_amqp_client_on_the_tls_port_gets_a_clean_close(start_broker, tl
 
 
 def test_a_bad_tls_setting_stops_start_up_with_one_clear_line(tmp_path, tls_files) -> None:
-    result = subprocess.run([sys.executable, "-m", "amqpbroker", "--host", "127.0.0.1", "--port", str(_free_port()),
+    result = subprocess.run([sys.executable, "-m", "amqpbroker", "--host", "127.0.0.1", "--port", str(free_port()),
                              "--data-dir", str(tmp_path / "d"), "--management-port", "0", "--prometheus-port", "0"],
                             env={"AMQPBROKER_TLS_CERTFILE": tls_files["cert"], "PATH": "/usr/bin:/bin"},
                             capture_output=True, text=True, timeout=30)
@@ -119,7 +119,7 @@ def test_a_bad_tls_setting_stops_start_up_with_one_clear_line(tmp_path, tls_file
 
 def test_the_management_api_and_metrics_over_https(start_broker, tls_files) -> None:
     import urllib.request
-    metrics_port = _free_port()
+    metrics_port = free_port()
     broker, _ = _tls_broker(start_broker, tls_files, prometheus_port=metrics_port, AMQPBROKER_MANAGEMENT_TLS="true",
                             AMQPBROKER_PROMETHEUS_TLS="true")
     context = _client_context(tls_files, with_certificate=False)

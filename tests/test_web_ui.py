@@ -13,7 +13,7 @@ from pathlib import Path
 import pika
 import pytest
 
-from amqpbroker.testing import _free_port
+from amqpbroker.testing import free_port
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
 def page_and_broker(start_broker) -> Iterator[tuple]:
     from playwright.sync_api import sync_playwright
 
-    broker = start_broker(management_port=_free_port())
+    broker = start_broker(management_port=free_port())
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM, headless=True,

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from amqpbroker.broker.stream_offsets import max_age_error
 from amqpbroker.errors import precondition_failed
 
 __all__ = ["validate_queue_arguments", "check_queue_equivalence", "check_exchange_equivalence",
@@ -56,16 +57,23 @@ def _queue_version(value: Any) -> str | None:
 # arguments a queue type does not take (RabbitMQ's 406 "... of queue type rabbit_X_queue");
 # x-delivery-limit is taken by classic queues here, on purpose (docs/compatibility.md)
 _REFUSED_BY_TYPE = {
-    "quorum": ("x-queue-mode", "x-queue-version", "x-max-priority", "x-queue-master-locator"),
-    "classic": ("x-dead-letter-strategy", "x-quorum-initial-group-size", "x-queue-leader-locator"),
+    "quorum": ("x-queue-mode", "x-queue-version", "x-max-priority", "x-queue-master-locator", "x-max-age",
+               "x-stream-max-segment-size-bytes", "x-initial-cluster-size"),
+    "classic": ("x-dead-letter-strategy", "x-quorum-initial-group-size", "x-queue-leader-locator",
+                "x-max-age", "x-stream-max-segment-size-bytes", "x-initial-cluster-size"),
 }
+
+
+def _refused(queue_type: str, key: str) -> bool:
+    if queue_type == "stream":
+        return key not in _STREAM_ARGUMENTS and (key in QUEUE_ARGUMENTS or key.startswith(_EXTENSION_PREFIXES))
+    return key in _REFUSED_BY_TYPE.get(queue_type, ())
 
 
 def refuse_other_types_arguments(name: str, vhost: str, queue_type: str, arguments: dict[str, Any]) -> None:
     """A 406 for the first argument that belongs to another queue type, as RabbitMQ."""
-    refused = _REFUSED_BY_TYPE.get(queue_type, ())
     for key in arguments:
-        if key in refused:
+        if _refused(queue_type, key):
             raise precondition_failed(f"invalid arg '{key}' for queue '{name}' in vhost '{vhost}' "
                                       f"of queue type rabbit_{queue_type}_queue")
 
@@ -141,7 +149,16 @@ QUEUE_ARGUMENTS: dict[str, Callable[[Any], str | None]] = {
     "x-consumer-timeout": _non_negative_int,
     "x-queue-master-locator": _string,
     "x-quorum-initial-group-size": _positive_int,
+    "x-max-age": max_age_error,
+    "x-stream-max-segment-size-bytes": _non_negative_int,
+    "x-stream-filter-size-bytes": _non_negative_int,
+    "x-initial-cluster-size": _positive_int,
 }
+# what a stream takes, as RabbitMQ's rabbit_stream_queue (every other known argument is refused)
+_STREAM_ARGUMENTS = frozenset(("x-queue-type", "x-max-length-bytes", "x-max-age", "x-stream-max-segment-size-bytes",
+                               "x-stream-filter-size-bytes", "x-initial-cluster-size", "x-queue-leader-locator"))
+# this broker's own queue arguments (deduplication.py, retry.py): not for streams either
+_EXTENSION_PREFIXES = ("x-message-deduplication", "x-cache-", "x-deduplication-header", "x-delayed-retry")
 
 
 def _amqp_type(value: Any) -> str:

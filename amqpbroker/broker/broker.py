@@ -179,7 +179,7 @@ class Broker:
             except Exception as exc:  # one queue's fault: logged, the queue and the broker go on
                 log_internal_error(log, f"dispatch of queue '{queue.name}' in vhost '{queue.vhost}'", exc)
         journal = self.journal
-        if journal.ops or journal.waiters or journal.pages or journal.page_requests:
+        if journal.ops or journal.waiters or journal.pages or journal.page_requests or journal.stream_reads:
             journal.on_pending()
         pending = self.output_pending
         if pending:

@@ -5,7 +5,8 @@ registers publisher confirms that must wait until those operations are synced. T
 (``amqpbroker/server/persistence.py``) takes both once per batch of input, writes the operations
 unsynced, syncs in a worker thread, and then releases the confirms.
 
-It also carries queue paging: a queue whose ready messages pass the window (``window_messages``,
+It also carries the store reads of stream consumers behind their stream's tail
+(``stream_reads``), and queue paging: a queue whose ready messages pass the window (``window_messages``,
 ``window_bytes``) writes further arrivals out here instead of keeping them, and asks for them back
 (``page_requests``) when its in-memory part runs low.
 
@@ -40,6 +41,11 @@ for the next sync, which keeps confirms in order.
 ``("entries-", queue_id, from_seq)``                    a durable queue's paged-out entries dropped
 ``("delayed", id, vhost, exchange, due, message)``      a message held by a delayed exchange
 ``("delayed-", id)``                                    it was routed (or dropped)
+``("stream", stream_id, offset, filter_value, message)`` a message appended to a stream (stream.py)
+``("chunk", stream_id, first_offset, timestamp, count,  ... the stream's chunk of this batch ended
+nbytes, segment_start)``
+``("stream-", stream_id, below_offset)``                 retention dropped the offsets below
+``("offset", stream_id, name, offset)``                  a named consumer's offset (tracking)
 ``("meta", kind, key, value)``                          a user, vhost or permission set (tenancy.py)
 ``("meta-", kind, key)``                                removed
 =====================================================  ========================================
@@ -62,6 +68,8 @@ if TYPE_CHECKING:
     from amqpbroker.broker.channel import Channel
     from amqpbroker.broker.message import Message
     from amqpbroker.broker.queue import Entry, Queue
+    from amqpbroker.broker.stream import StreamConsumer, StreamQueue
+    from amqpbroker.broker.stream_log import Chunk
 
 __all__ = ["Journal", "INLINE"]
 
@@ -72,7 +80,8 @@ UNBOUNDED = sys.maxsize
 class Journal:
     """Outbox of durable operations, of the confirms that wait for them, and of page requests."""
 
-    __slots__ = ("_enabled", "ops", "pages", "waiters", "page_requests", "next_message_id",
+    __slots__ = ("_enabled", "ops", "pages", "waiters", "page_requests", "stream_reads", "open_streams",
+                 "next_message_id",
                  "next_queue_id", "next_page_id", "next_delay_id", "on_pending", "failed", "window_messages",
                  "window_bytes", "paging_window", "_unwritten_messages",
                  "_unwritten_entries")
@@ -82,6 +91,8 @@ class Journal:
         self.pages: list[tuple] = []
         self.waiters: list[tuple[Channel, int, Message]] = []
         self.page_requests: list[Queue] = []
+        self.stream_reads: list[StreamConsumer] = []
+        self.open_streams: set[StreamQueue] = set()  # streams whose chunk of this batch is open
         # where in ``ops`` the puts of messages and entries not handed to the store yet are: one
         # that is gone again before the next flush (consumed at once) is never written at all
         self._unwritten_messages: dict[int, int] = {}
@@ -107,11 +118,16 @@ class Journal:
 
     def take(self) -> tuple[list[tuple | None], list[tuple], list[tuple[Channel, int]]]:
         """Hand over the operations (None where one was cancelled), pages, and the confirms that
-        must wait for them to be synced.
+        must wait for them to be synced. A stream's chunk still open ends here, so that a
+        chunk's messages and its index entry are always in the same write.
 
         A persistent message that every queue gave away before it was written (an autoack
         consumer took it at once) has nothing left to sync: its confirm goes out now, as RabbitMQ
         confirms a message consumed before it was persisted."""
+        if self.open_streams:
+            for stream in list(self.open_streams):
+                stream.close_chunk()
+            self.open_streams.clear()
         ops, pages, waiters = self.ops, self.pages, self.waiters
         self.ops, self.pages, self.waiters = [], [], []
         self._unwritten_messages.clear()
@@ -205,6 +221,25 @@ class Journal:
     def wait_for_sync(self, channel: Channel, seq: int, message: Message) -> None:
         """Confirm publish ``seq`` of ``channel`` once the writes of ``message`` are synced."""
         self.waiters.append((channel, seq, message))
+
+    # ---------------------------------------------------------------- streams
+
+    def append_stream(self, stream: StreamQueue, offset: int, filter_value: str | None, message: Message) -> None:
+        self.ops.append(("stream", stream.queue_id, offset, filter_value, message))
+        self.open_streams.add(stream)
+
+    def stream_chunk(self, stream: StreamQueue, chunk: Chunk) -> None:
+        self.ops.append(("chunk", stream.queue_id, *chunk))
+        self.open_streams.discard(stream)
+
+    def trim_stream(self, stream: StreamQueue, below_offset: int) -> None:
+        self.ops.append(("stream-", stream.queue_id, below_offset))
+
+    def track_offset(self, stream: StreamQueue, name: str, offset: int) -> None:
+        self.ops.append(("offset", stream.queue_id, name, offset))
+
+    def request_stream_read(self, consumer: StreamConsumer) -> None:
+        self.stream_reads.append(consumer)
 
     # ---------------------------------------------------------------- paging
 

@@ -17,11 +17,11 @@ from pamqp import commands
 
 from amqpbroker.broker.access import CONFIGURE, READ, WRITE
 from amqpbroker.broker.channel import Channel
-from amqpbroker.broker.consumer import Consumer
 from amqpbroker.broker.consumer_timeouts import consumer_timeout_argument
 from amqpbroker.broker.message import Message
 from amqpbroker.broker.publishing import route
 from amqpbroker.broker.queue import Queue
+from amqpbroker.broker.queue_types import STREAM
 from amqpbroker.broker.vhost import REPLY_TO, server_named_queue
 from amqpbroker.codec.methods import Ack
 from amqpbroker.errors import ChannelError, ConnectionError, ReplyCode, access_refused, not_found, precondition_failed
@@ -235,8 +235,8 @@ def _basic_consume(session: Session, channel: Channel, m: commands.Basic.Consume
         timeout = consumer_timeout_argument(arguments)
     except ValueError as exc:
         raise precondition_failed(str(exc)) from None
-    consumer = Consumer(tag, queue, channel, no_ack=m.no_ack, exclusive=m.exclusive,
-                        prefetch=channel.consumer_prefetch, arguments=arguments)
+    consumer = queue.consumer_for(tag, channel, no_ack=m.no_ack, exclusive=m.exclusive,
+                                  prefetch=channel.consumer_prefetch, arguments=arguments)
     consumer.timeout = timeout
     channel.consumers[tag] = consumer
     if not m.nowait:
@@ -320,7 +320,17 @@ def _settle(session: Session, channel: Channel, tag: int, multiple: bool, requeu
         channel.check_tags(tag, multiple)
         channel.tx.append((tag, multiple, requeue))
         return
-    channel.settle(channel.take_unacked(tag, multiple), requeue=requeue, rejected=True)
+    _settle_rejected(channel, channel.take_unacked(tag, multiple), requeue)
+
+
+def _settle_rejected(channel: Channel, deliveries: list, requeue: bool) -> None:
+    """Nacked or rejected deliveries; a stream's are refused with 540 as RabbitMQ (their credit
+    goes back first; the connection closes)."""
+    streams = [delivery[0] for delivery in deliveries if delivery[0].type is STREAM]
+    if streams:
+        channel.settle(deliveries, requeue=True)
+        streams[0].refuse_settle()
+    channel.settle(deliveries, requeue=requeue, rejected=True)
 
 
 def _basic_recover(session: Session, channel: Channel, m: commands.Basic.Recover) -> None:
@@ -368,7 +378,7 @@ def _tx_commit(session: Session, channel: Channel, m: commands.Tx.Commit) -> Non
             if requeue is None:
                 channel.ack(Ack(tag, multiple))
             else:
-                channel.settle(channel.take_unacked(tag, multiple), requeue=requeue, rejected=True)
+                _settle_rejected(channel, channel.take_unacked(tag, multiple), requeue)
     journal = session.broker.journal
     if not stored or not journal.enabled:
         channel.send(commands.Tx.CommitOk())

@@ -29,10 +29,11 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from amqpbroker.broker.backlog import TaskCounters
 from amqpbroker.broker.channel import OUTPUT_BYTES_HIGH_WATER, OUTPUT_HIGH_WATER
+from amqpbroker.broker.consumer import Consumer
 from amqpbroker.broker.deduplication import Deduplication
 from amqpbroker.broker.dead_letter import DELIVERY_LIMIT, EXPIRED, MAXLEN
 from amqpbroker.broker.dead_letter_hold import DeadLetterHold, HeldDeadLetter
@@ -46,9 +47,6 @@ from amqpbroker.broker.retry import DEFAULT_RETRY_LIMIT, RetryPolicy
 from amqpbroker.broker.queue_options import DROP_HEAD, REJECT_PUBLISH_DLX, QueueOptions
 from amqpbroker.codec.content import decode_properties, encode_content_header
 from amqpbroker.codec.tables import TableError
-
-if TYPE_CHECKING:
-    from amqpbroker.broker.consumer import Consumer
 
 __all__ = ["Queue", "Entry"]
 
@@ -767,6 +765,12 @@ class Queue:
         return None
 
     # ---------------------------------------------------------------- consumers
+
+    def consumer_for(self, tag: str, channel: Any, *, no_ack: bool, exclusive: bool, prefetch: int,
+                     arguments: dict[str, Any]) -> Consumer:
+        """The consumer a ``basic.consume`` makes (a stream checks and keeps more: stream.py)."""
+        return Consumer(tag, self, channel, no_ack=no_ack, exclusive=exclusive, prefetch=prefetch,
+                        arguments=arguments)
 
     def add_consumer(self, consumer: Consumer, exclusive: bool) -> None:
         self.consumers.append(consumer)

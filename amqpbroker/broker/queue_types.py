@@ -1,4 +1,4 @@
-"""Queue types: what differs between a classic and a quorum queue, in one object per type rather
+"""Queue types: what differs between a classic and a quorum queue (and a stream), in one object per type rather
 than flags spread through ``Queue`` (the first step of making queue types strategies behind one
 interface, before streams: issue #12).
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["QueueType", "CLASSIC", "QUORUM", "queue_type_of"]
+__all__ = ["QueueType", "CLASSIC", "QUORUM", "STREAM", "queue_type_of"]
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,10 @@ CLASSIC = QueueType("classic", counts_every_delivery=False, takes_global_qos=Tru
                     dead_letters_at_least_once=False, needs_durable_shared=False)
 QUORUM = QueueType("quorum", counts_every_delivery=True, takes_global_qos=False,
                    dead_letters_at_least_once=True, needs_durable_shared=True)
-_BY_NAME = {CLASSIC.name: CLASSIC, QUORUM.name: QUORUM}
+# a stream (stream.py) is its own class of queue; these say what it shares with the others
+STREAM = QueueType("stream", counts_every_delivery=False, takes_global_qos=True,
+                   dead_letters_at_least_once=False, needs_durable_shared=True)
+_BY_NAME = {CLASSIC.name: CLASSIC, QUORUM.name: QUORUM, STREAM.name: STREAM}
 
 
 def queue_type_of(arguments: dict[str, Any]) -> QueueType:

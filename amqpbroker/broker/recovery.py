@@ -24,6 +24,8 @@ from amqpbroker.broker.broker import Broker
 from amqpbroker.broker.journal import INLINE
 from amqpbroker.broker.message import Message
 from amqpbroker.broker.queue import Queue
+from amqpbroker.broker.stream import StreamQueue
+from amqpbroker.broker.stream_log import Chunk
 
 __all__ = ["restore"]
 
@@ -114,6 +116,11 @@ def restore(broker: Broker, store: Any) -> None:
         held.setdefault(queue_id, {})[seq] = reason
     count = paged = 0
     for queue_id, queue in queues_by_id.items():
+        if isinstance(queue, StreamQueue):  # its index and tracked offsets; its messages stay in the store
+            queue.restore_stream([Chunk(*chunk) for chunk in store.stream_chunks(queue_id)],
+                                 store.stream_offsets(queue_id))
+            count += queue.message_count
+            continue
         _restore_queue(queue, store, messages, journal.paging_window, cleanup, marks_used,
                        returns.pop(queue_id, {}), held.pop(queue_id, {}), waits.get(queue_id, {}))
         count += queue.message_count

@@ -30,9 +30,10 @@ from amqpbroker.broker.journal import Journal
 from amqpbroker.broker.message import Message
 from amqpbroker.broker.policies import Policy, choose, effective
 from amqpbroker.broker.queue import Queue
+from amqpbroker.broker.stream import StreamQueue
 from amqpbroker.codec.methods import shortstr
 from amqpbroker.codec.tables import TableError, encode_table
-from amqpbroker.broker.queue_types import queue_type_of
+from amqpbroker.broker.queue_types import STREAM, queue_type_of
 from amqpbroker.broker.compatibility import DEFAULT_PROFILE, PROFILES, TRANSIENT_NONEXCLUSIVE_REFUSED, Profile
 from amqpbroker.errors import (
     ConnectionError, ReplyCode, access_refused, cut_to_bytes, log_internal_error, not_found,
@@ -159,9 +160,10 @@ class VirtualHost:
                 if queue_id is None:
                     queue_id = journal.new_queue_id()  # (one lost to a refused definition is harmless)
                 record = stored_record({**queue_definition(op), "id": queue_id})
-            queue = Queue(op.name, self.name, durable=op.durable, exclusive_owner=op.exclusive_owner,
-                          auto_delete=op.auto_delete, arguments=op.arguments, mark_dirty=self._mark_dirty,
-                          journal=journal, queue_id=queue_id if stored else None, host=self)
+            queue_class = StreamQueue if queue_type_of(op.arguments) is STREAM else Queue
+            queue = queue_class(op.name, self.name, durable=op.durable, exclusive_owner=op.exclusive_owner,
+                                auto_delete=op.auto_delete, arguments=op.arguments, mark_dirty=self._mark_dirty,
+                                journal=journal, queue_id=queue_id if stored else None, host=self)
             self.queues[op.name] = queue
             if record is not None:
                 journal.definition(("queue", self.name, op.name, queue.queue_id, record))
@@ -419,14 +421,11 @@ class VirtualHost:
 
     def _check_queue_type(self, name: str, arguments: dict[str, Any], *, durable: bool, exclusive: bool,
                           auto_delete: bool) -> None:
-        """A quorum queue is durable, not exclusive, not auto-delete, has no priorities (406s as
-        RabbitMQ); streams are not offered here."""
+        """A quorum queue or a stream is durable, not exclusive, not auto-delete (406s as RabbitMQ)."""
         queue_type = arguments.get("x-queue-type", "classic")
         if isinstance(queue_type, bytes):
             queue_type = queue_type.decode(errors="replace")
         where = f"for queue '{name}' in vhost '{self.name}'"
-        if queue_type == "stream":
-            raise precondition_failed(f"invalid arg 'x-queue-type' {where}: unsupported queue type 'stream'")
         if not queue_type_of(arguments).needs_durable_shared:
             return
         for invalid, flag in (("non-durable", not durable), ("exclusive-owner", exclusive),

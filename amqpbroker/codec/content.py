@@ -13,12 +13,12 @@ from typing import Any
 
 from pamqp import commands
 
-from amqpbroker.codec.tables import TableError, Timestamp, check_table, decode_table, encode_table
+from amqpbroker.codec.tables import _FIXED, TableError, Timestamp, check_table, decode_table, encode_table
 from amqpbroker.errors import ConnectionError, ReplyCode
 
 __all__ = ["parse_content_header", "check_properties", "FIXED_PROPERTY_LENGTHS", "decode_properties", "encode_content_header",
            "delivery_mode",
-           "priority", "BASIC_CLASS_ID"]
+           "priority", "with_long_header", "stream_filter_value", "BASIC_CLASS_ID"]
 
 BASIC_CLASS_ID = 60
 _HEADER_HEAD = struct.Struct(">HHQ")
@@ -178,3 +178,109 @@ def _octet_property(header_payload: bytes, flag: int) -> int | None:
     if flag == _PRIORITY and flags & _DELIVERY_MODE:
         offset += 1
     return header_payload[offset]
+
+
+# ------------------------------------------------------------------ headers on the raw bytes
+# A stream queue stamps every delivery with ``x-stream-offset`` and reads every publish's
+# ``x-stream-filter-value``: both work on the header bytes, without decoding the properties.
+
+_FLAGS = struct.Struct(">H")
+_LONG_LONG = struct.Struct(">q")
+
+
+def with_long_header(header_payload: bytes, name: str, value: int) -> bytes:
+    """The content header ``header_payload`` (checked by :func:`check_properties`) with the
+    header ``name`` set to ``value`` as a long-long (signed 64 bits, type ``l``, as RabbitMQ's
+    ``x-stream-offset``); class, weight, body size and every other property keep their bytes.
+
+    Without ``headers``, a table holding just that field goes in; otherwise the field goes at the
+    end of the table, or where a field of that name already was (its duplicates dropped). Raises
+    :class:`TableError` for a value outside 64 bits or a name longer than 255 bytes."""
+    key = _KEYS.get(name) or _key(name)
+    try:
+        field = key + b"l" + _LONG_LONG.pack(value)
+    except struct.error:
+        raise TableError(f"{value!r} does not fit a long-long header (signed 64 bits)") from None
+    flags = (header_payload[12] << 8) | header_payload[13]
+    offset = 14
+    if flags & _CONTENT_TYPE:
+        offset += 1 + header_payload[offset]
+    if flags & _CONTENT_ENCODING:
+        offset += 1 + header_payload[offset]
+    if not flags & _HEADERS:
+        return b"".join((header_payload[:12], _FLAGS.pack(flags | _HEADERS), header_payload[14:offset],
+                         _LONG.pack(len(field)), field, header_payload[offset:]))
+    start = offset + 4
+    end = start + _LONG.unpack_from(header_payload, offset)[0]
+    if header_payload.find(key, start, end) >= 0:  # perhaps a field of that name already (rare)
+        spans = _field_spans(header_payload, start, end, key[1:])
+        if spans:
+            parts = [header_payload[:offset], b"", header_payload[start:spans[0][0]], field]
+            for (_, span_end), (next_start, _) in zip(spans, spans[1:]):
+                parts.append(header_payload[span_end:next_start])
+            parts.append(header_payload[spans[-1][1]:])
+            removed = sum(span_end - span_start for span_start, span_end in spans)
+            parts[1] = _LONG.pack(end - start - removed + len(field))
+            return b"".join(parts)
+    return b"".join((header_payload[:offset], _LONG.pack(end - start + len(field)),
+                     header_payload[start:end], field, header_payload[end:]))
+
+
+_KEYS: dict[str, bytes] = {}  # header name -> its key as a shortstr; a few names, built once
+
+
+def _key(name: str) -> bytes:
+    raw_key = name.encode("utf-8", "surrogateescape")
+    if len(raw_key) > 255:
+        raise TableError("field table key longer than 255 bytes")
+    if len(_KEYS) >= 64:  # callers pass constants; bound it all the same
+        _KEYS.clear()
+    key = _KEYS[name] = bytes((len(raw_key),)) + raw_key
+    return key
+
+
+_STREAM_FILTER_KEY = b"x-stream-filter-value"
+
+
+def stream_filter_value(header_payload: bytes) -> str | None:
+    """The ``x-stream-filter-value`` header of a content header checked by
+    :func:`check_properties`, if it is a string (a long string; bytes that are not UTF-8 are
+    replaced); None without one, or for a value of another type. The last field of that name
+    counts, as for :func:`decode_properties`."""
+    if _STREAM_FILTER_KEY not in header_payload:  # nearly every message: one scan of the bytes
+        return None
+    flags = (header_payload[12] << 8) | header_payload[13]
+    if not flags & _HEADERS:
+        return None
+    offset = 14
+    if flags & _CONTENT_TYPE:
+        offset += 1 + header_payload[offset]
+    if flags & _CONTENT_ENCODING:
+        offset += 1 + header_payload[offset]
+    start = offset + 4
+    spans = _field_spans(header_payload, start, start + _LONG.unpack_from(header_payload, offset)[0],
+                         _STREAM_FILTER_KEY)
+    if not spans:
+        return None
+    value_start, value_end = spans[-1]
+    value_start += 1 + len(_STREAM_FILTER_KEY)
+    if header_payload[value_start] != 0x53:  # S: a long string
+        return None
+    return header_payload[value_start + 5:value_end].decode("utf-8", "replace")
+
+
+def _field_spans(payload: bytes, start: int, end: int, raw_key: bytes) -> list[tuple[int, int]]:
+    """``(start, end)`` of every field named ``raw_key`` among the fields of a checked table
+    that lie between ``start`` and ``end`` (nested tables are stepped over, not searched)."""
+    spans = []
+    position = start
+    while position < end:
+        field_start = position
+        key_end = position + 1 + payload[position]
+        tag = payload[key_end]
+        size = _FIXED.get(tag)
+        # every other type (S, x, F, A) is a long length, then that many bytes
+        position = key_end + 1 + (size if size is not None else 4 + _LONG.unpack_from(payload, key_end + 1)[0])
+        if payload[field_start + 1:key_end] == raw_key:
+            spans.append((field_start, position))
+    return spans

@@ -35,6 +35,7 @@ import anyio
 
 from amqpbroker.broker.broker import Broker
 from amqpbroker.broker.queue import Queue
+from amqpbroker.broker.stream import StreamConsumer
 from amqpbroker.errors import log_internal_error
 from amqpbroker.store.base import Store
 
@@ -79,7 +80,7 @@ class StoreWriter:
     def flush(self) -> None:
         """Write what the journal holds (on the loop, unsynced) and ask for a sync."""
         ops, pages, waiters = self.journal.take()
-        if self.journal.page_requests:
+        if self.journal.page_requests or self.journal.stream_reads:
             self._pages_wanted.set()
         if pages or self._retry_pages:
             self._write_pages(pages)
@@ -236,11 +237,21 @@ class StoreWriter:
     # ---------------------------------------------------------------- paging
 
     async def run_pages(self) -> None:
-        """Read the pages queues asked for, one at a time, each in a worker thread."""
+        """Read the pages queues asked for, and the messages stream consumers behind their
+        stream's tail need, one read at a time, each in a worker thread."""
         requests = self.journal.page_requests
+        stream_reads = self.journal.stream_reads
         while True:
             await self._pages_wanted.wait()
             self._pages_wanted = anyio.Event()
+            while stream_reads and not self.journal.failed:
+                consumer = stream_reads.pop(0)
+                try:
+                    await self._read_stream(consumer)
+                except Exception as exc:  # one consumer's fault: the reader goes on
+                    log_internal_error(log, f"a read of stream '{consumer.queue.name}'", exc)
+                    consumer.read_failed()
+                self.broker.run_pending()
             while requests:
                 if self._retry_pages:  # what they would read is not written yet: after the retry
                     break
@@ -271,6 +282,20 @@ class StoreWriter:
             self._read_later(queue)
             return
         queue.paged_in(epoch, page)
+
+    async def _read_stream(self, consumer: StreamConsumer) -> None:
+        wanted = consumer.read_wanted()
+        if wanted is None:
+            return
+        try:
+            read, next_offset = await anyio.to_thread.run_sync(self.store.read_stream, *wanted,
+                                                               limiter=self._page_limiter)
+        except Exception as exc:
+            log.error("stream '%s': reading messages for consumer '%s' failed (tried again at its next "
+                      "dispatch): %s", consumer.queue.name, consumer.tag, exc)
+            consumer.read_failed()
+            return
+        consumer.read_done(read, next_offset)
 
     def _read_later(self, queue: Queue) -> None:
         """No page for ``queue`` now: its waiting gets are answered from memory and the read is

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
-__all__ = ["Store", "Recovered", "StoredMessage", "StoredEntry", "StoreError"]
+__all__ = ["Store", "Recovered", "StoredMessage", "StoredEntry", "StoreError", "StreamChunk"]
 
 
 class StoreError(Exception):
@@ -28,6 +28,16 @@ class StoredEntry(NamedTuple):
     delivered: bool  # handed out at least once
     persistent: bool  # inline entries only: transient ones do not outlive a restart
     inline: StoredMessage | None  # the entry's own copy of its message (paged-out entries)
+
+
+class StreamChunk(NamedTuple):
+    """The index record of one chunk of a stream (a run of messages written together)."""
+
+    first_offset: int
+    timestamp: float  # wall-clock seconds of the chunk's first message
+    count: int  # messages in the chunk
+    nbytes: int  # body bytes of the chunk
+    segment_start: bool  # the chunk starts a new segment (the unit retention drops)
 
 
 @dataclass
@@ -74,6 +84,22 @@ class Store(Protocol):
                   max_bytes: int) -> list[tuple[int, StoredMessage]]:
         """Up to ``count`` paged-out entries ``(seq, message)`` of a queue from ``from_seq`` on,
         stopping once ``max_bytes`` of bodies were read (blocking: a worker thread calls it)."""
+
+    def stream_chunks(self, stream_id: int) -> list[StreamChunk]:
+        """A stream's chunk index records in offset order (blocking; at recovery)."""
+
+    def stream_offsets(self, stream_id: int) -> dict[str, int]:
+        """The offsets a stream's named consumers tracked, by name (blocking; at recovery)."""
+
+    def read_stream(self, stream_id: int, from_offset: int, count: int, max_bytes: int,
+                    filters: frozenset[str] | None,
+                    match_unfiltered: bool) -> tuple[list[tuple[int, StoredMessage]], int]:
+        """Scan a stream's messages from ``from_offset`` on, in order (blocking: a worker thread
+        calls it). A message is included when ``filters`` is None, when its filter value is in
+        ``filters``, or when it has none and ``match_unfiltered`` is true. Stops after ``count``
+        included messages, once included bodies reach ``max_bytes`` (one message at least), or
+        after scanning ``50 * count`` messages. Returns the included ``(offset, message)`` pairs
+        and the offset after the last one scanned (``from_offset`` when none was: the end)."""
 
     def sync(self) -> None:
         """Make every write so far durable (blocking; called from a worker thread)."""

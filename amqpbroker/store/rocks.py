@@ -24,10 +24,18 @@ key                                            value
                                                 expiry, remembered at (doubles)
 ``a`` kind (1) key                              access metadata (users, vhosts, permissions): the
                                                 broker's own encoding, opaque here
+``s`` stream id (8) offset (8)                  a stream message: a flag (1: a shortstr filter value
+                                                follows, 0: none), then the message as in ``m``
+``k`` stream id (8) first offset (8)            a chunk of that stream: its first message's time
+                                                (double), count (4), body bytes (8), whether it
+                                                starts a segment (1)
+``o`` stream id (8) consumer name               a named consumer's tracked offset (8)
 =============================================  ==================================================
 
 Entries of a queue are contiguous and in arrival order, so recovery reads each queue in order with
 one prefix scan, a page is one seek and a short scan, and a queue is dropped with one range delete.
+A stream (its id is its queue id) is a log in offset order: a read is one seek and a scan, and
+retention drops its oldest messages and chunks with two range deletes.
 Writes go to the WAL unsynced; :meth:`RocksStore.sync` (``flush_wal(sync=True)``, which releases
 the GIL) makes them durable. ``t`` pages are written without the WAL and dropped at every start.
 """
@@ -43,7 +51,7 @@ from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 
 from amqpbroker.codec.tables import TableError, decode_table
 
-from amqpbroker.store.base import Recovered, StoredEntry, StoredMessage, StoreError
+from amqpbroker.store.base import Recovered, StoredEntry, StoredMessage, StoreError, StreamChunk
 
 __all__ = ["RocksStore"]
 
@@ -55,6 +63,8 @@ _ENTRY_VALUE = struct.Struct(">QB")
 _U32 = struct.Struct(">I")
 _ARRIVED = struct.Struct(">d")
 _PERSISTENT = 2  # inline entry flag
+_CHUNK_VALUE = struct.Struct(">dIQB")
+_STREAM_SCAN_FACTOR = 50  # a filtered stream read scans at most this many records per one asked for
 _MEMTABLE_BYTES = 32 << 20  # two of these at most: bounds RocksDB's share of resident memory
 
 
@@ -99,6 +109,14 @@ def _shortstr(text: str) -> bytes:
     return bytes((len(data),)) + data
 
 
+def _offset_key(stream_id: int, name: str) -> bytes:
+    return b"o" + _U64.pack(stream_id) + name.encode()
+
+
+def _offset_range(stream_id: int) -> tuple[bytes, bytes]:
+    return b"o" + _U64.pack(stream_id), b"o" + _U64.pack(stream_id + 1)
+
+
 def _untable(data: bytes) -> dict[str, Any]:
     table, end = decode_table(data)
     if end != len(data):
@@ -120,6 +138,43 @@ def _stored_message(value: bytes, start: int = 0) -> StoredMessage:
     header_start = routing_end + 4
     body_start = header_start + header_length
     return StoredMessage(value[start:routing_end], value[header_start:body_start], value[body_start:], arrived)
+
+
+def _stream_value(filter_value: str | None, message: Any) -> bytes:
+    flag = b"\x00" if filter_value is None else b"\x01" + _shortstr(filter_value)
+    return flag + _message_value(message)
+
+
+def _stream_filter(value: bytes) -> tuple[str | None, int]:
+    """A stream record's filter value (None: it has none) and where its message starts."""
+    if value[0] == 0:
+        return None, 1
+    if value[0] != 1:
+        raise ValueError(f"unknown stream record flag {value[0]}")
+    end = 2 + value[1]
+    return value[2:end].decode(), end
+
+
+def _stream_message(value: bytes, start: int) -> StoredMessage:
+    """The message of a stream record; a record cut short in its header is an error."""
+    message = _stored_message(value, start)
+    header_length = _U32.unpack_from(value, start + _ARRIVED.size + len(message.routing_raw))[0]
+    if len(message.header) != header_length:
+        raise ValueError("truncated stream record")
+    return message
+
+
+def _stream_chunk(key: bytes, value: bytes) -> StreamChunk:
+    timestamp, count, nbytes, segment_start = _CHUNK_VALUE.unpack(value)
+    return StreamChunk(_SEQ_KEY.unpack(key)[2], timestamp, count, nbytes, bool(segment_start))
+
+
+def _stream_wanted(filter_value: str | None, filters: frozenset[str] | None, match_unfiltered: bool) -> bool:
+    if filters is None:
+        return True
+    if filter_value is None:
+        return match_unfiltered
+    return filter_value in filters
 
 
 class RocksStore:
@@ -199,6 +254,19 @@ class RocksStore:
         except Exception as exc:
             raise StoreError(f"cannot read the data directory {self.path}: {exc}") from exc
 
+    def stream_chunks(self, stream_id: int) -> list[StreamChunk]:
+        try:
+            return [_stream_chunk(key, value) for key, value in self._scan_range(*_range(b"k", stream_id))]
+        except Exception as exc:
+            raise StoreError(f"cannot read the data directory {self.path}: {exc}") from exc
+
+    def stream_offsets(self, stream_id: int) -> dict[str, int]:
+        try:
+            return {key[9:].decode(): _U64.unpack(value)[0]
+                    for key, value in self._scan_range(*_offset_range(stream_id))}
+        except Exception as exc:
+            raise StoreError(f"cannot read the data directory {self.path}: {exc}") from exc
+
     def _check_prefixes(self) -> None:
         """Every key must start with one of our prefixes (one seek per prefix present)."""
         iterator = self._db.iter()
@@ -206,7 +274,8 @@ class RocksStore:
             iterator.seek_to_first()
             while iterator.valid():
                 key = iterator.key()
-                if key[:1] not in (b"x", b"q", b"b", b"m", b"e", b"d", b"c", b"h", b"u", b"w", b"a"):
+                if key[:1] not in (b"x", b"q", b"b", b"m", b"e", b"d", b"c", b"h", b"u", b"w", b"a",
+                                   b"s", b"k", b"o"):
                     raise StoreError(f"unknown key {key[:16]!r} in the data directory {self.path}")
                 iterator.seek(bytes([key[0] + 1]))
         finally:
@@ -255,6 +324,32 @@ class RocksStore:
             raise StoreError(f"reading a page from {self.path} failed: {exc}") from exc
         return page
 
+    # ------------------------------------------------------------ streams, from a worker thread
+
+    def read_stream(self, stream_id: int, from_offset: int, count: int, max_bytes: int,
+                    filters: frozenset[str] | None,
+                    match_unfiltered: bool) -> tuple[list[tuple[int, StoredMessage]], int]:
+        included: list[tuple[int, StoredMessage]] = []
+        next_offset = from_offset
+        scanned = size = 0
+        try:
+            for key, value in self._scan_range(*_range(b"s", stream_id, from_offset)):
+                offset = _SEQ_KEY.unpack(key)[2]
+                next_offset = offset + 1
+                scanned += 1
+                filter_value, start = _stream_filter(value)
+                if _stream_wanted(filter_value, filters, match_unfiltered):
+                    message = _stream_message(value, start)
+                    included.append((offset, message))
+                    size += len(message.body)
+                    if len(included) >= count or size >= max_bytes:
+                        break
+                if scanned >= _STREAM_SCAN_FACTOR * count:
+                    break
+        except Exception as exc:
+            raise StoreError(f"reading stream {stream_id} from {self.path} failed: {exc}") from exc
+        return included, next_offset
+
     # ------------------------------------------------------------ writing
 
     def write(self, ops: list[tuple]) -> None:
@@ -302,6 +397,20 @@ class RocksStore:
             elif tag == "entries-":
                 batch.delete_range(*_range(b"e", op[1], op[2]))
                 batch.delete_range(*_range(b"c", op[1], op[2]))
+            elif tag == "stream":
+                _, stream_id, offset, filter_value, message = op
+                put(_seq_key(b"s", stream_id, offset), _stream_value(filter_value, message))
+            elif tag == "chunk":
+                _, stream_id, first_offset, timestamp, count, nbytes, segment_start = op
+                put(_seq_key(b"k", stream_id, first_offset),
+                    _CHUNK_VALUE.pack(timestamp, count, nbytes, segment_start))
+            elif tag == "stream-":  # retention: everything below an offset
+                batch.delete_range(*_range(b"s", op[1], 0, op[2]))
+                batch.delete_range(*_range(b"k", op[1], 0, op[2]))
+            elif tag == "offset":
+                put(_offset_key(op[1], op[2]), _U64.pack(op[3]))
+            elif tag == "offset-":
+                delete(_offset_key(op[1], op[2]))
             elif tag == "delayed":
                 _, delay_id, vhost, exchange, due, message = op
                 put(b"w" + _U64.pack(delay_id),
@@ -319,6 +428,9 @@ class RocksStore:
                 batch.delete_range(*_range(b"c", queue_id))
                 batch.delete_range(*_range(b"h", queue_id))
                 batch.delete_range(*_dedup_range(f"q:{queue_id}"))
+                batch.delete_range(*_range(b"s", queue_id))
+                batch.delete_range(*_range(b"k", queue_id))
+                batch.delete_range(*_offset_range(queue_id))
             elif tag == "exchange":
                 put(_text_key(b"x", op[1], op[2]), op[3])
             elif tag == "exchange-":

@@ -21,6 +21,7 @@ from pamqp import header as pheader
 
 from . import loadgen
 from .runner import RunOptions, run_workload
+from amqpbroker.testing import free_port
 
 _HDR = struct.Struct(">BHI")
 _U32 = struct.Struct(">I")
@@ -28,11 +29,6 @@ _U64 = struct.Struct(">Q")
 _PUBLISH = (60 << 16) | 40
 _ACK = (60 << 16) | 80
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def _null_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body_size: int) -> None:
@@ -125,7 +121,7 @@ def run(duration: float = 3.0, body_size: int = 1024, layout: str = "split") -> 
         lines.append(f"consumer fast path alone ({body_size} B, {mode}): "
                      f"{res['consumer_msgs_per_cpu_s']:,.0f} msg per CPU second")
     ctx = mp.get_context("spawn")
-    port = _free_port()
+    port = free_port()
     ready = ctx.Event()
     server = ctx.Process(target=_null_broker_main, args=(port, body_size, ready), daemon=True)
     server.start()

@@ -1,0 +1,182 @@
+"""Stream storage in a real RocksDB store: the append-only log (``s``), its chunk index (``k``) and
+the offsets named consumers tracked (``o``), written as journal operations and read back."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+
+import pytest
+from rocksdict import Options, Rdict
+
+from amqpbroker.store.base import StoredMessage, StoreError, StreamChunk
+from amqpbroker.store.rocks import RocksStore
+
+ROUTING = b"\x06events\x03key"  # exchange and routing key, two shortstrs
+HEADER = b"\x00<\x00\x00header"
+STREAM, OTHER = 7, 8
+
+
+def _message(body: bytes, arrived: float = 1700000000.5) -> StoredMessage:
+    """A message as the journal hands it over (it has .routing_raw, .header, .body, .arrived)."""
+    return StoredMessage(ROUTING, HEADER, body, arrived)
+
+
+def _appends(stream_id: int, bodies: list[bytes], first: int = 0,
+             filter_value: str | None = None) -> list[tuple]:
+    return [("stream", stream_id, first + i, filter_value, _message(body)) for i, body in enumerate(bodies)]
+
+
+@pytest.fixture
+def path(tmp_path) -> str:
+    return str(tmp_path / "db")
+
+
+@pytest.fixture
+def store(path) -> Iterator[RocksStore]:
+    store = RocksStore(path)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _offsets(read: tuple[list[tuple[int, StoredMessage]], int]) -> tuple[list[int], int]:
+    included, next_offset = read
+    return [offset for offset, _ in included], next_offset
+
+
+def test_stream_messages_and_chunks_are_read_back_as_written(store) -> None:
+    store.write([*_appends(STREAM, [b"one", b"two", b"three"]),
+                 ("chunk", STREAM, 0, 1700000000.5, 2, 6, True),
+                 ("chunk", STREAM, 2, 1700000001.25, 1, 5, False)])
+    included, next_offset = store.read_stream(STREAM, 0, 10, 1 << 20, None, False)
+    assert included == [(0, _message(b"one")), (1, _message(b"two")), (2, _message(b"three"))]
+    assert next_offset == 3
+    assert store.stream_chunks(STREAM) == [StreamChunk(0, 1700000000.5, 2, 6, True),
+                                           StreamChunk(2, 1700000001.25, 1, 5, False)]
+    assert store.read_stream(STREAM, 3, 10, 1 << 20, None, False) == ([], 3)  # the end of the stream
+    assert store.stream_chunks(OTHER) == [] and store.read_stream(OTHER, 0, 10, 1000, None, False) == ([], 0)
+
+
+def test_a_message_without_an_arrival_time_reads_back_with_none(store) -> None:
+    store.write([("stream", STREAM, 0, "eu", _message(b"x", arrived=None))])
+    ((_, message),), _ = store.read_stream(STREAM, 0, 1, 1000, None, False)
+    assert message.arrived is None and message.body == b"x"
+
+
+def test_a_read_stops_at_count_and_at_max_bytes_but_returns_one_message_at_least(store) -> None:
+    store.write(_appends(STREAM, [b"a" * 10, b"b" * 10, b"c" * 10, b"d" * 10]))
+    assert _offsets(store.read_stream(STREAM, 0, 2, 1 << 20, None, False)) == ([0, 1], 2)
+    assert _offsets(store.read_stream(STREAM, 1, 10, 15, None, False)) == ([1, 2], 3)
+    assert _offsets(store.read_stream(STREAM, 2, 10, 1, None, False)) == ([2], 3)  # one over max_bytes
+    assert _offsets(store.read_stream(STREAM, 3, 10, 1 << 20, None, False)) == ([3], 4)
+
+
+def test_filters_include_matching_values_and_unfiltered_messages_only_when_asked(store) -> None:
+    store.write([*_appends(STREAM, [b"eu"], 0, "eu"), *_appends(STREAM, [b"us"], 1, "us"),
+                 *_appends(STREAM, [b"none"], 2), *_appends(STREAM, [b"eu2"], 3, "eu")])
+    assert _offsets(store.read_stream(STREAM, 0, 10, 1000, frozenset({"eu"}), False)) == ([0, 3], 4)
+    assert _offsets(store.read_stream(STREAM, 0, 10, 1000, frozenset({"eu"}), True)) == ([0, 2, 3], 4)
+    assert _offsets(store.read_stream(STREAM, 0, 10, 1000, frozenset({"us", "eu"}), False)) == ([0, 1, 3], 4)
+    assert _offsets(store.read_stream(STREAM, 0, 10, 1000, frozenset({"ap"}), False)) == ([], 4)
+    assert _offsets(store.read_stream(STREAM, 0, 10, 1000, None, False)) == ([0, 1, 2, 3], 4)
+
+
+def test_a_filtered_read_scans_at_most_fifty_records_per_one_asked_for(store) -> None:
+    store.write([*_appends(STREAM, [b"skip"] * 120, 0, "us"), *_appends(STREAM, [b"wanted"], 120, "eu")])
+    eu = frozenset({"eu"})
+    assert store.read_stream(STREAM, 0, 1, 1000, eu, False) == ([], 50)  # resume past the skipped ones
+    assert store.read_stream(STREAM, 50, 1, 1000, eu, False) == ([], 100)
+    assert _offsets(store.read_stream(STREAM, 100, 1, 1000, eu, False)) == ([120], 121)
+    assert _offsets(store.read_stream(STREAM, 0, 3, 1000, eu, False)) == ([120], 121)  # 150 allowed
+
+
+def test_retention_drops_older_messages_and_chunks_of_that_stream_only(store) -> None:
+    store.write([*_appends(STREAM, [b"m"] * 6), *_appends(OTHER, [b"m"] * 6),
+                 *(("chunk", stream, first, 1.0, 2, 2, first == 0) for stream in (STREAM, OTHER)
+                   for first in (0, 2, 4))])
+    store.write([("stream-", STREAM, 4)])
+    assert _offsets(store.read_stream(STREAM, 0, 10, 1000, None, False)) == ([4, 5], 6)
+    assert [chunk.first_offset for chunk in store.stream_chunks(STREAM)] == [4]
+    assert _offsets(store.read_stream(OTHER, 0, 10, 1000, None, False)) == ([0, 1, 2, 3, 4, 5], 6)
+    assert [chunk.first_offset for chunk in store.stream_chunks(OTHER)] == [0, 2, 4]
+
+
+def test_named_consumer_offsets_are_put_replaced_deleted_and_read_per_stream(store) -> None:
+    store.write([("offset", STREAM, "billing", 10), ("offset", STREAM, "audit", 3),
+                 ("offset", STREAM, "ünïcode", 1 << 40), ("offset", OTHER, "billing", 99)])
+    store.write([("offset", STREAM, "billing", 12), ("offset-", STREAM, "audit")])
+    assert store.stream_offsets(STREAM) == {"billing": 12, "ünïcode": 1 << 40}
+    assert store.stream_offsets(OTHER) == {"billing": 99}
+    assert store.stream_offsets(9) == {}
+
+
+def test_deleting_a_stream_queue_drops_its_log_chunks_and_offsets_only(store) -> None:
+    for stream in (STREAM, OTHER):
+        store.write([*_appends(stream, [b"m"] * 3), ("chunk", stream, 0, 1.0, 3, 3, True),
+                     ("offset", stream, "reader", 2)])
+    store.write([("queue-", "/", "log", STREAM)])
+    assert store.read_stream(STREAM, 0, 10, 1000, None, False) == ([], 0)
+    assert store.stream_chunks(STREAM) == [] and store.stream_offsets(STREAM) == {}
+    assert _offsets(store.read_stream(OTHER, 0, 10, 1000, None, False)) == ([0, 1, 2], 3)
+    assert store.stream_chunks(OTHER) == [StreamChunk(0, 1.0, 3, 3, True)]
+    assert store.stream_offsets(OTHER) == {"reader": 2}
+
+
+def test_streams_survive_close_and_reopen_and_recovery_accepts_their_keys(path) -> None:
+    store = RocksStore(path)
+    try:
+        store.write([*_appends(STREAM, [b"one", b"two"], 0, "eu"), ("chunk", STREAM, 0, 2.5, 2, 6, True),
+                     ("offset", STREAM, "reader", 1)])
+    finally:
+        store.close()
+    store = RocksStore(path)
+    try:
+        recovered = store.recover()  # every key prefix is known
+        assert recovered.unreadable == [] and recovered.queues == []
+        assert store.stream_chunks(STREAM) == [StreamChunk(0, 2.5, 2, 6, True)]
+        assert store.stream_offsets(STREAM) == {"reader": 1}
+        included, next_offset = store.read_stream(STREAM, 1, 10, 1000, frozenset({"eu"}), False)
+        assert included == [(1, _message(b"two"))] and next_offset == 2
+    finally:
+        store.close()
+
+
+def _overwrite(path: str, key: bytes, value: bytes) -> None:
+    db = Rdict(path, Options(raw_mode=True))
+    try:
+        db[key] = value
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("cut", [0, 1, 5, 30], ids=["empty", "flag-only", "in-arrival", "in-header"])
+def test_a_truncated_stream_record_is_a_store_error(path, cut) -> None:
+    store = RocksStore(path)
+    try:
+        store.write(_appends(STREAM, [b"intact", b"cut short"], 0, "eu"))
+    finally:
+        store.close()
+    key = struct.pack(">cQQ", b"s", STREAM, 1)
+    value = b"\x01\x02eu" + struct.pack(">d", 1.0) + ROUTING + struct.pack(">I", len(HEADER)) + HEADER + b"body"
+    _overwrite(path, key, value[:cut])
+    store = RocksStore(path)
+    try:
+        assert _offsets(store.read_stream(STREAM, 0, 1, 1000, None, False)) == ([0], 1)
+        with pytest.raises(StoreError, match=f"stream {STREAM}"):
+            store.read_stream(STREAM, 0, 10, 1000, None, False)
+    finally:
+        store.close()
+
+
+def test_an_unknown_stream_record_flag_is_a_store_error(path) -> None:
+    store = RocksStore(path)
+    store.close()
+    _overwrite(path, struct.pack(">cQQ", b"s", STREAM, 0), b"\x07" + b"\x00" * 40)
+    store = RocksStore(path)
+    try:
+        with pytest.raises(StoreError, match="unknown stream record flag"):
+            store.read_stream(STREAM, 0, 10, 1000, None, False)
+    finally:
+        store.close()
