@@ -91,7 +91,7 @@ class StreamConsumer(Consumer):
         if self.cancelled or self.queue.deleted:
             return
         if not read and next_offset <= self.read_from:
-            self.queue.read_missing(self)
+            self.queue.read_missing()
             return
         self.buffer.extend((offset, Message.from_store(*stored)) for offset, stored in read)
         self.read_from = max(self.read_from, next_offset)
@@ -99,12 +99,14 @@ class StreamConsumer(Consumer):
 
     def read_failed(self) -> None:
         self.reading = False
+        if not self.cancelled and not self.queue.deleted:
+            self.queue.read_missing()
 
 
 class StreamQueue(Queue):
     """A queue of type stream (see the module's docstring); durable, in the store."""
 
-    __slots__ = ("log", "max_bytes", "max_age", "tracked")
+    __slots__ = ("log", "max_bytes", "max_age", "tracked", "stalled")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -117,6 +119,7 @@ class StreamQueue(Queue):
         self.max_bytes: int | None = None
         self.max_age: float | None = None
         self.tracked: dict[str, int] = {}  # consumer name -> offset (automatic offset tracking)
+        self.stalled = False  # a store read failed or came back short: tried again at the next tick
         self._retention(arguments)
 
     def _retention(self, arguments: dict[str, Any]) -> None:
@@ -180,6 +183,11 @@ class StreamQueue(Queue):
     def tick(self, now: float) -> bool:
         if self.max_age is not None:
             self._apply_retention(now)
+        if self.stalled:
+            self.stalled = False
+            self._mark_dirty(self)
+        elif self.max_age is None:
+            self.host.timed.discard(self)
         return False  # (x-expires is refused for streams)
 
     # ---------------------------------------------------------------- recovery
@@ -286,11 +294,11 @@ class StreamQueue(Queue):
         consumer.reading = True
         self.journal.request_stream_read(consumer)
 
-    def read_missing(self, consumer: StreamConsumer) -> None:
-        """The store had nothing where the log says messages are (not written yet after a store
-        failure): the read is asked for again at the next tick."""
+    def read_missing(self) -> None:
+        """A store read failed, or had nothing where the log says messages are (not written yet
+        after a store failure): the read is asked for again at the next tick."""
+        self.stalled = True
         self.host.timed.add(self)
-        self._mark_dirty(self)
 
     # ---------------------------------------------------------------- what streams refuse
 

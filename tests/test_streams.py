@@ -1,0 +1,121 @@
+"""Streams against a broker process with a data dir: reads from the store for consumers far
+behind the tail, retention by size and age, and recovery after a kill -9."""
+
+from __future__ import annotations
+
+import time
+
+import pika
+import pika.exceptions
+import pytest
+
+from tests.broker_process import BrokerProcess, channel_of
+
+pytestmark = pytest.mark.timeout(120)
+
+STREAM = {"x-queue-type": "stream"}
+
+
+def _publish(channel, queue: str, count: int, size: int = 100, start: int = 0) -> None:
+    """Publish ``count`` messages; the last ten with a confirm each (pika's blocking confirms cost
+    a sync apiece): once the last is confirmed, every earlier append is synced too (the store
+    writes in order and a sync covers everything written before it)."""
+    for i in range(start, start + count - 10):
+        channel.basic_publish("", queue, f"{i:08d}".encode().ljust(size, b"."))
+    channel.confirm_delivery()
+    for i in range(max(start + count - 10, start), start + count):
+        channel.basic_publish("", queue, f"{i:08d}".encode().ljust(size, b"."))
+
+
+def _read(broker: BrokerProcess, queue: str, count: int, offset="first", prefetch: int = 500,
+          timeout: float = 60.0, arguments=None) -> list[tuple[int, bytes]]:
+    got: list[tuple[int, bytes]] = []
+    connection = broker.connect()
+    try:
+        channel = connection.channel()
+        channel.basic_qos(prefetch_count=prefetch)
+
+        def on_message(ch, method, properties, body):
+            got.append((properties.headers["x-stream-offset"], body[:8]))
+            if len(got) % 50 == 0 or len(got) == count:
+                ch.basic_ack(method.delivery_tag, multiple=True)
+
+        channel.basic_consume(queue, on_message, arguments={"x-stream-offset": offset, **(arguments or {})})
+        deadline = time.monotonic() + timeout
+        while len(got) < count and time.monotonic() < deadline:
+            connection.process_data_events(0.1)
+        connection.process_data_events(0.3)  # (nothing more should come)
+    finally:
+        try:
+            connection.close()
+        except pika.exceptions.ConnectionClosedByBroker as exc:  # pika rejects what it had not
+            assert exc.reply_code == 540  # handed out yet, which a stream refuses (as RabbitMQ)
+    return got[:count]
+
+
+def test_consumers_far_behind_the_tail_read_everything_in_order_from_the_store(broker) -> None:
+    with channel_of(broker) as channel:
+        channel.queue_declare("deep", durable=True, arguments=STREAM)
+        _publish(channel, "deep", 12_000)  # several times the tail the stream keeps in memory
+    got = _read(broker, "deep", 12_000)
+    assert [offset for offset, _ in got] == list(range(12_000))
+    assert [body for _, body in got] == [f"{i:08d}".encode() for i in range(12_000)]
+    middle = _read(broker, "deep", 3_000, offset=5_000)
+    assert [offset for offset, _ in middle] == list(range(5_000, 8_000))
+
+
+def test_a_filtered_consumer_far_behind_skips_in_the_store(broker) -> None:
+    with channel_of(broker) as channel:
+        channel.queue_declare("filtered", durable=True, arguments=STREAM)
+        for i in range(9_000):
+            value = "rare" if i % 1000 == 7 else "common"
+            channel.basic_publish("", "filtered", f"{i:08d}".encode(),
+                                  pika.BasicProperties(headers={"x-stream-filter-value": value}))
+        channel.queue_declare("filtered", passive=True)  # (a round trip: every publish is in)
+    got = _read(broker, "filtered", 9, arguments={"x-stream-filter": "rare"})
+    assert [offset for offset, _ in got] == [i for i in range(9_000) if i % 1000 == 7]
+
+
+def test_confirmed_messages_and_offsets_survive_a_kill_9(broker) -> None:
+    with channel_of(broker) as channel:
+        channel.queue_declare("crash", durable=True, arguments=STREAM)
+        _publish(channel, "crash", 3_000)
+    broker.restart(crash=True)
+    got = _read(broker, "crash", 3_000)
+    assert [offset for offset, _ in got] == list(range(3_000))
+    with channel_of(broker) as channel:  # appends go on after the last offset
+        _publish(channel, "crash", 10, start=3_000)
+    got = _read(broker, "crash", 10, offset=3_000)
+    assert [(offset, body) for offset, body in got] == [(i, f"{i:08d}".encode()) for i in range(3_000, 3_010)]
+    assert _read(broker, "crash", 1, offset="last")[-1][0] == 3_009
+
+
+def test_retention_by_size_drops_whole_old_segments_and_behind_consumers_skip_ahead(broker) -> None:
+    with channel_of(broker) as channel:
+        channel.queue_declare("sized", durable=True, arguments={
+            **STREAM, "x-max-length-bytes": 200_000, "x-stream-max-segment-size-bytes": 50_000})
+        _publish(channel, "sized", 5_000, size=100)  # 500 KB published
+        declared = channel.queue_declare("sized", passive=True).method.message_count
+    assert 1_500 <= declared <= 2_600  # about 200 KB kept, in whole segments of about 50 KB
+    got = _read(broker, "sized", declared)
+    assert len(got) == declared
+    assert got[-1][0] == 4_999 and got[0][0] == 5_000 - declared
+    broker.restart(crash=True)
+    with channel_of(broker) as channel:
+        assert channel.queue_declare("sized", passive=True).method.message_count == declared
+
+
+def test_retention_by_age_drops_segments_older_than_max_age(broker) -> None:
+    with channel_of(broker) as channel:
+        channel.queue_declare("aged", durable=True, arguments={
+            **STREAM, "x-max-age": "2s", "x-stream-max-segment-size-bytes": 1_000})
+        _publish(channel, "aged", 30, size=100)
+        time.sleep(3.5)  # old enough, and a tick passed
+        _publish(channel, "aged", 30, size=100, start=30)
+        deadline = time.monotonic() + 10
+        while channel.queue_declare("aged", passive=True).method.message_count > 40 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        count = channel.queue_declare("aged", passive=True).method.message_count
+    assert 30 <= count <= 40
+    got = _read(broker, "aged", count)
+    assert got[0][0] >= 20 and got[-1][0] == 59
