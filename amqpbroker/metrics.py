@@ -23,6 +23,7 @@ from amqpbroker import __version__
 from amqpbroker.broker.backlog import UnackedAges, oldest_ready_age, redelivery_histogram
 from amqpbroker.broker.broker import NODE_NAME, Broker
 from amqpbroker.broker.channel import MESSAGE_SIZE_BOUNDS
+from amqpbroker.broker.stream import StreamQueue
 
 
 def _package_version(name: str) -> str:
@@ -40,8 +41,8 @@ _QUEUE_GAUGES = (
      lambda queue: queue.message_count),
     ("rabbitmq_queue_messages_unacked", "Messages delivered to consumers but not yet acknowledged",
      lambda queue: queue.unacked_count),
-    ("rabbitmq_queue_messages", "Sum of ready and unacknowledged messages",
-     lambda queue: queue.message_count + queue.unacked_count),
+    ("rabbitmq_queue_messages", "Sum of ready and unacknowledged messages (a stream's: the messages it holds)",
+     lambda queue: queue.messages_total),
     ("rabbitmq_queue_consumers", "Consumers on a queue", lambda queue: len(queue.consumers)),
     ("rabbitmq_queue_messages_paged_out", "Ready messages paged out of memory to the data dir",
      lambda queue: queue.paged),
@@ -165,6 +166,8 @@ class BrokerCollector(Collector):
                 yield family
             else:
                 yield _gauge(name, text, sum(value(queue) for _, queue in queues))
+        yield from _stream_families([(vhost, queue) for vhost, queue in queues if isinstance(queue, StreamQueue)],
+                                    self.per_object)
         if self.per_object:
             yield from _task_queue_families(broker, queues)
             yield from _queueing_families(queues)
@@ -184,6 +187,26 @@ class BrokerCollector(Collector):
             yield HistogramMetricFamily("amqpbroker_store_sync_seconds",
                                         "Time a WAL sync took (publisher confirms wait for it)",
                                         buckets=buckets, sum_value=total)
+
+
+_STREAM_GAUGES = (
+    ("amqpbroker_stream_bytes", "Body bytes a stream holds", lambda log: log.nbytes),
+    ("amqpbroker_stream_segments", "Segments a stream holds (retention drops whole ones)", lambda log: log.segment_count),
+    ("amqpbroker_stream_first_offset", "Oldest offset a stream holds", lambda log: log.first),
+    ("amqpbroker_stream_next_offset", "Offset the next message appended to a stream gets", lambda log: log.next),
+)
+
+
+def _stream_families(streams: list[tuple[str, Any]], per_object: bool) -> Iterator[Metric]:
+    """Per stream (labels vhost, queue) on the per-object endpoint; bytes and segments summed otherwise."""
+    for name, text, value in _STREAM_GAUGES:
+        if per_object:
+            family = GaugeMetricFamily(name, text, labels=("vhost", "queue"))
+            for vhost, stream in streams:
+                family.add_metric((vhost, stream.name), value(stream.log))
+            yield family
+        elif not name.endswith("_offset"):
+            yield _gauge(name, text, sum(value(stream.log) for _, stream in streams))
 
 
 _QUEUEING = (

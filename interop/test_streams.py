@@ -15,7 +15,7 @@ import pika
 import pika.exceptions
 import pytest
 
-from interop.support import channel_error, connect
+from interop.support import Management, channel_error, connect
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -358,3 +358,19 @@ def test_a_filtered_consumer_gets_only_its_values(amqp_url, conn, unique, cleanu
     several = _read(amqp_url, name, 5, {"x-stream-offset": "first", "x-stream-filter": ["blue", "green"],
                                         "x-stream-match-unfiltered": True})
     assert [body for body, _, _ in several] == [b"blue1", b"None2", b"green4", b"None5"]
+
+
+# ---------------------------------------------------------------------------- management API
+
+
+def test_the_management_api_lists_a_stream_and_refuses_to_purge_or_get_it(management_url, conn, unique, cleanup) -> None:
+    api = Management(management_url)
+    name = f"{unique}-s"
+    _declare(conn.channel(), name, cleanup, **{"x-max-age": "1h"})
+    status, queue = api.request("GET", f"/api/queues/%2F/{name}")
+    assert status == 200 and queue["type"] == "stream" and queue["arguments"]["x-max-age"] == "1h"
+    status, text = api.request("DELETE", f"/api/queues/%2F/{name}/contents")
+    assert status == 400 and f"queue.purge not supported by stream queues queue '{name}' in vhost '/'" in text
+    status, text = api.request("POST", f"/api/queues/%2F/{name}/get",
+                               {"count": 1, "ackmode": "ack_requeue_true", "encoding": "auto"})
+    assert status == 400 and f"540 basic.get not supported by stream queues queue '{name}' in vhost '/'" in text

@@ -4,12 +4,15 @@ behind the tail, retention by size and age, and recovery after a kill -9."""
 from __future__ import annotations
 
 import time
+import urllib.request
 
 import pika
 import pika.exceptions
 import pytest
 
+from amqpbroker.testing import free_port
 from tests.broker_process import BrokerProcess, channel_of
+from tests.test_management import call
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -119,3 +122,36 @@ def test_retention_by_age_drops_segments_older_than_max_age(broker) -> None:
     assert 30 <= count <= 40
     got = _read(broker, "aged", count)
     assert got[0][0] >= 20 and got[-1][0] == 59
+
+
+def test_the_management_api_and_metrics_show_a_stream_and_its_consumers_offsets(start_broker) -> None:
+    managed = start_broker(management_port=free_port(), prometheus_port=free_port())
+    connection = managed.connect()
+    try:
+        channel = connection.channel()
+        channel.queue_declare("shown", durable=True, arguments={**STREAM, "x-max-age": "1D"})
+        _publish(channel, "shown", 40, size=100)
+        reader = connection.channel()
+        reader.basic_qos(prefetch_count=15)
+        reader.basic_consume("shown", lambda *args: None, consumer_tag="behind",
+                             arguments={"x-stream-offset": 10})
+        connection.process_data_events(1.0)
+        status, queue = call(managed, "GET", "/api/queues/%2F/shown")
+        assert status == 200
+        assert (queue["type"], queue["messages"], queue["messages_ready"], queue["messages_unacknowledged"]) == \
+            ("stream", 40, 40, 15)
+        stream = queue["stream"]
+        assert (stream["first_offset"], stream["last_offset"], stream["bytes"], stream["max_age_seconds"]) == \
+            (0, 39, 4_000, 86_400)
+        assert stream["segments"] == 1 and stream["chunks"] >= 2 and stream["first_timestamp"] <= stream["last_timestamp"]
+        consumers = [c for c in call(managed, "GET", "/api/consumers")[1] if c["consumer_tag"] == "behind"]
+        assert consumers[0]["stream_offset"] == 25 and consumers[0]["messages_unacknowledged"] == 15
+        listed = [q for q in call(managed, "GET", "/api/queues")[1] if q["name"] == "shown"]
+        assert listed[0]["type"] == "stream"
+        with urllib.request.urlopen(f"http://127.0.0.1:{managed.prometheus_port}/metrics/per-object", timeout=5) as response:
+            metrics = response.read().decode()
+        assert 'amqpbroker_stream_next_offset{queue="shown",vhost="/"} 40.0' in metrics
+        assert 'amqpbroker_stream_bytes{queue="shown",vhost="/"} 4000.0' in metrics
+        assert 'rabbitmq_queue_messages{queue="shown",vhost="/"} 40.0' in metrics
+    finally:
+        connection.close()

@@ -315,3 +315,28 @@ def test_the_console_works_from_the_keyboard_alone(page_and_broker) -> None:
     page.focus("#queue-back")
     page.keyboard.press("Enter")
     page.wait_for_selector("#queues:not([hidden])")
+
+
+def test_a_stream_s_page_shows_its_offsets_size_retention_and_consumer_offsets(page_and_broker) -> None:
+    page, broker = page_and_broker
+    connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+    channel = connection.channel()
+    channel.queue_declare("events", durable=True, arguments={"x-queue-type": "stream", "x-max-age": "7D"})
+    channel.confirm_delivery()
+    for index in range(12):
+        channel.basic_publish("", "events", f"event {index}".encode())
+    reader = connection.channel()
+    reader.basic_qos(prefetch_count=5)
+    reader.basic_consume("events", lambda *args: None, consumer_tag="replayer", arguments={"x-stream-offset": 4})
+    connection.process_data_events(time_limit=0.5)
+    _log_in(page, broker)
+    page.click("nav button[data-tab=queues]")
+    page.click("#queue-rows a.queue-link:has-text('events')")
+    page.wait_for_selector("#queue-title:has-text('Queue events in vhost /')")
+    page.wait_for_selector("#stream-offsets:has-text('0 to 11')")
+    facts = page.inner_text("#queue-facts")
+    assert "Type\nstream" in facts and "at most 7.0 days old" in facts
+    assert "Stream size\n86 bytes in 1 segment, " in facts  # (12 bodies "event N")
+    page.wait_for_selector("#queue-consumer-rows tr:has-text('replayer') td:has-text('9')")  # read 4..8, next is 9
+    _screenshot(page, "stream-detail")
+    connection.close()

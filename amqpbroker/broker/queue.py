@@ -160,6 +160,11 @@ class Queue:
         """Ready messages, in memory and paged out."""
         return len(self.ready) + self.paged
 
+    @property
+    def messages_total(self) -> int:
+        """Ready and unacknowledged messages (RabbitMQ's ``messages``)."""
+        return len(self.ready) + self.paged + self.unacked_count
+
     def __repr__(self) -> str:
         return f"<Queue {self.name!r} ready={len(self.ready)} unacked={self.unacked_count}>"
 

@@ -141,6 +141,21 @@ class StreamQueue(Queue):
     def message_count(self) -> int:
         return self.log.count
 
+    @property
+    def messages_total(self) -> int:
+        """The messages in the stream (one being read is still in it: not counted twice)."""
+        return self.log.count
+
+    def view(self) -> dict[str, Any]:
+        """What the management API shows of the log (``stream`` in a queue's JSON)."""
+        log = self.log
+        return {"first_offset": log.first if log.count else None, "last_offset": log.next - 1 if log.count else None,
+                "next_offset": log.next, "bytes": log.nbytes, "segments": log.segment_count,
+                "chunks": log.chunk_count, "first_timestamp": log.first_timestamp(),
+                "last_timestamp": log.last_timestamp(), "max_length_bytes": self.max_bytes,
+                "max_age_seconds": self.max_age, "max_segment_size_bytes": log.max_segment_bytes,
+                "tail_messages": len(log.tail)}
+
     def __repr__(self) -> str:
         return f"<StreamQueue {self.name!r} offsets={self.log.first}..{self.log.next}>"
 
@@ -158,6 +173,7 @@ class StreamQueue(Queue):
         filter_value = stream_filter_value(message.header)
         log.append(copy, filter_value, now)
         self._next_seq = log.next
+        self.ready_bytes = log.nbytes
         journal = self.journal
         if journal.enabled:
             journal.append_stream(self, offset, filter_value, copy)
@@ -177,7 +193,10 @@ class StreamQueue(Queue):
 
     def _apply_retention(self, now: float) -> None:
         first = self.log.retain(now, self.max_bytes, self.max_age)
-        if first is not None and self.journal.enabled:
+        if first is None:
+            return
+        self.ready_bytes = self.log.nbytes
+        if self.journal.enabled:
             self.journal.trim_stream(self, first)
 
     def tick(self, now: float) -> bool:
@@ -195,6 +214,7 @@ class StreamQueue(Queue):
     def restore_stream(self, chunks: list[Chunk], tracked: dict[str, int]) -> None:
         self.log.restore(chunks)
         self._next_seq = self.log.next
+        self.ready_bytes = self.log.nbytes
         self.tracked = dict(tracked)
 
     # ---------------------------------------------------------------- consumers

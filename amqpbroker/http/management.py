@@ -31,6 +31,7 @@ from amqpbroker.broker.backlog import UnackedAges
 from amqpbroker.broker.broker import Broker
 from amqpbroker.broker.queue import Queue
 from amqpbroker.broker.message import Message
+from amqpbroker.broker.queue_types import STREAM
 from amqpbroker.broker.publishing import message_ttl
 from amqpbroker.codec.content import encode_content_header
 from amqpbroker.codec.methods import shortstr
@@ -255,6 +256,9 @@ class _Api(ApiBase):
             vhost.use_queue(queue.name, owner=None)
         except AMQPError as exc:
             raise refused(exc) from None
+        if queue.type is STREAM:  # (RabbitMQ's answer, with basic.get's reply code)
+            raise bad_request(f"540 basic.get not supported by stream queues queue '{queue.name}' "
+                              f"in vhost '{vhost.name}'")
         taken = await _take(queue, count)
         answers = [_got(message, redelivered, queue.message_count + len(taken) - index - 1, encoding, truncate)
                    for index, (_, message, redelivered) in enumerate(taken)]

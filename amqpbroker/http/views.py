@@ -20,6 +20,7 @@ from amqpbroker.broker.broker import NODE_NAME, Broker
 from amqpbroker.broker.policies import effective_definition
 from amqpbroker.broker.queue import Queue
 from amqpbroker.broker.session import Session
+from amqpbroker.broker.stream import StreamConsumer, StreamQueue
 from amqpbroker.http.history import Window, details
 
 __all__ = ["NODE", "MAX_JSON_DEPTH", "TOO_DEEP", "json_value", "overview", "queue_view", "exchange_view",
@@ -108,7 +109,7 @@ def queue_view(vhost: str, queue: Queue, ages: UnackedAges | None = None) -> dic
         "policy": queue.policy.name if queue.policy is not None else None,
         "operator_policy": queue.operator_policy.name if queue.operator_policy is not None else None,
         "effective_policy_definition": effective_definition(queue.policy, queue.operator_policy),
-        "messages": queue.message_count + queue.unacked_count + len(hold or ()),
+        "messages": queue.messages_total + len(hold or ()),
         "messages_ready": queue.message_count, "messages_unacknowledged": queue.unacked_count,
         # held for dead-lettering at least once (RabbitMQ's quorum-queue fields)
         "messages_dlx": len(hold or ()), "message_bytes_dlx": hold.bytes if hold is not None else 0,
@@ -131,6 +132,7 @@ def queue_view(vhost: str, queue: Queue, ages: UnackedAges | None = None) -> dic
         "owner_pid_details": {"name": queue.exclusive_owner.name} if queue.exclusive_owner is not None else {},
         "queueing": _figures(queue),
         "message_stats": _queue_stats(queue),
+        **({"stream": queue.view()} if isinstance(queue, StreamQueue) else {}),
     }
 
 
@@ -246,6 +248,7 @@ def consumer_views(broker: Broker) -> list[dict[str, Any]]:
                     "oldest_unacked_age": _rounded(ages.of_consumer(consumer)),
                     "exclusive": consumer.exclusive, "prefetch_count": consumer.prefetch,
                     "arguments": json_value(consumer.arguments), "active": True,
+                    **({"stream_offset": consumer.offset} if isinstance(consumer, StreamConsumer) else {}),
                     "queue": {"name": consumer.queue.name, "vhost": consumer.queue.vhost},
                     "channel_details": {"name": f"{session.name} ({number})", "number": number,
                                         "connection_name": session.name, "user": session.user},
