@@ -139,7 +139,9 @@ def test_offset_specs_and_where_they_start() -> None:
     assert start_offset(OffsetSpec.parse("next"), log, now) == 6
     assert start_offset(OffsetSpec.parse(None), log, now) == 6  # the default, as RabbitMQ
     assert start_offset(OffsetSpec.parse(3), log, now) == 3
-    assert start_offset(OffsetSpec.parse(-5), log, now) == 0  # RabbitMQ: a negative offset is first
+    assert start_offset(OffsetSpec.parse(-1), log, now) == 5  # LavinMQ's: the n-th from the end
+    assert start_offset(OffsetSpec.parse(-4), log, now) == 2
+    assert start_offset(OffsetSpec.parse(-50), log, now) == 0
     assert start_offset(OffsetSpec.parse(99), log, now) == 6
     assert start_offset(OffsetSpec.parse(Timestamp(1001)), log, now) == 2
     moment = datetime.datetime.fromtimestamp(1001.5, datetime.timezone.utc)

@@ -155,3 +155,70 @@ def test_the_management_api_and_metrics_show_a_stream_and_its_consumers_offsets(
         assert 'rabbitmq_queue_messages{queue="shown",vhost="/"} 40.0' in metrics
     finally:
         connection.close()
+
+
+def _consume_some(broker: BrokerProcess, queue: str, count: int, arguments: dict, tag: str) -> list[int]:
+    """Take ``count`` messages, acking each, then cancel and close: their offsets."""
+    got: list[int] = []
+    connection = broker.connect()
+    try:
+        channel = connection.channel()
+        channel.basic_qos(prefetch_count=1)  # (nothing delivered beyond what is acked)
+
+        def on_message(ch, method, properties, body):
+            if len(got) < count:
+                got.append(properties.headers["x-stream-offset"])
+                ch.basic_ack(method.delivery_tag)
+
+        channel.basic_consume(queue, on_message, consumer_tag=tag, arguments=arguments)
+        deadline = time.monotonic() + 20
+        while len(got) < count and time.monotonic() < deadline:
+            connection.process_data_events(0.05)
+        connection.process_data_events(0.2)
+    finally:
+        try:
+            connection.close()
+        except pika.exceptions.ConnectionClosedByBroker:
+            pass
+    return got
+
+
+def test_automatic_offset_tracking_resumes_a_named_consumer_even_after_a_kill_9(broker) -> None:
+    """LavinMQ's extension: x-stream-automatic-offset-tracking (or a void x-stream-offset)."""
+    with channel_of(broker) as channel:
+        channel.queue_declare("tracked", durable=True, arguments=STREAM)
+        _publish(channel, "tracked", 100)
+    tracking = {"x-stream-offset": "first", "x-stream-automatic-offset-tracking": True}
+    assert _consume_some(broker, "tracked", 30, tracking, "billing") == list(range(30))
+    assert _consume_some(broker, "tracked", 5, tracking, "billing") == list(range(30, 35))
+    assert _consume_some(broker, "tracked", 3, tracking, "audit") == [0, 1, 2]  # its own position
+    # an explicit offset without tracking starts where it says (and stores nothing)
+    assert _consume_some(broker, "tracked", 2, {"x-stream-offset": 10}, "billing") == [10, 11]
+    broker.restart(crash=True)
+    assert _consume_some(broker, "tracked", 5, tracking, "billing") == list(range(35, 40))
+    assert _consume_some(broker, "tracked", 2, {"x-stream-offset": None}, "audit") == [3, 4]  # a void offset tracks too
+    assert _consume_some(broker, "tracked", 2, {"x-stream-offset": None}, "newcomer") == [0, 1]  # from first
+
+
+def test_a_negative_offset_counts_from_the_end_as_lavinmq(broker) -> None:
+    with channel_of(broker) as channel:
+        channel.queue_declare("tail", durable=True, arguments=STREAM)
+        _publish(channel, "tail", 20)
+    assert _consume_some(broker, "tail", 3, {"x-stream-offset": -3}, "t1") == [17, 18, 19]
+    assert _consume_some(broker, "tail", 1, {"x-stream-offset": -1}, "t2") == [19]
+
+
+def test_a_streams_policy_sets_max_age_and_size_on_a_live_stream(start_broker) -> None:
+    managed = start_broker(management_port=free_port())
+    with channel_of(managed) as channel:
+        channel.queue_declare("ruled", durable=True, arguments={**STREAM, "x-stream-max-segment-size-bytes": 2_000})
+        _publish(channel, "ruled", 200, size=100)  # 20 KB in segments of about 2 KB
+    status, _ = call(managed, "PUT", "/api/policies/%2F/retention", {
+        "pattern": "^ruled$", "apply-to": "streams", "definition": {"max-length-bytes": 5_000, "max-age": "1D"}})
+    assert status == 201
+    status, queue = call(managed, "GET", "/api/queues/%2F/ruled")
+    assert queue["policy"] == "retention"
+    assert queue["stream"]["max_length_bytes"] == 5_000 and queue["stream"]["max_age_seconds"] == 86_400
+    assert 3_000 <= queue["stream"]["bytes"] <= 7_000 and queue["stream"]["first_offset"] > 100
+    status, text = call(managed, "PUT", "/api/policies/%2F/bad", {"pattern": "x", "definition": {"max-age": "7X"}})
+    assert status == 400

@@ -22,12 +22,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from amqpbroker.broker.retry import RETRY_TYPES
+from amqpbroker.broker.stream_offsets import max_age_error
 
 __all__ = ["Policy", "PolicyError", "validate_definition", "effective", "APPLY_TO", "QUEUE_KEYS"]
 
 APPLY_TO = ("queues", "classic_queues", "quorum_queues", "streams", "exchanges", "all")
 _NUMERIC = ("message-ttl", "expires", "max-length", "max-length-bytes", "delivery-limit", "consumer-timeout",
-            "delayed-retry-min", "delayed-retry-max", "delayed-retry-multiplier")
+            "delayed-retry-min", "delayed-retry-max", "delayed-retry-multiplier", "stream-max-segment-size-bytes")
 _TEXT = ("dead-letter-exchange", "dead-letter-routing-key", "alternate-exchange", "queue-mode", "delayed-retry-type")
 _OVERFLOW = ("drop-head", "reject-publish", "reject-publish-dlx")
 DEAD_LETTER_STRATEGIES = ("at-most-once", "at-least-once")
@@ -40,7 +41,8 @@ QUEUE_KEYS = {"message-ttl": "x-message-ttl", "expires": "x-expires", "max-lengt
               "dead-letter-strategy": "x-dead-letter-strategy", "delivery-limit": "x-delivery-limit",
               "consumer-timeout": "x-consumer-timeout", "delayed-retry-min": "x-delayed-retry-min",
               "delayed-retry-max": "x-delayed-retry-max", "delayed-retry-multiplier": "x-delayed-retry-multiplier",
-              "delayed-retry-type": "x-delayed-retry-type"}
+              "delayed-retry-type": "x-delayed-retry-type", "max-age": "x-max-age",
+              "stream-max-segment-size-bytes": "x-stream-max-segment-size-bytes"}
 _MINIMUM = {"x-message-ttl", "x-expires", "x-max-length", "x-max-length-bytes", "x-delivery-limit",
             "x-consumer-timeout"}
 
@@ -94,6 +96,9 @@ def validate_definition(definition: Any, *, operator: bool = False) -> dict[str,
         elif key == "delayed-retry-type":
             if value not in RETRY_TYPES:
                 raise PolicyError(f"delayed-retry-type must be one of {', '.join(RETRY_TYPES)}")
+        elif key == "max-age":
+            if max_age_error(value) is not None:
+                raise PolicyError(f"max-age must be a number and a unit (Y, M, D, h, m or s), such as 7D, not {value!r}")
         elif key in _TEXT:
             if not isinstance(value, str):
                 raise PolicyError(f"{key} must be a string")

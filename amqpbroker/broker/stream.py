@@ -17,6 +17,9 @@ the broker (routing, bindings, listings, consumers, acks): the same interface, i
   ``x-stream-filter`` values (and ``x-stream-match-unfiltered``), exactly and on the server: a
   consumer gets only the messages it asked for (RabbitMQ filters chunks through a Bloom filter
   and leaves false positives to the client; a client that filters again still works here).
+- **Offset tracking** (LavinMQ's extension): a consumer whose tag the client chose and that asks
+  with ``x-stream-automatic-offset-tracking: true`` (or a void ``x-stream-offset``) has its
+  position stored, durably, under its tag; consuming again with that tag goes on from there.
 - **Retention** (``x-max-length-bytes``, ``x-max-age``) drops whole segments from the start,
   after appends and every tick; a consumer whose offset went continues from the oldest message.
 """
@@ -41,6 +44,8 @@ if TYPE_CHECKING:
 __all__ = ["StreamQueue", "StreamConsumer", "OFFSET_HEADER", "DEFAULT_SEGMENT_BYTES"]
 
 OFFSET_HEADER = "x-stream-offset"
+TRACKING = "x-stream-automatic-offset-tracking"
+GENERATED_TAG = "amq.ctag-"  # consumer tags the broker made: never tracked
 DEFAULT_SEGMENT_BYTES = 500_000_000  # RabbitMQ's default x-stream-max-segment-size-bytes
 READ_MESSAGES = 1024  # a store read for a consumer behind the tail: at most this many messages
 READ_BYTES = 4 << 20  # ... or this many body bytes
@@ -51,7 +56,7 @@ class StreamConsumer(Consumer):
     """A consumer of a stream: where it is (``offset``: the next to deliver), what it asked for
     (filters), and the messages read for it from the store (``buffer``, from ``read_from`` back)."""
 
-    __slots__ = ("offset", "filters", "match_unfiltered", "buffer", "read_from", "reading", "cancelled")
+    __slots__ = ("offset", "filters", "match_unfiltered", "buffer", "read_from", "reading", "cancelled", "tracking")
 
     def __init__(self, tag: str, queue: StreamQueue, channel: Channel, *, exclusive: bool, prefetch: int,
                  arguments: dict[str, Any], offset: int, filters: frozenset[str] | None,
@@ -65,6 +70,7 @@ class StreamConsumer(Consumer):
         self.read_from = offset  # where the next store read starts
         self.reading = False
         self.cancelled = False
+        self.tracking = False  # its offset is stored under its tag (LavinMQ's automatic offset tracking)
 
     def wants(self, filter_value: str | None) -> bool:
         filters = self.filters
@@ -230,14 +236,36 @@ class StreamQueue(Queue):
         if not prefetch:
             raise precondition_failed(f"consumer prefetch count is not set for '{where}'")
         spec = arguments.get(OFFSET_HEADER)
+        # LavinMQ's server-side offset tracking, for a consumer tag the client chose: asked for
+        # with x-stream-automatic-offset-tracking, or with an x-stream-offset that is void (null)
+        void = OFFSET_HEADER in arguments and spec is None
+        tracking = (arguments.get(TRACKING) in (True, "true", b"true") or void) and not tag.startswith(GENERATED_TAG)
         try:
-            offset = start_offset(OffsetSpec.parse(spec), self.log, self.host.clock())
+            offset = start_offset(OffsetSpec.parse("first" if void else spec), self.log, self.host.clock())
         except ValueError as exc:
             raise precondition_failed(f"invalid x-stream-offset {where}: {exc}") from None
+        if tracking and tag in self.tracked:  # the stored offset wins, as LavinMQ
+            offset = min(max(self.tracked[tag], self.log.first), self.log.next)
         filters = _filters(arguments.get("x-stream-filter"))
         match_unfiltered = arguments.get("x-stream-match-unfiltered") is True
-        return StreamConsumer(tag, self, channel, exclusive=exclusive, prefetch=prefetch, arguments=arguments,
-                              offset=offset, filters=filters, match_unfiltered=match_unfiltered)
+        consumer = StreamConsumer(tag, self, channel, exclusive=exclusive, prefetch=prefetch, arguments=arguments,
+                                  offset=offset, filters=filters, match_unfiltered=match_unfiltered)
+        consumer.tracking = tracking
+        return consumer
+
+    def _track(self, consumer: StreamConsumer) -> None:
+        """Store where a tracking consumer would go on from: its oldest unacknowledged delivery,
+        or its next offset when nothing is outstanding (so a restart redelivers rather than skips)."""
+        resume = consumer.offset
+        if consumer.unacked:
+            for queue, entry, owner, _ in consumer.channel.unacked.values():
+                if owner is consumer:
+                    resume = entry[0]
+                    break
+        if self.tracked.get(consumer.tag) != resume:
+            self.tracked[consumer.tag] = resume
+            if self.journal.enabled:
+                self.journal.track_offset(self, consumer.tag, resume)
 
     def add_consumer(self, consumer: Consumer, exclusive: bool) -> None:
         self.consumers.append(consumer)
@@ -250,6 +278,8 @@ class StreamQueue(Queue):
         if consumer in self.consumers:
             self.consumers.remove(consumer)
             if isinstance(consumer, StreamConsumer):
+                if consumer.tracking and not self.deleted:
+                    self._track(consumer)
                 consumer.cancelled = True
                 consumer.buffer.clear()
         if self.exclusive_consumer is consumer:
@@ -266,6 +296,8 @@ class StreamQueue(Queue):
         self.close_chunk()
         sent = 0
         for consumer in self.consumers:
+            if consumer.tracking:
+                self._track(consumer)
             sent += self._serve(consumer)
         if sent:
             self.delivered += sent

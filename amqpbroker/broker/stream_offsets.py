@@ -6,6 +6,9 @@ newest chunk), ``next`` (only what arrives from now on; the default), a number (
 the oldest kept if it is older; ``next`` if it is beyond the end), an AMQP timestamp (the first
 chunk that began at or after it) or an interval such as ``30m`` (a timestamp that long ago).
 
+Extension, as LavinMQ: a negative number ``-n`` is the n-th message from the end (``-1`` the last
+one); RabbitMQ starts a negative offset at ``first``.
+
 Durations (``x-max-age`` and intervals) are a number and one unit: ``Y`` (365 days), ``M`` (30
 days), ``D``, ``h``, ``m`` or ``s``; anything else is refused, as RabbitMQ refuses it.
 """
@@ -64,7 +67,7 @@ def _type_name(value: Any) -> str:
 
 @dataclass(frozen=True)
 class OffsetSpec:
-    kind: str  # "first", "last", "next", "offset", "timestamp", "ago"
+    kind: str  # "first", "last", "next", "offset", "from-end", "timestamp", "ago"
     value: float = 0
 
     @classmethod
@@ -87,7 +90,7 @@ class OffsetSpec:
             moment = value if value.tzinfo is not None else value.replace(tzinfo=datetime.timezone.utc)
             return cls("timestamp", moment.timestamp())
         if isinstance(value, int) and not isinstance(value, bool):
-            return cls("offset", max(value, 0))  # (RabbitMQ takes a negative offset as first)
+            return cls("offset", value) if value >= 0 else cls("from-end", -value)
         raise ValueError(f"unsupported value of type {type(value).__name__}")
 
 
@@ -102,6 +105,8 @@ def start_offset(spec: OffsetSpec, log: StreamLog, now: float) -> int:
         return log.next
     if kind == "offset":
         return min(max(int(spec.value), log.first), log.next)
+    if kind == "from-end":
+        return max(log.next - int(spec.value), log.first)
     if kind == "timestamp":
         return log.offset_at(spec.value)
     return log.offset_at(now - spec.value)  # "ago"
