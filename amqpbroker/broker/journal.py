@@ -69,6 +69,7 @@ if TYPE_CHECKING:
     from amqpbroker.broker.message import Message
     from amqpbroker.broker.queue import Entry, Queue
     from amqpbroker.broker.stream import StreamConsumer, StreamQueue
+    from amqpbroker.broker.stream_reads import SharedRead
     from amqpbroker.broker.stream_log import Chunk
 
 __all__ = ["Journal", "INLINE"]
@@ -91,7 +92,7 @@ class Journal:
         self.pages: list[tuple] = []
         self.waiters: list[tuple[Channel, int, Message]] = []
         self.page_requests: list[Queue] = []
-        self.stream_reads: list[StreamConsumer] = []
+        self.stream_reads: list[StreamConsumer | SharedRead] = []  # (each: read_wanted, read_done, read_failed)
         self.open_streams: set[StreamQueue] = set()  # streams whose chunk of this batch is open
         # where in ``ops`` the puts of messages and entries not handed to the store yet are: one
         # that is gone again before the next flush (consumed at once) is never written at all
@@ -238,8 +239,8 @@ class Journal:
     def track_offset(self, stream: StreamQueue, name: str, offset: int) -> None:
         self.ops.append(("offset", stream.queue_id, name, offset))
 
-    def request_stream_read(self, consumer: StreamConsumer) -> None:
-        self.stream_reads.append(consumer)
+    def request_stream_read(self, reader: StreamConsumer | SharedRead) -> None:
+        self.stream_reads.append(reader)
 
     # ---------------------------------------------------------------- paging
 

@@ -5,58 +5,56 @@ requeued message goes back to its original position among the ready ones, as Rab
 ``dispatch()`` hands ready messages to consumers that have credit, one per consumer in turn; the
 broker calls it once per batch for every queue that changed (``Broker.run_pending``).
 
-Paging (when the broker has a store): ``ready`` holds at most a window of messages
-(``journal.window_messages`` / ``window_bytes``). Once it is full, arrivals are written to the
-store instead (``journal.page_out``) and only counted (``paged``); from then on every arrival goes
-there until the paged part is empty again, so the paged entries are always the newest ones, in
-order, from ``page_next`` on. When ``ready`` falls below half the window the queue asks for the
-next page (``journal.request_page``); the store writer reads it in a worker thread and hands it
-back through :meth:`Queue.paged_in`.
+This module keeps the queue's state (every slot is declared here), the way in (``enqueue``), the
+way out (the plain ``dispatch``, ``get``, ``purge``, ``discard``) and the choice between the
+plain dispatch path and the general one (``_update_dispatch``). The rest of its behaviour is in
+mixins that hold no state of their own, each saying in its docstring which attributes it uses:
 
-Options (``x-`` arguments, :class:`~amqpbroker.broker.queue_options.QueueOptions`) and messages
-with a per-message TTL take a separate, slower path (``_admit``,
-``_dispatch_expiring``): length limits with their overflow behaviour, expiry (expired messages
-are never delivered; they are dropped, or dead-lettered, when they reach the head, and a queue
-TTL drops them from the head as time passes, through :meth:`Queue.tick`), queue expiry, and
-dead-lettering through the host (the vhost).
+- ``queue_paging.py`` (:class:`PagingMixin`): paging to and from the store, and recovery;
+- ``queue_limits.py`` (:class:`LimitsMixin`): options, length limits, TTLs, queue expiry, the
+  timed work (``tick``) and the at-least-once dead-letter hold;
+- ``queue_redelivery.py`` (:class:`RedeliveryMixin`): requeue, redelivery backoff, delivery
+  counts and the delivery limit;
+- ``queue_consumers.py`` (:class:`ConsumersMixin`): consumers, their priorities, the single
+  active consumer, and the general dispatch path.
+
+The hot path (``enqueue``, ``dispatch``, ``_dispatch_to_one``, ``_after_dispatch``) stays here;
+a mixin's method costs the same call as one defined here.
 """
 
 from __future__ import annotations
 
-import bisect
-import heapq
-import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from amqpbroker.broker.backlog import TaskCounters
 from amqpbroker.broker.channel import OUTPUT_BYTES_HIGH_WATER, OUTPUT_HIGH_WATER
-from amqpbroker.broker.consumer import Consumer
 from amqpbroker.broker.deduplication import Deduplication
-from amqpbroker.broker.dead_letter import DELIVERY_LIMIT, EXPIRED, MAXLEN
-from amqpbroker.broker.dead_letter_hold import DeadLetterHold, HeldDeadLetter
 from amqpbroker.broker.flow import FLOW_HIGH, FLOW_LOW
 from amqpbroker.broker.journal import INLINE, Journal
-from amqpbroker.broker.message import Message
 from amqpbroker.broker.priority import PriorityReady
+from amqpbroker.broker.queue_consumers import ConsumersMixin
+from amqpbroker.broker.queue_limits import LimitsMixin
+from amqpbroker.broker.queue_options import QueueOptions
+from amqpbroker.broker.queue_paging import PagingMixin
+from amqpbroker.broker.queue_redelivery import RedeliveryMixin
 from amqpbroker.broker.queue_types import queue_type_of
 from amqpbroker.broker.queueing import Sampler
-from amqpbroker.broker.retry import DEFAULT_RETRY_LIMIT, RetryPolicy
-from amqpbroker.broker.queue_options import DROP_HEAD, REJECT_PUBLISH_DLX, QueueOptions
-from amqpbroker.codec.content import decode_properties, encode_content_header
-from amqpbroker.codec.tables import TableError
+from amqpbroker.broker.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from amqpbroker.broker.consumer import Consumer
+    from amqpbroker.broker.dead_letter_hold import DeadLetterHold
+    from amqpbroker.broker.message import Message
 
 __all__ = ["Queue", "Entry"]
-
-log = logging.getLogger("amqpbroker.queue")
-LIMIT_WARNING_SECONDS = 10.0
 
 Entry = tuple  # (seq: int, message: Message, redelivered: bool)
 
 
-class Queue:
+class Queue(PagingMixin, LimitsMixin, RedeliveryMixin, ConsumersMixin):
     __slots__ = (
         "name", "vhost", "durable", "exclusive_owner", "auto_delete", "arguments",
         "ready", "unacked_count", "consumers", "_next_seq", "_turn", "_mark_dirty",
@@ -203,255 +201,13 @@ class Queue:
             self._drop_over_limits()
         return True
 
-    def _drop_over_limits(self) -> None:
-        """``drop-head``: drop (or dead-letter) the oldest messages while a length limit is
-        broken. Only in-memory ones: when the head is still on disk the queue stays over its limit
-        until the page read under way brings it back (``paged_in`` calls this again)."""
-        while self.message_count and self._over_limits():
-            entry = self.get()
-            if entry is None:
-                return
-            self.discard(entry, reason=MAXLEN)
-
-    def _admit(self, message: Message) -> bool | None:
-        """Before a queue with options (or a message with a TTL) takes a message: note its
-        arrival for TTLs; False when a length limit refuses it (``reject-publish``), None when it
-        is a duplicate."""
-        options = self.options
-        dedup = self.dedup
-        if dedup is not None and dedup.is_duplicate(message.headers, self.host.clock(), remember=False):
-            return None
-        if message.arrived is None:
-            message.arrived = self.host.clock()
-        if message.ttl is not None:
-            self._holds_ttl()
-        if options is not None and options.limited and options.overflow != DROP_HEAD and self._full(message):
-            if options.overflow == REJECT_PUBLISH_DLX:
-                self.host.dead_letter(self, [message], MAXLEN)
-            return False  # refused: its value is not remembered, so the publisher may try again
-        if dedup is not None:
-            dedup.remember(message.headers, self.host.clock())
-        return True
-
-    def _holds_ttl(self) -> None:
-        """A message with its own TTL is here: check heads for expiry from now on."""
-        if not self.expiring:
-            self.expiring = True
-            self.host.timed.add(self)
-            self._update_dispatch()
-
-    def apply_arguments(self, arguments: dict[str, Any]) -> None:
-        """Its policies changed: its options are now its own arguments merged with theirs
-        (``policies.effective``), from the next message on; a lowered length limit drops (or
-        dead-letters) the excess at once, as RabbitMQ applies a policy to a live queue."""
-        self.options = options = QueueOptions.from_arguments(arguments)
-        self.retry = RetryPolicy.of(arguments)
-        self.delivery_limit = self._delivery_limit(arguments)
-        self._options_changed()
-        if options is not None:
-            if options.message_ttl is not None:
-                self._drop_expired_head(self.host.clock())
-            if options.limited:
-                self._drop_over_limits()
-
-    def _options_changed(self) -> None:
-        """A TTL makes it check heads for expiry, a TTL or ``x-expires`` makes it timed; the
-        at-least-once dead-letter strategy gives it a hold (its end releases what it held)."""
-        options = self.options
-        if options is not None:
-            if options.message_ttl is not None:
-                self.expiring = True
-            if options.message_ttl is not None or options.expires is not None:
-                self.host.timed.add(self)
-        at_least_once = options is not None and options.dead_letter_at_least_once and self.type.dead_letters_at_least_once
-        if at_least_once and self.dead_letter_hold is None:
-            self.dead_letter_hold = DeadLetterHold()
-        elif not at_least_once and self.dead_letter_hold is not None:
-            hold, self.dead_letter_hold = self.dead_letter_hold, None
-            for held in hold.take_all():  # dead-lettered at most once now, as RabbitMQ does
-                self._release_held(held)
-                if options is not None and options.dead_letter_exchange is not None:
-                    self.host.dead_letter(self, [held.entry[1]], held.reason)
-                self._forget(held.entry)
-        self._update_dispatch()
-
     def _update_dispatch(self) -> None:
         """Does ``dispatch`` need the general path (TTLs, consumer priorities, single active
         consumer, delivery-count headers)?"""
         self.general_dispatch = (self.expiring or bool(self._consumer_groups) or self.type.counts_every_delivery
                                  or bool(self.delivery_counts))
 
-    def _delivery_limit(self, arguments: dict[str, Any]) -> int | None:
-        """``x-delivery-limit`` (effective: its policies merged), else the default for its type;
-        negative: none (RabbitMQ 4's -1)."""
-        limit = arguments.get("x-delivery-limit")
-        if limit is None:
-            limit = (DEFAULT_RETRY_LIMIT if self.retry is not None
-                     else self.type.default_delivery_limit(self.host.delivery_limit_defaults))
-        return None if limit is None or limit < 0 else limit
-
-    def delivery_header(self, entry: Entry) -> bytes | None:
-        """The content header to deliver ``entry`` with, if not the message's own: how often the
-        message was returned before (``x-delivery-count``; a quorum queue says it every time, as
-        RabbitMQ's, other queues once it was returned)."""
-        count = self.delivery_counts.get(entry[0], 0)
-        if not count and not self.type.counts_every_delivery:
-            return None
-        message = entry[1]
-        properties = decode_properties(message.header)
-        properties.headers = {**(properties.headers or {}), "x-delivery-count": count}
-        try:
-            return encode_content_header(len(message.body), properties)
-        except TableError:  # cannot carry the count: delivered as published
-            return None
-
-    def _full(self, message: Message) -> bool:
-        """Would one more message break a length limit? (Messages backing off or held for
-        dead-lettering count, as RabbitMQ counts them.)"""
-        options = self.options
-        hold = self.dead_letter_hold
-        if options.max_length is not None and (self.message_count + len(self.retrying)
-                                               + (len(hold) if hold is not None else 0)) >= options.max_length:
-            return True
-        return (options.max_length_bytes is not None
-                and self._limited_bytes() + len(message.body) > options.max_length_bytes)
-
-    def _over_limits(self) -> bool:
-        options = self.options
-        hold = self.dead_letter_hold
-        if options.max_length is not None and (self.message_count + len(self.retrying)
-                                               + (len(hold) if hold is not None else 0)) > options.max_length:
-            return True
-        return options.max_length_bytes is not None and self._limited_bytes() > options.max_length_bytes
-
-    def _limited_bytes(self) -> int:
-        hold = self.dead_letter_hold
-        return self.ready_bytes + self.paged_bytes + (hold.bytes if hold is not None else 0)
-
-    def expires_at(self, message: Message) -> float | None:
-        """When ``message`` expires in this queue (the lower of the queue's and its own TTL)."""
-        ttl = self.options.message_ttl if self.options is not None else None
-        if message.ttl is not None:
-            ttl = message.ttl if ttl is None else min(ttl, message.ttl)
-        if ttl is None or message.arrived is None:
-            return None
-        return message.arrived + ttl
-
-    def _expired(self, message: Message, now: float) -> bool:
-        expiry = self.expires_at(message)
-        # a TTL of 0 still lets a message go to a consumer that is ready in the same batch
-        return expiry is not None and now > expiry + _TTL_GRACE
-
-    def _drop_expired_head(self, now: float) -> None:
-        """Expire messages at the head of the in-memory part (a queue TTL expires them in order;
-        others wait there). Paged-out ones are looked at when their page comes in."""
-        ready = self.ready
-        while ready and self._expired(ready[0][1], now):
-            entry = ready.popleft()
-            self.ready_bytes -= len(entry[1].body)
-            self.discard(entry, reason=EXPIRED)
-
-    def tick(self, now: float) -> bool:
-        """Timed work: expire messages from the head, and tell whether the queue itself expired
-        (``x-expires``: no consumers and no use for that long)."""
-        if self.expiring:
-            self._drop_expired_head(now)
-            if self.paged:
-                self._want_page()
-        if self.retrying:
-            self._release_due(now)
-        hold = self.dead_letter_hold
-        if hold is not None and hold.due(now):
-            self._settle_held(now)
-        expires = self.options.expires if self.options is not None else None
-        return expires is not None and not self.consumers and now - self.last_used >= expires
-
-    def requeue(self, entries: Iterable[Entry], *, failed: bool = False, counted: bool = True) -> None:
-        """Put delivered-but-unacked entries back at their original positions, redelivered
-        (``failed``: rejected or nacked; ``counted`` False: a peek that is no delivery). With a
-        backoff (``x-delayed-retry-*``) they wait in ``retrying`` first."""
-        returned = sorted((seq, message, True) for seq, message, _ in entries)
-        retry = self.retry
-        backoff = retry is not None and counted and retry.applies(failed) and not self.deleted
-        now = self.host.clock() if backoff else 0.0
-        if counted:
-            returned = self._count_returns(returned, retry if backoff else None, now)
-        if not returned:
-            return
-        if backoff:
-            for entry in returned:
-                heapq.heappush(self.retrying, (now + retry.delay(self.delivery_counts.get(entry[0], 1)), entry[0], entry))
-            self.host.timed.add(self)
-            return
-        self._put_back(returned)
-
-    def _release_due(self, now: float) -> None:
-        """Backed-off messages whose wait is over go back to their places among the ready ones."""
-        retrying = self.retrying
-        due = []
-        while retrying and retrying[0][0] <= now:
-            due.append(heapq.heappop(retrying)[2])
-        if due:
-            self._put_back(sorted(due))
-        self._untime_if_idle()
-
-    def _untime_if_idle(self) -> None:
-        """Leave the vhost's timer once there is no timed work (expiry, backoff, held messages)."""
-        if (not self.retrying and not self.expiring and not self.dead_letter_hold
-                and (self.options is None or self.options.expires is None)):
-            self.host.timed.discard(self)
-
-    def _put_back(self, returned: list[Entry]) -> None:
-        self.ready_bytes += sum(len(entry[1].body) for entry in returned)
-        ready = self.ready
-        if self.prioritised:
-            ready.put_back(returned)
-        elif not ready or returned[-1][0] < ready[0][0]:
-            ready.extendleft(reversed(returned))
-        else:
-            merged = list(ready)
-            for entry in returned:
-                bisect.insort(merged, entry, key=lambda item: item[0])
-            self.ready = deque(merged)
-        if self.consumers:
-            self._mark_dirty(self)
-
     # ---------------------------------------------------------------- messages out
-
-    def _count_returns(self, returned: list[Entry], retry: RetryPolicy | None = None, now: float = 0.0) -> list[Entry]:
-        """Count each message's returns (kept with a stored message, with the end of its backoff
-        when ``retry`` makes it wait, so a restart keeps both); past ``x-delivery-limit`` it is
-        dead-lettered (``delivery_limit``), or dropped with a warning, instead of requeued."""
-        counts, limit = self.delivery_counts, self.delivery_limit
-        stored = self.queue_id is not None and not self.deleted
-        kept = []
-        for entry in returned:
-            count = counts[entry[0]] = counts.get(entry[0], 0) + 1
-            if limit is not None and count > limit:
-                dead_letter_exchange = self.options.dead_letter_exchange if self.options is not None else None
-                if dead_letter_exchange is None or dead_letter_exchange not in self.host.exchanges:
-                    self._dropped_by_limit(limit)  # (a dead-letter exchange that does not exist drops it)
-                else:
-                    self.counters.dead_lettered_by_delivery_limit += 1
-                self.discard(entry, reason=DELIVERY_LIMIT)
-                continue
-            if stored and entry[1].message_id is not None:
-                self.journal.count_delivery(self, entry, count,
-                                            now + retry.delay(count) if retry is not None else None)
-            kept.append(entry)
-        if counts and not self.general_dispatch:
-            self._update_dispatch()
-        return kept
-
-    def _dropped_by_limit(self, limit: int) -> None:
-        counters = self.counters
-        counters.dropped_by_delivery_limit += 1
-        now = time.monotonic()  # (one warning per queue every LIMIT_WARNING_SECONDS: a poison loop must not flood the log)
-        if counters.drop_warned_at is None or now - counters.drop_warned_at >= LIMIT_WARNING_SECONDS:
-            counters.drop_warned_at = now
-            log.warning("queue '%s' in vhost '%s': a message returned more than its delivery limit (%d) "
-                        "was dropped (no dead-letter exchange); %d so far", self.name, self.vhost, limit,
-                        counters.dropped_by_delivery_limit)
 
     def get(self) -> Entry | None:
         """The next ready message in memory, or None (see :meth:`head_on_disk`: the head may be
@@ -523,145 +279,7 @@ class Queue:
         elif message.message_id != INLINE:  # the queue's entries went with it; the message may not
             self.journal.release(message)
 
-    def _settle_held(self, now: float) -> None:
-        """Dead-letter held messages, in order, until one still cannot go (``dead_letter_hold``);
-        those that went are forgotten in this batch, those newly held are stored as held."""
-        hold = self.dead_letter_hold
-        host = self.host
-        for held in hold.settle(lambda held: host.dead_letter_once(self, held.entry[1], held.reason, held.taken), now):
-            self._release_held(held)
-            self._forget(held.entry)
-        if not hold and not (self.options is not None and self.options.dead_letter_at_least_once
-                             and self.type.dead_letters_at_least_once):
-            self.dead_letter_hold = None  # what recovery held, gone after a strategy change
-        if hold:
-            if self.queue_id is not None:
-                for held in reversed(hold.held):
-                    if held.stored:
-                        break
-                    if held.entry[1].message_id is not None:
-                        self.journal.hold_dead_letter(self, held.entry, held.reason)
-                        held.stored = True
-            host.timed.add(self)
-        else:
-            self._untime_if_idle()
-
-    def _release_held(self, held: HeldDeadLetter) -> None:
-        if held.stored and not self.deleted:
-            self.journal.release_dead_letter(self, held.entry)
-
-    def restore_held(self, held: list[tuple[Entry, str]]) -> None:
-        """Recovery: entries the store held for dead-lettering at least once, in order; tried
-        from the first tick on (when every queue is back), even if the queue's strategy changed."""
-        if self.dead_letter_hold is None:
-            self.dead_letter_hold = DeadLetterHold()  # (dropped once empty: _settle_held)
-        hold = self.dead_letter_hold
-        now = self.host.clock()
-        for entry, reason in held:
-            hold.add(entry, reason, now).stored = True
-        if hold:
-            self.host.timed.add(self)
-
-    def restore_retrying(self, waiting: list[tuple[float, Entry]]) -> None:
-        """Recovery: entries whose redelivery backoff had not ended, with its end."""
-        for due, entry in waiting:
-            heapq.heappush(self.retrying, (due, entry[0], entry))
-        if waiting:
-            self.host.timed.add(self)
-
-    def restore(self, entries: list[Entry], *, paged: int = 0, page_next: int = 0, last_seq: int = 0) -> None:
-        """Recovery: the entries the store held, in order, and how many more it holds from
-        ``page_next`` on (``last_seq`` the newest)."""
-        self.ready.extend(entries)
-        self.ready_bytes += sum(len(entry[1].body) for entry in entries)
-        if any(entry[1].ttl is not None for entry in entries):
-            self._holds_ttl()
-        self.paged, self.page_next = paged, page_next
-        self._next_seq = max(self._next_seq, last_seq, entries[-1][0] if entries else 0)
-        if self.delivery_counts:  # (set by recovery: redeliveries say how often)
-            self._update_dispatch()
-
-    # ---------------------------------------------------------------- paging
-
-    @property
-    def head_on_disk(self) -> bool:
-        """Nothing ready in memory, but paged-out messages in the store."""
-        return not self.ready and self.paged > 0
-
-    def when_paged_in(self, callback: Callable[[bool], None]) -> None:
-        """Call ``callback(read_ok)`` once the page read under way (asked for here if none is)
-        is over, whatever its outcome: ``basic.get`` on a queue whose head is on disk waits for it, as
-        RabbitMQ's queue process defers its reply, instead of reading the store on the loop."""
-        self.page_waiters.append(callback)
-        if not self.paging_in:
-            self.paging_in = True
-            self.journal.request_page(self)
-
-    def _page_read_over(self, read_ok: bool = True) -> None:
-        waiters, self.page_waiters = self.page_waiters, []
-        for callback in waiters:  # each guards itself (Session._deferred_reply)
-            callback(read_ok)
-
-    def page_read_failed(self) -> None:
-        """The store could not read the page: nothing is dropped; waiting ``basic.get`` s are
-        answered with what is in memory, and the read is asked for again later."""
-        self.paging_in = False
-        self._page_read_over(False)
-
-    def _want_page(self) -> None:
-        """Ask for the next page once the in-memory part is down to half the window."""
-        if not self.paging_in and len(self.ready) <= self.journal.window_messages // 2:
-            self.paging_in = True
-            self.journal.request_page(self)
-
-    def page_wanted(self) -> tuple[int, bool, int, int, int, int] | None:
-        """What to read for this queue now, or None:
-        ``(epoch, durable, page id, from seq, at most count, at most bytes)``."""
-        if self.deleted or not self.paged:
-            self.paging_in = False
-            self._page_read_over()
-            return None
-        journal = self.journal
-        durable = self.queue_id is not None
-        room = max(journal.window_messages - len(self.ready), 1)
-        return (self.page_epoch, durable, self.queue_id if durable else self.page_id, self.page_next,
-                min(room, self.paged), max(journal.window_bytes - self.ready_bytes, 1))
-
-    def paged_in(self, epoch: int, page: list[tuple[int, Any]]) -> None:
-        """A page read begun at ``epoch`` came back as ``(seq, stored message)`` pairs (a
-        ``StoredMessage``: routing bytes, header, body, arrival): its messages join the
-        in-memory part."""
-        if epoch != self.page_epoch or self.deleted:
-            self._page_read_over()
-            return  # purged or deleted meanwhile; the purge dropped those pages
-        self.paging_in = False
-        if not page:
-            self.paged = 0  # the store lost them (only if the data dir was altered underneath)
-            self._page_read_over()
-            return
-        stored_inline = self.queue_id is not None
-        entries = []
-        for seq, stored in page:
-            message = Message.from_store(*stored)
-            if stored_inline:
-                message.message_id = INLINE
-            self.ready_bytes += len(message.body)
-            if message.ttl is not None:
-                self._holds_ttl()
-            entries.append((seq, message, False))
-        self.ready.extend(entries)
-        self.paged = max(self.paged - len(entries), 0)
-        self.paged_bytes = max(self.paged_bytes - sum(len(entry[1].body) for entry in entries), 0) if self.paged else 0
-        last = entries[-1][0]
-        self.journal.paged_in(self, self.page_next, last + 1)
-        self.page_next = last + 1
-        if self.consumers:
-            self._mark_dirty(self)
-        if self.options is not None and self.options.limited:
-            self._drop_over_limits()
-        self._page_read_over()
-        if self.paged:
-            self._want_page()
+    # ---------------------------------------------------------------- dispatch
 
     def dispatch(self) -> None:
         """Deliver ready messages to consumers with credit, round-robin, until either runs out."""
@@ -729,91 +347,6 @@ class Queue:
             self._want_page()
         elif self.flow_on and len(self.ready) <= FLOW_LOW:
             self.flow_on = False
-
-    def _dispatch_general(self) -> None:
-        """``dispatch`` for a queue that may hold messages with a TTL (the head is checked before
-        every delivery, so an expired message is never handed out), or whose consumers have
-        priorities (the highest with credit first, round-robin among equals) or take turns as
-        the single active consumer (only the first one gets messages)."""
-        consumers = self.consumers
-        if not consumers:
-            return
-        groups = [consumers[:1]] if self.single_active else (self._consumer_groups or [consumers])
-        now = self.host.clock() if self.expiring else 0.0
-        ready = self.ready
-        sent = 0
-        while True:
-            if self.expiring:
-                self._drop_expired_head(now)
-            if not ready:
-                break
-            consumer = self._next_consumer(groups)
-            if consumer is None:
-                break
-            entry = ready.popleft()
-            self.ready_bytes -= len(entry[1].body)
-            consumer.channel.deliver(consumer, self, entry, self.delivery_header(entry))
-            sent += 1
-        self._after_dispatch(sent)
-
-    def _next_consumer(self, groups: list[list[Consumer]]) -> Consumer | None:
-        """The next consumer with credit: from the highest priority group that has one, taking
-        turns within the group."""
-        for group in groups:
-            count = len(group)
-            start = self._turn % count
-            for step in range(count):
-                consumer = group[(start + step) % count]
-                if consumer.has_credit():
-                    self._turn = start + step + 1
-                    return consumer
-        return None
-
-    # ---------------------------------------------------------------- consumers
-
-    def consumer_for(self, tag: str, channel: Any, *, no_ack: bool, exclusive: bool, prefetch: int,
-                     arguments: dict[str, Any]) -> Consumer:
-        """The consumer a ``basic.consume`` makes (a stream checks and keeps more: stream.py)."""
-        return Consumer(tag, self, channel, no_ack=no_ack, exclusive=exclusive, prefetch=prefetch,
-                        arguments=arguments)
-
-    def add_consumer(self, consumer: Consumer, exclusive: bool) -> None:
-        self.consumers.append(consumer)
-        self.had_consumers = True
-        if exclusive:
-            self.exclusive_consumer = consumer
-        self._group_consumers()
-        self._mark_dirty(self)
-
-    def remove_consumer(self, consumer: Consumer) -> None:
-        if consumer in self.consumers:
-            self.consumers.remove(consumer)
-            self._group_consumers()
-            if not self.consumers:
-                self.touch()
-            elif self.single_active:
-                self._mark_dirty(self)  # the next one in line takes over
-        if self.exclusive_consumer is consumer:
-            self.exclusive_consumer = None
-
-    def _group_consumers(self) -> None:
-        """Consumers by priority (``x-priority``), highest first; empty (the plain round-robin)
-        when they all have the same one and the queue has no single active consumer."""
-        priorities = sorted({consumer.priority for consumer in self.consumers}, reverse=True)
-        if len(priorities) <= 1 and not self.single_active:
-            self._consumer_groups = []
-        else:
-            self._consumer_groups = [[consumer for consumer in self.consumers if consumer.priority == level]
-                                     for level in priorities]
-        self._update_dispatch()
-
-    def consumer_ready(self) -> None:
-        """A consumer of this queue got credit back: serve it in the next dispatch round."""
-        if self.ready:
-            self._mark_dirty(self)
-
-
-_TTL_GRACE = 0.001  # seconds: RabbitMQ's TTLs are in milliseconds
 
 
 class _NoHost:

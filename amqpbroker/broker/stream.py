@@ -11,8 +11,8 @@ the broker (routing, bindings, listings, consumers, acks): the same interface, i
 - **Consume** (:class:`StreamConsumer`): manual acks and a prefetch are required, as RabbitMQ;
   ``x-stream-offset`` says where to start (``stream_offsets.py``). A consumer is served from the
   log's tail while it keeps up; one further behind gets its messages from the store, read in a
-  worker thread a window at a time (``StreamConsumer.read_wanted``/``read_done``), never on the
-  loop. An ack only returns credit; a consumer at the end waits for new messages.
+  worker thread a window at a time, never on the loop: shared by the consumers that take every
+  message (``stream_reads.py``), per consumer for filtered ones (``StreamConsumer.read_wanted``). An ack only returns credit; a consumer at the end waits for new messages.
 - **Filtering**: a message's ``x-stream-filter-value`` header against a consumer's
   ``x-stream-filter`` values (and ``x-stream-match-unfiltered``), exactly and on the server: a
   consumer gets only the messages it asked for (RabbitMQ filters chunks through a Bloom filter
@@ -35,6 +35,7 @@ from amqpbroker.broker.message import Message
 from amqpbroker.broker.queue import Queue
 from amqpbroker.broker.stream_log import Chunk, StreamLog
 from amqpbroker.broker.stream_offsets import OffsetSpec, parse_max_age, start_offset
+from amqpbroker.broker.stream_reads import READ_BYTES, READ_MESSAGES, SharedReads
 from amqpbroker.codec.content import stream_filter_value, with_long_header
 from amqpbroker.errors import ConnectionError, ReplyCode, precondition_failed
 
@@ -47,8 +48,6 @@ OFFSET_HEADER = "x-stream-offset"
 TRACKING = "x-stream-automatic-offset-tracking"
 GENERATED_TAG = "amq.ctag-"  # consumer tags the broker made: never tracked
 DEFAULT_SEGMENT_BYTES = 500_000_000  # RabbitMQ's default x-stream-max-segment-size-bytes
-READ_MESSAGES = 1024  # a store read for a consumer behind the tail: at most this many messages
-READ_BYTES = 4 << 20  # ... or this many body bytes
 TAIL_MESSAGES = 4096  # the tail a stream keeps in memory, at most (and the paging window's bytes)
 
 
@@ -112,7 +111,7 @@ class StreamConsumer(Consumer):
 class StreamQueue(Queue):
     """A queue of type stream (see the module's docstring); durable, in the store."""
 
-    __slots__ = ("log", "max_bytes", "max_age", "tracked", "stalled")
+    __slots__ = ("log", "max_bytes", "max_age", "tracked", "stalled", "reads")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -126,6 +125,7 @@ class StreamQueue(Queue):
         self.max_age: float | None = None
         self.tracked: dict[str, int] = {}  # consumer name -> offset (automatic offset tracking)
         self.stalled = False  # a store read failed or came back short: tried again at the next tick
+        self.reads = SharedReads(self)  # what unfiltered consumers behind the tail read together
         self._retention(arguments)
 
     def _retention(self, arguments: dict[str, Any]) -> None:
@@ -201,6 +201,7 @@ class StreamQueue(Queue):
         first = self.log.retain(now, self.max_bytes, self.max_age)
         if first is None:
             return
+        self.reads.clear()
         self.ready_bytes = self.log.nbytes
         if self.journal.enabled:
             self.journal.trim_stream(self, first)
@@ -304,6 +305,8 @@ class StreamQueue(Queue):
             self.dispatched_at = time.monotonic()
 
     def _serve(self, consumer: StreamConsumer) -> int:
+        """Deliver to one consumer what its credit allows: from the tail when it is there, else
+        from the shared runs (no filter) or its own reads (a filter); ask for what is missing."""
         log = self.log
         if consumer.offset < log.first:  # retention took what it had not read yet
             consumer.offset = consumer.read_from = log.first
@@ -312,6 +315,8 @@ class StreamQueue(Queue):
         sent = 0
         channel = consumer.channel
         buffer = consumer.buffer
+        shared = consumer.filters is None
+        run = None
         while room > 0 and consumer.offset < log.next:
             offset = consumer.offset
             if buffer:
@@ -325,6 +330,13 @@ class StreamQueue(Queue):
                 if not consumer.wants(tailed.filter_value):
                     continue
                 message = tailed.message
+            elif shared:
+                if run is None or not run.first <= offset < run.next:
+                    run = self.reads.at(offset)
+                    if run is None:
+                        break
+                message = run.messages[offset - run.first]
+                consumer.offset = offset + 1
             else:
                 consumer.offset = max(offset, consumer.read_from) if not consumer.reading else offset
                 self._want_read(consumer)
@@ -334,10 +346,14 @@ class StreamQueue(Queue):
             room -= 1
             if not channel.can_send():
                 break
-        if not buffer and consumer.read_from > consumer.offset and not consumer.reading:
-            consumer.offset = consumer.read_from  # (what it read past was filtered out)
-        if consumer.offset < log.tail_base and len(buffer) < READ_MESSAGES // 2:
-            self._want_read(consumer)
+        if consumer.offset < log.tail_base:
+            if shared:
+                self.reads.read_ahead(consumer.offset)
+            else:
+                if not buffer and consumer.read_from > consumer.offset and not consumer.reading:
+                    consumer.offset = consumer.read_from  # (what it read past was filtered out)
+                if consumer.offset < log.tail_base and len(buffer) < READ_MESSAGES // 2:
+                    self._want_read(consumer)
         return sent
 
     def _want_read(self, consumer: StreamConsumer) -> None:
@@ -362,6 +378,7 @@ class StreamQueue(Queue):
     def purge(self) -> int:
         if self.deleted:  # (its records went with its definition; RabbitMQ reports none deleted)
             self.log.tail.clear()
+            self.reads.clear()
             return 0
         raise ConnectionError(ReplyCode.NOT_IMPLEMENTED,
                               f"queue.purge not supported by stream queues queue '{self.name}' in vhost '{self.vhost}'",

@@ -95,10 +95,15 @@ class StreamLog:
         tail = self.tail
         tail.append(Tailed(message, filter_value))
         self.tail_bytes += size
+        if len(tail) > self.tail_messages or self.tail_bytes > self.tail_max_bytes:
+            self._trim_tail()
+        return offset
+
+    def _trim_tail(self) -> None:
+        tail = self.tail
         while len(tail) > self.tail_messages or (self.tail_bytes > self.tail_max_bytes and len(tail) > 1):
             self.tail_bytes -= len(tail.popleft().message.body)
             self.tail_base += 1
-        return offset
 
     @property
     def chunk_open(self) -> bool:

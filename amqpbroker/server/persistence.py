@@ -36,6 +36,7 @@ import anyio
 from amqpbroker.broker.broker import Broker
 from amqpbroker.broker.queue import Queue
 from amqpbroker.broker.stream import StreamConsumer
+from amqpbroker.broker.stream_reads import SharedRead
 from amqpbroker.errors import log_internal_error
 from amqpbroker.store.base import Store
 
@@ -283,7 +284,7 @@ class StoreWriter:
             return
         queue.paged_in(epoch, page)
 
-    async def _read_stream(self, consumer: StreamConsumer) -> None:
+    async def _read_stream(self, consumer: StreamConsumer | SharedRead) -> None:
         wanted = consumer.read_wanted()
         if wanted is None:
             return
