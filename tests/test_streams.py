@@ -222,3 +222,13 @@ def test_a_streams_policy_sets_max_age_and_size_on_a_live_stream(start_broker) -
     assert 3_000 <= queue["stream"]["bytes"] <= 7_000 and queue["stream"]["first_offset"] > 100
     status, text = call(managed, "PUT", "/api/policies/%2F/bad", {"pattern": "x", "definition": {"max-age": "7X"}})
     assert status == 400
+
+
+def test_a_filter_value_too_long_to_store_is_taken_as_none(broker) -> None:
+    with channel_of(broker) as channel:
+        channel.queue_declare("long-filter", durable=True, arguments=STREAM)
+        channel.confirm_delivery()
+        channel.basic_publish("", "long-filter", b"long", pika.BasicProperties(headers={"x-stream-filter-value": "é" * 200}))
+        channel.basic_publish("", "long-filter", b"short", pika.BasicProperties(headers={"x-stream-filter-value": "a"}))
+    got = _read(broker, "long-filter", 2, arguments={"x-stream-filter": "a", "x-stream-match-unfiltered": True})
+    assert [offset for offset, _ in got] == [0, 1]  # stored (no store alarm), the long one as unfiltered

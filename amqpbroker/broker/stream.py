@@ -48,6 +48,7 @@ OFFSET_HEADER = "x-stream-offset"
 TRACKING = "x-stream-automatic-offset-tracking"
 GENERATED_TAG = "amq.ctag-"  # consumer tags the broker made: never tracked
 DEFAULT_SEGMENT_BYTES = 500_000_000  # RabbitMQ's default x-stream-max-segment-size-bytes
+AGE_CHECK_SECONDS = 1.0  # how often x-max-age retention is looked at (and after every batch when over size)
 TAIL_MESSAGES = 4096  # the tail a stream keeps in memory, at most (and the paging window's bytes)
 
 
@@ -111,7 +112,7 @@ class StreamConsumer(Consumer):
 class StreamQueue(Queue):
     """A queue of type stream (see the module's docstring); durable, in the store."""
 
-    __slots__ = ("log", "max_bytes", "max_age", "tracked", "stalled", "reads")
+    __slots__ = ("log", "max_bytes", "max_age", "tracked", "stalled", "reads", "aged_at")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -126,6 +127,7 @@ class StreamQueue(Queue):
         self.tracked: dict[str, int] = {}  # consumer name -> offset (automatic offset tracking)
         self.stalled = False  # a store read failed or came back short: tried again at the next tick
         self.reads = SharedReads(self)  # what unfiltered consumers behind the tail read together
+        self.aged_at = 0.0  # when x-max-age was last looked at (once a second)
         self._retention(arguments)
 
     def _retention(self, arguments: dict[str, Any]) -> None:
@@ -177,6 +179,8 @@ class StreamQueue(Queue):
                        with_long_header(message.header, OFFSET_HEADER, offset), message.body)
         copy.arrived = now
         filter_value = stream_filter_value(message.header)
+        if filter_value is not None and len(filter_value) > 63 and len(filter_value.encode()) > 255:
+            filter_value = None  # (the store keeps a filter value as a shortstr: taken as none)
         log.append(copy, filter_value, now)
         self._next_seq = log.next
         self.ready_bytes = log.nbytes
@@ -207,7 +211,8 @@ class StreamQueue(Queue):
             self.journal.trim_stream(self, first)
 
     def tick(self, now: float) -> bool:
-        if self.max_age is not None:
+        if self.max_age is not None and now - self.aged_at >= AGE_CHECK_SECONDS:
+            self.aged_at = now
             self._apply_retention(now)
         if self.stalled:
             self.stalled = False

@@ -190,10 +190,10 @@ class StreamLog:
         first offset when something went, else None."""
         dropped = False
         while True:
-            starts = [index for index, start in enumerate(self._segment_starts) if start]
-            if len(starts) < 2:
+            try:  # chunks [0, end) are the oldest segment (the first chunk always starts one)
+                end = self._segment_starts.index(1, 1)
+            except ValueError:  # one segment: the one being written stays
                 break
-            end = starts[1]  # chunks [0, end) are the oldest segment
             size = sum(self._sizes[:end])
             too_big = max_bytes is not None and self.nbytes > max_bytes
             too_old = max_age is not None and self._times[end - 1] < now - max_age
