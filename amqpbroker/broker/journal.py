@@ -225,9 +225,7 @@ class Journal:
 
     # ---------------------------------------------------------------- streams
 
-    def append_stream(self, stream: StreamQueue, offset: int, filter_value: str | None, message: Message) -> None:
-        self.ops.append(("stream", stream.queue_id, offset, filter_value, message))
-        self.open_streams.add(stream)
+    # (a stream appends its ("stream", ...) operations itself, on its hot path: stream.py)
 
     def stream_chunk(self, stream: StreamQueue, chunk: Chunk) -> None:
         self.ops.append(("chunk", stream.queue_id, *chunk))

@@ -181,14 +181,16 @@ class StreamQueue(Queue):
         filter_value = stream_filter_value(message.header)
         if filter_value is not None and len(filter_value) > 63 and len(filter_value.encode()) > 255:
             filter_value = None  # (the store keeps a filter value as a shortstr: taken as none)
+        first_of_batch = not log.chunk_open
         log.append(copy, filter_value, now)
-        self._next_seq = log.next
-        self.ready_bytes = log.nbytes
         journal = self.journal
         if journal.enabled:
-            journal.append_stream(self, offset, filter_value, copy)
+            journal.ops.append(("stream", self.queue_id, offset, filter_value, copy))
             message.durable = message.has_stored_copy = True
-        self._mark_dirty(self)  # (the chunk closes at dispatch, and consumers at the end wait)
+            if first_of_batch:
+                journal.open_streams.add(self)
+        if first_of_batch:  # the chunk closes at dispatch, and consumers at the end wait for it
+            self._mark_dirty(self)
         return True
 
     def close_chunk(self) -> None:
@@ -196,6 +198,8 @@ class StreamQueue(Queue):
         chunk = self.log.close_chunk()
         if chunk is None:
             return
+        self._next_seq = self.log.next
+        self.ready_bytes = self.log.nbytes
         if self.journal.enabled:
             self.journal.stream_chunk(self, chunk)
         if self.max_bytes is not None and self.log.nbytes > self.max_bytes:

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 __all__ = ["StreamLog", "Chunk", "Tailed"]
 
+TAIL_SLACK = 256  # messages the tail may pass its bound by within a batch (trimmed at its end)
+
 
 class Chunk(NamedTuple):
     first_offset: int
@@ -95,11 +97,12 @@ class StreamLog:
         tail = self.tail
         tail.append(Tailed(message, filter_value))
         self.tail_bytes += size
-        if len(tail) > self.tail_messages or self.tail_bytes > self.tail_max_bytes:
+        if len(tail) > self.tail_messages + TAIL_SLACK or self.tail_bytes > self.tail_max_bytes:
             self._trim_tail()
         return offset
 
     def _trim_tail(self) -> None:
+        """Back within the tail's bounds (trimmed once it is ``TAIL_SLACK`` messages over, not per append)."""
         tail = self.tail
         while len(tail) > self.tail_messages or (self.tail_bytes > self.tail_max_bytes and len(tail) > 1):
             self.tail_bytes -= len(tail.popleft().message.body)
@@ -117,6 +120,8 @@ class StreamLog:
         first = self._open_first
         if first is None:
             return None
+        if len(self.tail) > self.tail_messages:
+            self._trim_tail()
         segment_start = self._opens_segment()
         if segment_start:
             self.segment_bytes = 0
