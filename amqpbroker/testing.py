@@ -44,30 +44,71 @@ class BrokerEndpoints:
     metrics_url: str  # http://127.0.0.1:PORT/metrics (Prometheus)
 
 
-_PORT_BLOCK = 1500  # ports per pytest-xdist worker, below Linux's ephemeral range (32768-60999)
+_PORTS = range(20000, 32768)  # below Linux's ephemeral range (32768-60999), where clients' sockets go
+_CLAIMS = os.path.join(tempfile.gettempdir(), "amqpbroker-test-ports")
 _next_port: list[int] = []
 
 
 def free_port() -> int:
-    """A port free on 127.0.0.1 now. Under pytest-xdist each worker takes ports from its own
-    block (20000 + 1500 per worker), in turn, so that two workers never pick the same one between
-    choosing it and binding it; otherwise the system picks one."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
-    if not worker.startswith("gw") or not worker[2:].isdigit():
+    """A port free on 127.0.0.1 now, and claimed for this process: under pytest-xdist (and in the
+    pytest runs tests start) several processes pick ports at once, and a port one of them chose
+    but had not bound yet must not go to another. A claim is a file named after the port holding
+    the claiming process's id (``$TMPDIR/amqpbroker-test-ports``); a dead process's claims are
+    taken over. Outside pytest-xdist the system picks the port."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
         return _system_port()
-    start = 20000 + int(worker[2:]) % 8 * _PORT_BLOCK
-    if not _next_port:
-        _next_port.append(start)
-    for _ in range(_PORT_BLOCK):
-        port = _next_port[0]
-        _next_port[0] = start + (port + 1 - start) % _PORT_BLOCK
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
+    if not _next_port:  # each process walks the range from its own place
+        _next_port.append(os.getpid() * 7919 % len(_PORTS))
+    for _ in range(len(_PORTS)):
+        port = _PORTS[_next_port[0]]
+        _next_port[0] = (_next_port[0] + 1) % len(_PORTS)
+        if _bindable(port) and _claim(port):
+            return port
     return _system_port()
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _claim(port: int) -> bool:
+    os.makedirs(_CLAIMS, exist_ok=True)
+    path = os.path.join(_CLAIMS, str(port))
+    for _ in range(2):
+        try:
+            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            if _claimant_alive(path):
+                return False
+            with contextlib.suppress(OSError):
+                os.unlink(path)  # (a dead process's claim; if another took it over first, O_EXCL says so)
+            continue
+        with os.fdopen(descriptor, "w") as claim:
+            claim.write(str(os.getpid()))
+        return True
+    return False
+
+
+def _claimant_alive(path: str) -> bool:
+    try:
+        with open(path) as claim:
+            pid = int(claim.read() or 0)
+    except (OSError, ValueError):
+        return True  # being written: taken
+    if not pid:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _system_port() -> int:
