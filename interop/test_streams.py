@@ -374,3 +374,34 @@ def test_the_management_api_lists_a_stream_and_refuses_to_purge_or_get_it(manage
     status, text = api.request("POST", f"/api/queues/%2F/{name}/get",
                                {"count": 1, "ackmode": "ack_requeue_true", "encoding": "auto"})
     assert status == 400 and f"540 basic.get not supported by stream queues queue '{name}' in vhost '/'" in text
+
+
+# ---------------------------------------------------------------------------- kombu
+
+
+def test_kombu_declares_writes_and_replays_a_stream(amqp_url, unique, cleanup) -> None:
+    import kombu
+
+    name = cleanup.queue(f"{unique}-s")
+    with kombu.Connection(amqp_url) as connection:
+        queue = kombu.Queue(name, routing_key=name, durable=True, queue_arguments=STREAM,
+                            consumer_arguments={"x-stream-offset": "first"})
+        with connection.Producer() as producer:
+            for i in range(10):
+                producer.publish({"n": i}, routing_key=name, declare=[queue], serializer="json")
+        for _ in range(2):  # replayed from the start each time
+            got: list[tuple[int, int]] = []
+
+            def on_message(body, message):
+                got.append((body["n"], message.headers["x-stream-offset"]))
+                message.ack()
+
+            with connection.Consumer(queue, callbacks=[on_message], prefetch_count=5):
+                deadline = time.monotonic() + 10
+                while len(got) < 10 and time.monotonic() < deadline:
+                    try:
+                        connection.drain_events(timeout=0.5)
+                    except TimeoutError:
+                        pass
+            assert [n for n, _ in got] == list(range(10))
+            assert [offset for _, offset in got] == list(range(got[0][1], got[0][1] + 10))

@@ -235,8 +235,11 @@ def _basic_consume(session: Session, channel: Channel, m: commands.Basic.Consume
         timeout = consumer_timeout_argument(arguments)
     except ValueError as exc:
         raise precondition_failed(str(exc)) from None
+    prefetch = channel.consumer_prefetch
+    if not prefetch and queue.type is STREAM and _spec_qos_semantics(session):
+        prefetch = channel.global_prefetch  # (py-amqp's global=false, which RabbitMQ takes per consumer)
     consumer = queue.consumer_for(tag, channel, no_ack=m.no_ack, exclusive=m.exclusive,
-                                  prefetch=channel.consumer_prefetch, arguments=arguments)
+                                  prefetch=prefetch, arguments=arguments)
     consumer.timeout = timeout
     channel.consumers[tag] = consumer
     if not m.nowait:
