@@ -28,3 +28,16 @@ def test_amqplib_publish_then_close_finishes(amqp_url: str, unique: str, cleanup
     with connect(amqp_url) as connection:
         declared = connection.channel().queue_declare(queue, passive=True)
         assert declared.method.message_count <= 2000
+
+
+def test_amqplib_writes_a_stream_and_replays_it_twice(amqp_url: str, unique: str, cleanup: Cleanup) -> None:
+    """A stream as amqplib programs use one: confirms, a prefetch, manual acks, x-stream-offset."""
+    import json
+
+    stream = cleanup.queue(f"{unique}-stream")
+    result = subprocess.run(["node", str(NODE_DIR / "stream_replay.js"), amqp_url, stream, "50"],
+                            capture_output=True, text=True, timeout=60, env={**os.environ})
+    assert result.returncode == 0, result.stderr
+    read = json.loads(result.stdout)
+    start = read["first"][0]
+    assert read["first"] == read["second"] == list(range(start, start + 50))
