@@ -433,3 +433,39 @@ async def test_a_durable_queues_paged_part_is_not_read_while_its_writes_wait_for
         group.cancel_scope.cancel()
     assert got == [f"b{index}".encode() for index in range(10)] and queue.message_count == 0
     store.real.close()
+
+
+async def test_a_stream_s_appends_during_the_store_alarm_are_nacked_kept_and_written_once_it_clears(tmp_path, monkeypatch):
+    """Streams store every message: while the store fails, appends are nacked (the publisher may
+    publish again) yet kept in order, and written when the store works again; a restart finds
+    them and the chunk index that covers them."""
+    import amqpbroker.server.persistence as persistence
+    monkeypatch.setattr(persistence, "RETRY_SECONDS", 0.01)
+    path = str(tmp_path / "db")
+    store = FlakyStore(path)
+    broker = Broker()
+    broker.journal.enabled = True
+    writer = StoreWriter(store, broker)
+    client = FakeClient(broker)
+    client.open_channel()
+    client.send(commands.Confirm.Select(), 1)
+    client.expect(commands.Confirm.SelectOk)
+    client.declare_queue("log", durable=True, arguments={"x-queue-type": "stream"})
+    await writer.drain()
+    store.failing = {"write"}
+    client.publish(1, "", "log", b"during")  # (transient: a stream stores it anyway)
+    assert [type(frame) for _, frame in client.methods()] == [Basic.Nack]
+    async with anyio.create_task_group() as group:
+        group.start_soon(writer.run)
+        group.start_soon(writer.run_retries)
+        store.failing = set()
+        with anyio.fail_after(5):
+            while broker.store_alarm:
+                await anyio.sleep(0.01)
+        group.cancel_scope.cancel()
+    client.publish(1, "", "log", b"after")
+    await writer.drain()
+    assert [type(frame) for _, frame in client.methods()] == [Basic.Ack]
+    store.real.close()
+    stream = _recovered(path).vhosts["/"].queues["log"]
+    assert (stream.log.first, stream.log.next, stream.log.chunk_count) == (0, 2, 2)

@@ -234,3 +234,32 @@ def test_a_filter_value_too_long_to_store_is_taken_as_none(broker) -> None:
         channel.basic_publish("", "long-filter", b"short", pika.BasicProperties(headers={"x-stream-filter-value": "a"}))
     got = _read(broker, "long-filter", 2, arguments={"x-stream-filter": "a", "x-stream-match-unfiltered": True})
     assert [offset for offset, _ in got] == [0, 1]  # stored (no store alarm), the long one as unfiltered
+
+
+def test_consumers_that_vanish_mid_read_and_a_delete_during_reads_harm_no_one(broker) -> None:
+    with channel_of(broker) as channel:
+        channel.queue_declare("churn", durable=True, arguments=STREAM)
+        channel.queue_declare("other", durable=True, arguments=STREAM)
+        _publish(channel, "churn", 8_000)  # (four times the tail kept in memory)
+        _publish(channel, "other", 3_000)
+    for _ in range(3):  # consumers far behind the tail, their connections dropped mid-read
+        connection = broker.connect()
+        channel = connection.channel()
+        channel.basic_qos(prefetch_count=500)
+        channel.basic_consume("churn", lambda *args: None, arguments={"x-stream-offset": "first"})
+        connection.process_data_events(0.2)
+        connection._impl._transport._sock.close()  # (gone without a close)
+    reading = broker.connect()
+    reader = reading.channel()
+    reader.basic_qos(prefetch_count=500)
+    reader.basic_consume("churn", lambda ch, m, p, b: ch.basic_ack(m.delivery_tag), arguments={"x-stream-offset": "first"})
+    reading.process_data_events(0.1)
+    with channel_of(broker) as channel:
+        channel.queue_delete("churn")  # while its consumer's reads are under way
+    reading.process_data_events(0.3)  # (its consumer is cancelled by the broker)
+    reading._impl._transport._sock.close()
+    got = _read(broker, "other", 3_000)  # the broker serves everyone else as before
+    assert [offset for offset, _ in got] == list(range(3_000))
+    with channel_of(broker) as channel:
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker):
+            channel.queue_declare("churn", passive=True)
