@@ -151,7 +151,7 @@ def _overwrite(path: str, key: bytes, value: bytes) -> None:
         db.close()
 
 
-@pytest.mark.parametrize("cut", [0, 1, 5, 30], ids=["empty", "flag-only", "in-arrival", "in-header"])
+@pytest.mark.parametrize("cut", [0, 2, 5, 9, 34], ids=["empty", "in-length", "flag-only", "in-arrival", "in-header"])
 def test_a_truncated_stream_record_is_a_store_error(path, cut) -> None:
     store = RocksStore(path)
     try:
@@ -159,7 +159,8 @@ def test_a_truncated_stream_record_is_a_store_error(path, cut) -> None:
     finally:
         store.close()
     key = struct.pack(">cQQ", b"s", STREAM, 1)
-    value = b"\x01\x02eu" + struct.pack(">d", 1.0) + ROUTING + struct.pack(">I", len(HEADER)) + HEADER + b"body"
+    record = b"\x01\x02eu" + struct.pack(">d", 1.0) + ROUTING + struct.pack(">I", len(HEADER)) + HEADER + b"body"
+    value = struct.pack(">I", len(record)) + record  # (a chunk value: length-prefixed records)
     _overwrite(path, key, value[:cut])
     store = RocksStore(path)
     try:
@@ -173,7 +174,7 @@ def test_a_truncated_stream_record_is_a_store_error(path, cut) -> None:
 def test_an_unknown_stream_record_flag_is_a_store_error(path) -> None:
     store = RocksStore(path)
     store.close()
-    _overwrite(path, struct.pack(">cQQ", b"s", STREAM, 0), b"\x07" + b"\x00" * 40)
+    _overwrite(path, struct.pack(">cQQ", b"s", STREAM, 0), struct.pack(">I", 41) + b"\x07" + b"\x00" * 40)
     store = RocksStore(path)
     try:
         with pytest.raises(StoreError, match="unknown stream record flag"):

@@ -41,9 +41,9 @@ for the next sync, which keeps confirms in order.
 ``("entries-", queue_id, from_seq)``                    a durable queue's paged-out entries dropped
 ``("delayed", id, vhost, exchange, due, message)``      a message held by a delayed exchange
 ``("delayed-", id)``                                    it was routed (or dropped)
-``("stream", stream_id, offset, filter_value, message)`` a message appended to a stream (stream.py)
-``("chunk", stream_id, first_offset, timestamp, count,  ... the stream's chunk of this batch ended
-nbytes, segment_start)``
+``("chunk", stream_id, first_offset, timestamp, count,  a stream's batch of appends (stream.py): its
+nbytes, segment_start, messages)``                      ``(filter value, message)`` pairs, stored
+                                                        as one value, and its index record
 ``("stream-", stream_id, below_offset)``                 retention dropped the offsets below
 ``("offset", stream_id, name, offset)``                  a named consumer's offset (tracking)
 ``("meta", kind, key, value)``                          a user, vhost or permission set (tenancy.py)
@@ -225,10 +225,9 @@ class Journal:
 
     # ---------------------------------------------------------------- streams
 
-    # (a stream appends its ("stream", ...) operations itself, on its hot path: stream.py)
-
-    def stream_chunk(self, stream: StreamQueue, chunk: Chunk) -> None:
-        self.ops.append(("chunk", stream.queue_id, *chunk))
+    def stream_chunk(self, stream: StreamQueue, chunk: Chunk, messages: list[tuple[str | None, Message]]) -> None:
+        """A stream's batch of appends ended: its messages, one store value, and its index record."""
+        self.ops.append(("chunk", stream.queue_id, *chunk, messages))
         self.open_streams.discard(stream)
 
     def trim_stream(self, stream: StreamQueue, below_offset: int) -> None:

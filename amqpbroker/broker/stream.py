@@ -112,7 +112,7 @@ class StreamConsumer(Consumer):
 class StreamQueue(Queue):
     """A queue of type stream (see the module's docstring); durable, in the store."""
 
-    __slots__ = ("log", "max_bytes", "max_age", "tracked", "stalled", "reads", "aged_at")
+    __slots__ = ("log", "max_bytes", "max_age", "tracked", "stalled", "reads", "aged_at", "appended")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -128,6 +128,7 @@ class StreamQueue(Queue):
         self.stalled = False  # a store read failed or came back short: tried again at the next tick
         self.reads = SharedReads(self)  # what unfiltered consumers behind the tail read together
         self.aged_at = 0.0  # when x-max-age was last looked at (once a second)
+        self.appended: list[tuple[str | None, Message]] = []  # this batch's appends, stored as one chunk
         self._retention(arguments)
 
     def _retention(self, arguments: dict[str, Any]) -> None:
@@ -185,7 +186,7 @@ class StreamQueue(Queue):
         log.append(copy, filter_value, now)
         journal = self.journal
         if journal.enabled:
-            journal.ops.append(("stream", self.queue_id, offset, filter_value, copy))
+            self.appended.append((filter_value, copy))
             message.durable = message.has_stored_copy = True
             if first_of_batch:
                 journal.open_streams.add(self)
@@ -201,7 +202,8 @@ class StreamQueue(Queue):
         self._next_seq = self.log.next
         self.ready_bytes = self.log.nbytes
         if self.journal.enabled:
-            self.journal.stream_chunk(self, chunk)
+            appended, self.appended = self.appended, []
+            self.journal.stream_chunk(self, chunk, appended)
         if self.max_bytes is not None and self.log.nbytes > self.max_bytes:
             self._apply_retention(self.host.clock())
 

@@ -24,7 +24,8 @@ key                                            value
                                                 expiry, remembered at (doubles)
 ``a`` kind (1) key                              access metadata (users, vhosts, permissions): the
                                                 broker's own encoding, opaque here
-``s`` stream id (8) offset (8)                  a stream message: a flag (1: a shortstr filter value
+``s`` stream id (8) first offset (8)            a chunk's messages, in offset order, each a record:
+                                                its length (4), a flag (1: a shortstr filter value
                                                 follows, 0: none), then the message as in ``m``
 ``k`` stream id (8) first offset (8)            a chunk of that stream: its first message's time
                                                 (double), count (4), body bytes (8), whether it
@@ -143,6 +144,31 @@ def _stored_message(value: bytes, start: int = 0) -> StoredMessage:
 def _stream_value(filter_value: str | None, message: Any) -> bytes:
     flag = b"\x00" if filter_value is None else b"\x01" + _shortstr(filter_value)
     return flag + _message_value(message)
+
+
+def _chunk_value(messages: Any) -> bytes:
+    """A chunk's messages, ``(filter value, message)`` pairs, as one value: each record is its
+    length (4 bytes) and :func:`_stream_value`."""
+    parts = []
+    for filter_value, message in messages:
+        record = _stream_value(filter_value, message)
+        parts.append(_U32.pack(len(record)))
+        parts.append(record)
+    return b"".join(parts)
+
+
+def _chunk_records(value: bytes) -> Iterator[bytes]:
+    """The records of a chunk value, in offset order; a value cut short is an error."""
+    position, end = 0, len(value)
+    if not end:
+        raise ValueError("empty stream chunk")
+    while position < end:
+        length = _U32.unpack_from(value, position)[0]
+        position += 4
+        if position + length > end:
+            raise ValueError("truncated stream chunk")
+        yield value[position:position + length]
+        position += length
 
 
 def _stream_filter(value: bytes) -> tuple[str | None, int]:
@@ -332,22 +358,37 @@ class RocksStore:
         included: list[tuple[int, StoredMessage]] = []
         next_offset = from_offset
         scanned = size = 0
+        start_key = _seq_key(b"s", stream_id, from_offset)
+        end_key = _seq_key(b"s", stream_id + 1, 0)
+        iterator = self._db.iter()
         try:
-            for key, value in self._scan_range(*_range(b"s", stream_id, from_offset)):
-                offset = _SEQ_KEY.unpack(key)[2]
-                next_offset = offset + 1
-                scanned += 1
-                filter_value, start = _stream_filter(value)
-                if _stream_wanted(filter_value, filters, match_unfiltered):
-                    message = _stream_message(value, start)
-                    included.append((offset, message))
-                    size += len(message.body)
-                    if len(included) >= count or size >= max_bytes:
-                        break
-                if scanned >= _STREAM_SCAN_FACTOR * count:
+            iterator.seek_for_prev(start_key)  # the chunk holding from_offset starts at or before it
+            if not iterator.valid() or iterator.key()[:9] != start_key[:9]:
+                iterator.seek(start_key)
+            while iterator.valid():
+                key = iterator.key()
+                if key >= end_key:
                     break
+                offset = _SEQ_KEY.unpack(key)[2]
+                for record in _chunk_records(iterator.value()):
+                    if offset >= from_offset:
+                        next_offset = offset + 1
+                        scanned += 1
+                        filter_value, start = _stream_filter(record)
+                        if _stream_wanted(filter_value, filters, match_unfiltered):
+                            message = _stream_message(record, start)
+                            included.append((offset, message))
+                            size += len(message.body)
+                            if len(included) >= count or size >= max_bytes:
+                                return included, next_offset
+                        if scanned >= _STREAM_SCAN_FACTOR * count:
+                            return included, next_offset
+                    offset += 1
+                iterator.next()
         except Exception as exc:
             raise StoreError(f"reading stream {stream_id} from {self.path} failed: {exc}") from exc
+        finally:
+            del iterator  # (iterators must be gone before close())
         return included, next_offset
 
     # ------------------------------------------------------------ writing
@@ -397,11 +438,13 @@ class RocksStore:
             elif tag == "entries-":
                 batch.delete_range(*_range(b"e", op[1], op[2]))
                 batch.delete_range(*_range(b"c", op[1], op[2]))
-            elif tag == "stream":
+            elif tag == "stream":  # one message as a chunk of its own
                 _, stream_id, offset, filter_value, message = op
-                put(_seq_key(b"s", stream_id, offset), _stream_value(filter_value, message))
-            elif tag == "chunk":
-                _, stream_id, first_offset, timestamp, count, nbytes, segment_start = op
+                put(_seq_key(b"s", stream_id, offset), _chunk_value(((filter_value, message),)))
+            elif tag == "chunk":  # its index record, and its messages as one value when they come with it
+                _, stream_id, first_offset, timestamp, count, nbytes, segment_start, *messages = op
+                if messages:
+                    put(_seq_key(b"s", stream_id, first_offset), _chunk_value(messages[0]))
                 put(_seq_key(b"k", stream_id, first_offset),
                     _CHUNK_VALUE.pack(timestamp, count, nbytes, segment_start))
             elif tag == "stream-":  # retention: everything below an offset
