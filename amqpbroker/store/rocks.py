@@ -48,7 +48,7 @@ import struct
 from collections.abc import Iterator
 from typing import Any
 
-from rocksdict import Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteOptions
 
 from amqpbroker.codec.tables import TableError, decode_table
 
@@ -67,6 +67,7 @@ _PERSISTENT = 2  # inline entry flag
 _CHUNK_VALUE = struct.Struct(">dIQB")
 _STREAM_SCAN_FACTOR = 50  # a filtered stream read scans at most this many records per one asked for
 _MEMTABLE_BYTES = 32 << 20  # two of these at most: bounds RocksDB's share of resident memory
+_BLOCK_CACHE_BYTES = 32 << 20  # data, index and filter blocks read back
 
 
 _KINDS = {b"x": "exchange", b"q": "queue", b"b": "binding"}
@@ -209,6 +210,13 @@ class RocksStore:
         options.create_if_missing(True)
         options.set_write_buffer_size(_MEMTABLE_BYTES)
         options.set_max_write_buffer_number(2)
+        # index and filter blocks live in a bounded cache rather than beside it, so that memory
+        # does not grow with the data (a stream of millions of messages)
+        table = BlockBasedOptions()
+        table.set_block_cache(Cache(_BLOCK_CACHE_BYTES))
+        table.set_cache_index_and_filter_blocks(True)
+        table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+        options.set_block_based_table_factory(table)
         try:
             self._db = Rdict(path, options)
         except Exception as exc:  # rocksdict raises plain Exception for corrupt or locked dirs
