@@ -112,3 +112,17 @@ def test_retention_by_size_moves_a_consumer_behind_to_the_oldest_message() -> No
     client.received()
     got = deliveries(client.consume("s", "c", arguments={"x-stream-offset": 0}))
     assert got[0].properties.headers["x-stream-offset"] == stream.log.first
+
+
+def test_a_stream_deleted_in_the_batch_that_appended_leaves_nothing_in_the_store() -> None:
+    broker = Broker()
+    broker.journal.enabled = True  # (no store writer: the operations stay in the journal to look at)
+    client = FakeClient(broker)
+    client.open_channel()
+    stream = _stream(client)
+    client.send_many(client.publish_frames(1, "", "s", b"a"), client.publish_frames(1, "", "s", b"b"),
+                     (commands.Queue.Delete(queue="s"), 1))
+    client.received()
+    ops, _, _ = broker.journal.take()
+    tags = [op[0] for op in ops if op is not None and op[0] in ("queue-", "chunk")]
+    assert tags == ["queue-"] and stream.deleted

@@ -134,6 +134,9 @@ class StreamQueue(StreamConsumersMixin, Queue):
         chunk = self.log.close_chunk()
         if chunk is None:
             return
+        if self.deleted:  # deleted in the batch that appended: nothing more for the store
+            self.appended = []
+            return
         self._next_seq = self.log.next
         self.ready_bytes = self.log.nbytes
         if self.journal.enabled:
