@@ -88,3 +88,15 @@ def test_bench_says_how_to_get_a_reference_broker_when_none_answers(amqp_url: st
            "--reference-url", f"amqp://guest:guest@127.0.0.1:{free_port()}/", "--duration", "1"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=45)
     assert proc.returncode == 2 and "interop/reference.sh start" in proc.stderr, proc.stderr
+
+
+def test_the_stream_bench_writes_and_reads_back_a_small_stream(amqp_url: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "interop.bench.streams", "--url", amqp_url,
+                             "--messages", "3000", "--consumers", "2"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip()
+            for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line}
+    assert float(rows["write msg/s"].replace(",", "")) > 0
+    assert float(rows["read msg/s, all consumers"].replace(",", "")) > 0
+    assert rows["nacked"] == "0.0"
