@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from amqpbroker.broker.message import Message
 from amqpbroker.broker.stream_log import Chunk, StreamLog
-from amqpbroker.broker.stream_offsets import OffsetSpec, max_age_error, parse_duration, start_offset
+from amqpbroker.broker.arguments import max_age_error
+from amqpbroker.broker.stream_offsets import OffsetSpec, parse_duration, start_offset
 from amqpbroker.codec.tables import Timestamp
 
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from amqpbroker.broker.stream_offsets import max_age_error
+from amqpbroker.broker.stream_offsets import parse_duration
 from amqpbroker.errors import precondition_failed
 
-__all__ = ["validate_queue_arguments", "check_queue_equivalence", "check_exchange_equivalence",
+__all__ = ["validate_queue_arguments", "max_age_error", "check_queue_equivalence", "check_exchange_equivalence",
            "describe"]
 
 
@@ -115,6 +115,15 @@ def _one_of(invalid: str, *choices: str) -> Callable[[Any], str | None]:
             return f"{{unacceptable_type,{_amqp_type(value)}}}"
         return None if value in choices else invalid.format(value=value)
     return check
+
+
+def max_age_error(value: Any) -> str | None:
+    """RabbitMQ's reason for refusing an ``x-max-age`` (also the ``max-age`` policy key), None if valid."""
+    if isinstance(value, bytes):
+        value = value.decode(errors="replace")
+    if not isinstance(value, str):
+        return f"{{unacceptable_type,{_amqp_type(value)}}}"
+    return None if parse_duration(value) is not None else "invalid_max_age"
 
 
 def _max_priority(value: Any) -> str | None:

@@ -21,8 +21,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from amqpbroker.broker.arguments import max_age_error
 from amqpbroker.broker.retry import RETRY_TYPES
-from amqpbroker.broker.stream_offsets import max_age_error
 
 __all__ = ["Policy", "PolicyError", "validate_definition", "effective", "APPLY_TO", "QUEUE_KEYS"]
 

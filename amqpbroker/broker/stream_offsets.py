@@ -46,25 +46,6 @@ def parse_max_age(value: Any) -> float | None:
     return parse_duration(value) if isinstance(value, str) else None
 
 
-def max_age_error(value: Any) -> str | None:
-    """RabbitMQ's reason for refusing an ``x-max-age`` (for arguments.py), None if it is valid."""
-    if isinstance(value, bytes):
-        value = value.decode(errors="replace")
-    if not isinstance(value, str):
-        return f"{{unacceptable_type,{_type_name(value)}}}"
-    return None if parse_duration(value) is not None else "invalid_max_age"
-
-
-def _type_name(value: Any) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "signedint" if -(2 ** 31) <= value < 2 ** 31 else "long"
-    if isinstance(value, float):
-        return "double"
-    return type(value).__name__
-
-
 @dataclass(frozen=True)
 class OffsetSpec:
     kind: str  # "first", "last", "next", "offset", "from-end", "timestamp", "ago"

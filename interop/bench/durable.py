@@ -88,18 +88,19 @@ def _percentile(values: list[int], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))] / 1e6
 
 
-async def _declare_durable(url: str, queue: str) -> None:
+async def _declare_durable(url: str, queue: str, arguments: dict | None = None) -> None:
     proto = await connect(parse_url(url))
     try:
-        await proto.rpc(commands.Queue.Declare(queue=queue, durable=True), commands.Queue.DeclareOk)
+        await proto.rpc(commands.Queue.Declare(queue=queue, durable=True, arguments=arguments),
+                        commands.Queue.DeclareOk)
     finally:
         await proto.close()
 
 
-async def _delete(url: str, queue: str) -> None:
+async def _delete(url: str, queue: str, timeout: float = 120) -> None:
     proto = await connect(parse_url(url))
     try:
-        await proto.rpc(commands.Queue.Delete(queue=queue), commands.Queue.DeleteOk, timeout=120)
+        await proto.rpc(commands.Queue.Delete(queue=queue), commands.Queue.DeleteOk, timeout=timeout)
     finally:
         await proto.close()
 

@@ -26,7 +26,8 @@ import uuid
 
 from pamqp import commands
 
-from interop.bench.durable import REFERENCE_URL, ConfirmingProtocol, RssSampler, persistent_message
+from interop.bench.durable import REFERENCE_URL, ConfirmingProtocol, RssSampler, _declare_durable, persistent_message
+from interop.bench.durable import _delete as _delete_queue
 from interop.bench.loadgen import _run, connect, parse_url
 from interop.bench.procstat import listener_pid
 
@@ -34,19 +35,11 @@ STREAM = {"x-queue-type": "stream"}
 
 
 async def _declare_stream(url: str, name: str) -> None:
-    proto = await connect(parse_url(url))
-    try:
-        await proto.rpc(commands.Queue.Declare(queue=name, durable=True, arguments=STREAM), commands.Queue.DeclareOk)
-    finally:
-        await proto.close()
+    await _declare_durable(url, name, STREAM)
 
 
 async def _delete(url: str, name: str) -> None:
-    proto = await connect(parse_url(url))
-    try:
-        await proto.rpc(commands.Queue.Delete(queue=name), commands.Queue.DeleteOk, timeout=300)
-    finally:
-        await proto.close()
+    await _delete_queue(url, name, timeout=300)  # (a big stream takes a while to drop)
 
 
 async def write_stream(url: str, name: str, count: int, size: int, window: int) -> tuple[float, int]:
