@@ -4,6 +4,8 @@ transport's batches do)."""
 
 from __future__ import annotations
 
+import time
+
 import anyio
 import pytest
 from pamqp import commands, frame as pamqp_frame
@@ -13,7 +15,7 @@ from amqpbroker.broker.broker import Broker
 from amqpbroker.store.base import StoreError
 from amqpbroker.store.rocks import RocksStore
 from amqpbroker.server.persistence import StoreWriter
-from tests.helpers import FakeClient
+from tests.helpers import FakeClient, deliveries
 
 PERSISTENT = commands.Basic.Properties(delivery_mode=2)
 pytestmark = pytest.mark.anyio
@@ -199,6 +201,11 @@ class FlakyStore:
     def read_page(self, *args):
         self._maybe_fail("read_page")
         return self.real.read_page(*args)
+
+    def read_stream(self, *args):
+        self.stream_reads = getattr(self, "stream_reads", 0) + 1
+        self._maybe_fail("read_stream")
+        return self.real.read_stream(*args)
 
 
 def _recovered(path) -> Broker:
@@ -469,3 +476,50 @@ async def test_a_stream_s_appends_during_the_store_alarm_are_nacked_kept_and_wri
     store.real.close()
     stream = _recovered(path).vhosts["/"].queues["log"]
     assert (stream.log.first, stream.log.next, stream.log.chunk_count) == (0, 2, 2)
+
+
+async def test_a_failing_stream_read_is_tried_again_once_a_second_and_the_consumer_then_gets_everything(tmp_path, caplog):
+    """A store read that fails for a consumer behind a stream's tail: logged, nothing delivered
+    wrong, not asked for again before a second has passed (no flood), and the consumer gets every
+    message once the store reads again; another stream is served meanwhile."""
+    store = FlakyStore(str(tmp_path / "db"))
+    broker = Broker()
+    broker.journal.paging_window = (4, 1 << 20)  # a stream keeps its newest 4 messages in memory
+    broker.journal.enabled = True
+    writer = StoreWriter(store, broker)
+    client = FakeClient(broker)
+    client.open_channel()
+    for name in ("far", "near"):
+        client.declare_queue(name, durable=True, arguments={"x-queue-type": "stream"})
+    for index in range(20):
+        client.publish(1, "", "far", b"%d" % index)
+    client.received()
+    await writer.drain()
+    store.failing = {"read_stream"}
+    client.send(commands.Basic.Qos(prefetch_count=50))
+    client.received()
+    client.send(commands.Basic.Consume(queue="far", consumer_tag="behind", arguments={"x-stream-offset": "first"}))
+    client.send(commands.Basic.Consume(queue="near", consumer_tag="live"))
+    client.received()
+    got: list[int] = []
+    async with anyio.create_task_group() as group:
+        group.start_soon(writer.run_pages)
+        started = anyio.current_time()
+        while anyio.current_time() - started < 0.6:  # the broker's ticks, as its timer runs them
+            broker.tick(time.time())
+            client.publish(1, "", "near", b"live")  # (each publish is a batch: dispatch runs)
+            got += [d.properties.headers["x-stream-offset"] for d in deliveries(client.received())
+                    if d.method.consumer_tag == "behind"]
+            await anyio.sleep(0.02)
+        assert store.stream_reads == 1 and got == []  # one failed read in 0.6 s, not one per batch
+        assert "reading messages for consumer" in caplog.text
+        store.failing = set()
+        with anyio.fail_after(5):
+            while len(got) < 20:
+                broker.tick(time.time())
+                got += [d.properties.headers["x-stream-offset"] for d in deliveries(client.received())
+                        if d.method.consumer_tag == "behind"]
+                await anyio.sleep(0.02)
+        group.cancel_scope.cancel()
+    assert got == list(range(20))
+    store.real.close()

@@ -47,7 +47,7 @@ TAIL_MESSAGES = 4096  # the tail a stream keeps in memory, at most (and the pagi
 class StreamQueue(StreamConsumersMixin, Queue):
     """A queue of type stream (see the module's docstring); durable, in the store."""
 
-    __slots__ = ("log", "max_bytes", "max_age", "tracked", "stalled", "reads", "aged_at", "appended")
+    __slots__ = ("log", "max_bytes", "max_age", "tracked", "read_retry_at", "reads", "aged_at", "appended")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -60,7 +60,8 @@ class StreamQueue(StreamConsumersMixin, Queue):
         self.max_bytes: int | None = None
         self.max_age: float | None = None
         self.tracked: dict[str, int] = {}  # consumer name -> offset (automatic offset tracking)
-        self.stalled = False  # a store read failed or came back short: tried again at the next tick
+        # a store read failed or came back short: none is asked for before then (wall clock; 0: none failed)
+        self.read_retry_at = 0.0
         self.reads = SharedReads(self)  # what unfiltered consumers behind the tail read together
         self.aged_at = 0.0  # when x-max-age was last looked at (once a second)
         self.appended: list[tuple[str | None, Message]] = []  # this batch's appends, stored as one chunk
@@ -158,9 +159,10 @@ class StreamQueue(StreamConsumersMixin, Queue):
         if self.max_age is not None and now - self.aged_at >= AGE_CHECK_SECONDS:
             self.aged_at = now
             self._apply_retention(now)
-        if self.stalled:
-            self.stalled = False
-            self._mark_dirty(self)
+        if self.read_retry_at:
+            if now >= self.read_retry_at:
+                self.read_retry_at = 0.0
+                self._mark_dirty(self)  # (its consumers ask again)
         elif self.max_age is None:
             self.host.timed.discard(self)
         return False  # (x-expires is refused for streams)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from amqpbroker.broker.consumer import Consumer
 from amqpbroker.broker.message import Message
 from amqpbroker.broker.stream_offsets import OffsetSpec, start_offset
-from amqpbroker.broker.stream_reads import READ_BYTES, READ_MESSAGES
+from amqpbroker.broker.stream_reads import READ_BYTES, READ_MESSAGES, READ_RETRY_SECONDS
 from amqpbroker.errors import ConnectionError, ReplyCode, precondition_failed
 
 if TYPE_CHECKING:
@@ -225,15 +225,17 @@ class StreamConsumersMixin:
         return sent
 
     def _want_read(self, consumer: StreamConsumer) -> None:
-        if consumer.reading or consumer.read_from >= self.log.tail_base or not self.journal.enabled:
+        if (consumer.reading or consumer.read_from >= self.log.tail_base or not self.journal.enabled
+                or self.read_retry_at):
             return
         consumer.reading = True
         self.journal.request_stream_read(consumer)
 
     def read_missing(self) -> None:
         """A store read failed, or had nothing where the log says messages are (not written yet
-        after a store failure): the read is asked for again at the next tick."""
-        self.stalled = True
+        after a store failure): no read of this stream is asked for during ``READ_RETRY_SECONDS``
+        (a record the store cannot read must not flood the log), then its consumers ask again."""
+        self.read_retry_at = self.host.clock() + READ_RETRY_SECONDS
         self.host.timed.add(self)
 
 

@@ -20,10 +20,11 @@ from amqpbroker.broker.message import Message
 if TYPE_CHECKING:
     from amqpbroker.broker.stream import StreamQueue
 
-__all__ = ["Run", "SharedReads", "READ_MESSAGES", "READ_BYTES"]
+__all__ = ["Run", "SharedReads", "READ_MESSAGES", "READ_BYTES", "READ_RETRY_SECONDS"]
 
 READ_MESSAGES = 1024  # a store read: at most this many messages
 READ_BYTES = 4 << 20  # ... or this many body bytes
+READ_RETRY_SECONDS = 1.0  # how long after a failed store read of a stream the next one may be asked for
 RUNS_KEPT = 4  # runs a stream keeps for its consumers (at most RUNS_KEPT x READ_BYTES of bodies)
 
 
@@ -85,7 +86,10 @@ class SharedReads:
         return None
 
     def want(self, offset: int) -> None:
-        """Make sure a read will bring ``offset`` in (one under way may already cover it)."""
+        """Make sure a read will bring ``offset`` in (one under way may already cover it; none
+        while the stream waits after a failed read)."""
+        if self.stream.read_retry_at:
+            return
         for start in self.pending:
             if start <= offset < start + READ_MESSAGES:
                 return

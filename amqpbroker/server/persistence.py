@@ -36,7 +36,7 @@ import anyio
 from amqpbroker.broker.broker import Broker
 from amqpbroker.broker.queue import Queue
 from amqpbroker.broker.stream import StreamConsumer
-from amqpbroker.broker.stream_reads import SharedRead
+from amqpbroker.broker.stream_reads import READ_RETRY_SECONDS, SharedRead
 from amqpbroker.errors import log_internal_error
 from amqpbroker.store.base import Store
 
@@ -292,8 +292,8 @@ class StoreWriter:
             read, next_offset = await anyio.to_thread.run_sync(self.store.read_stream, *wanted,
                                                                limiter=self._page_limiter)
         except Exception as exc:
-            log.error("stream '%s': reading messages for consumer '%s' failed (tried again at its next "
-                      "dispatch): %s", consumer.queue.name, consumer.tag, exc)
+            log.error("stream '%s': reading messages for consumer '%s' failed (tried again in %.0f s): %s",
+                      consumer.queue.name, consumer.tag, READ_RETRY_SECONDS, exc)
             consumer.read_failed()
             return
         consumer.read_done(read, next_offset)
