@@ -14,7 +14,7 @@ from hypothesis import given, strategies as st
 from pamqp import commands
 
 from amqpbroker.codec.content import (_PROPERTIES, check_properties, decode_properties, encode_content_header,
-                                      stream_filter_value, with_long_header)
+                                      StreamStamp, stream_filter_value, with_long_header)
 from amqpbroker.codec.tables import TableError, encode_table
 
 OFFSET = "x-stream-offset"
@@ -272,3 +272,23 @@ def test_stream_filter_value_equals_decoding(properties: commands.Basic.Properti
     expected = (value if isinstance(value, str) else value.decode("utf-8", "replace")
                 if isinstance(value, bytes) else None)
     assert stream_filter_value(header) == expected
+
+
+@given(properties=st.lists(properties_strategy, min_size=1, max_size=4), body_size=st.integers(0, 2**20),
+       picks=st.lists(st.tuples(st.integers(0, 3), st.integers(-(2**63), 2**63 - 1)), min_size=1, max_size=12))
+def test_a_stream_stamp_equals_with_long_header_and_stream_filter_value(properties, body_size, picks) -> None:
+    """Headers repeating and alternating (equal bytes, new objects): each stamp is exactly what
+    the uncached functions give, and the filter value is that header's."""
+    headers = [encode_content_header(body_size, each) for each in properties]
+    stamp = StreamStamp(OFFSET)
+    for index, value in picks:
+        header = bytes(bytearray(headers[index % len(headers)]))  # a fresh object, as each publish's
+        assert stamp.stamp(header, value) == with_long_header(header, OFFSET, value)
+        assert stamp.filter_value == stream_filter_value(header)
+
+
+def test_a_stream_stamp_refuses_what_with_long_header_refuses() -> None:
+    stamp = StreamStamp(OFFSET)
+    with pytest.raises(TableError):
+        stamp.stamp(encode_content_header(2), 2**63)
+    assert stamp.stamp(encode_content_header(2), 5) == with_long_header(encode_content_header(2), OFFSET, 5)

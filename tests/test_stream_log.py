@@ -52,6 +52,32 @@ def test_the_tail_keeps_the_newest_messages_within_its_bounds() -> None:
     assert len(by_bytes.tail) == 2 and by_bytes.tail_base == 3
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 300), max_size=30), max_size=12), st.integers(1, 20),
+       st.integers(1, 1000))
+def test_the_tail_is_trimmed_per_batch_to_its_bounds_keeping_the_newest(batches, messages, max_bytes) -> None:
+    """Within a batch the tail may run past its bounds (by TAIL_SLACK); once the chunk closes it
+    holds the newest messages within both bounds, at least one, each at its offset."""
+    log = _log(tail_messages=messages, tail_bytes=max_bytes)
+    sizes: list[int] = []
+    for batch in batches:
+        for size in batch:
+            assert log.append(_message(size), None, 1000.0) == len(sizes)
+            sizes.append(size)
+        log.close_chunk()
+        kept = len(log.tail)
+        assert log.tail_base + kept == log.next == len(sizes)
+        assert log.tail_bytes == sum(sizes[log.tail_base:])
+        if sizes:
+            assert 1 <= kept <= messages
+            assert log.tail_bytes <= max_bytes or kept == 1
+            # nothing more was dropped than the bounds asked: one more would break one of them
+            if log.tail_base:
+                assert kept == messages or log.tail_bytes + sizes[log.tail_base - 1] > max_bytes
+        for offset in range(log.tail_base, log.next):
+            assert len(log.tailed(offset)[0].body) == sizes[offset]
+
+
 def test_a_timestamp_finds_the_first_chunk_that_began_at_or_after_it() -> None:
     log = _log()
     _fill(log, [2, 2, 2])  # chunks at 1000, 1001, 1002
@@ -94,6 +120,7 @@ def test_restore_rebuilds_offsets_index_and_segments_without_messages() -> None:
     assert log.offset_at(1000.5) == 13
     log.append(_message(), None, 1003.0)
     assert log.close_chunk().first_offset == 18
+    assert (log.nbytes, log.tail_bytes, len(log.tail), log.tail_base) == (90, 10, 1, 18)
 
 
 @settings(max_examples=200, deadline=None)

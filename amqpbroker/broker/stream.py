@@ -34,7 +34,7 @@ from amqpbroker.broker.stream_consumers import OFFSET_HEADER, StreamConsumer, St
 from amqpbroker.broker.stream_log import Chunk, StreamLog
 from amqpbroker.broker.stream_offsets import parse_max_age
 from amqpbroker.broker.stream_reads import SharedReads
-from amqpbroker.codec.content import stream_filter_value, with_long_header
+from amqpbroker.codec.content import StreamStamp
 from amqpbroker.errors import ConnectionError, ReplyCode
 
 __all__ = ["StreamQueue", "StreamConsumer", "OFFSET_HEADER", "DEFAULT_SEGMENT_BYTES"]
@@ -47,7 +47,8 @@ TAIL_MESSAGES = 4096  # the tail a stream keeps in memory, at most (and the pagi
 class StreamQueue(StreamConsumersMixin, Queue):
     """A queue of type stream (see the module's docstring); durable, in the store."""
 
-    __slots__ = ("log", "max_bytes", "max_age", "tracked", "read_retry_at", "reads", "aged_at", "appended")
+    __slots__ = ("log", "max_bytes", "max_age", "tracked", "read_retry_at", "reads", "aged_at", "appended",
+                 "stamp")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -65,6 +66,7 @@ class StreamQueue(StreamConsumersMixin, Queue):
         self.reads = SharedReads(self)  # what unfiltered consumers behind the tail read together
         self.aged_at = 0.0  # when x-max-age was last looked at (once a second)
         self.appended: list[tuple[str | None, Message]] = []  # this batch's appends, stored as one chunk
+        self.stamp = StreamStamp(OFFSET_HEADER)  # each append's header: its offset in, its filter value out
         self._retention(arguments)
 
     def _retention(self, arguments: dict[str, Any]) -> None:
@@ -110,12 +112,12 @@ class StreamQueue(StreamConsumersMixin, Queue):
         """Append: a copy of the message whose header carries its offset, stored (its confirm
         waits for the sync) and kept in the tail."""
         log = self.log
-        offset = log.next
         now = self.host.clock()
+        stamp = self.stamp
         copy = Message(message.exchange, message.routing_key, message.routing_raw,
-                       with_long_header(message.header, OFFSET_HEADER, offset), message.body)
+                       stamp.stamp(message.header, log.next), message.body)
         copy.arrived = now
-        filter_value = stream_filter_value(message.header)
+        filter_value = stamp.filter_value
         if filter_value is not None and len(filter_value) > 63 and len(filter_value.encode()) > 255:
             filter_value = None  # (the store keeps a filter value as a shortstr: taken as none)
         first_of_batch = not log.chunk_open
@@ -184,7 +186,7 @@ class StreamQueue(StreamConsumersMixin, Queue):
 
     def purge(self) -> int:
         if self.deleted:  # (its records went with its definition; RabbitMQ reports none deleted)
-            self.log.tail.clear()
+            self.log.clear_tail()
             self.reads.clear()
             return 0
         raise ConnectionError(ReplyCode.NOT_IMPLEMENTED,

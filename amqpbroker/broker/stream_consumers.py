@@ -193,11 +193,10 @@ class StreamConsumersMixin:
                 if offset < log.first:
                     continue
             elif offset >= log.tail_base:
-                tailed = log.tailed(offset)
+                message, filter_value = log.tail[offset - log.tail_base]
                 consumer.offset = consumer.read_from = offset + 1
-                if not consumer.wants(tailed.filter_value):
+                if not consumer.wants(filter_value):
                     continue
-                message = tailed.message
             elif shared:
                 if run is None or not run.first <= offset < run.next:
                     run = self.reads.at(offset)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import bisect
 from array import array
-from collections import deque
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
@@ -26,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["StreamLog", "Chunk", "Tailed"]
 
 TAIL_SLACK = 256  # messages the tail may pass its bound by within a batch (trimmed at its end)
+TAIL_SLACK_BYTES = 1 << 20  # ... and bytes
 
 
 class Chunk(NamedTuple):
@@ -36,36 +36,41 @@ class Chunk(NamedTuple):
     segment_start: bool
 
 
-class Tailed(NamedTuple):
-    """A message in the tail, as a consumer receives it (its header carries its offset)."""
-
-    message: Message
-    filter_value: str | None
+# A message in the tail, as a consumer receives it (its header carries its offset), and its
+# filter value: a plain tuple, made once per append
+Tailed = tuple["Message", "str | None"]
 
 
 class StreamLog:
-    __slots__ = ("first", "next", "nbytes", "_firsts", "_times", "_sizes", "_segment_starts",
-                 "_open_first", "_open_time", "_open_bytes", "segment_bytes", "max_segment_bytes",
-                 "tail", "tail_base", "tail_bytes", "tail_messages", "tail_max_bytes")
+    __slots__ = ("first", "next", "appended_bytes", "_dropped_bytes", "_firsts", "_times", "_sizes",
+                 "_segment_starts", "_open_first", "_open_time", "_open_start", "segment_bytes",
+                 "max_segment_bytes", "tail", "tail_base", "_tail_ends", "_tail_start", "tail_messages",
+                 "tail_max_bytes", "_trim_count", "_trim_total")
 
     def __init__(self, *, max_segment_bytes: int, tail_messages: int, tail_bytes: int) -> None:
         self.first = 0  # oldest offset retained
         self.next = 0  # offset of the next message
-        self.nbytes = 0  # body bytes retained
+        self.appended_bytes = 0  # body bytes ever appended (restored ones included)
+        self._dropped_bytes = 0  # ... and removed by retention since
         self._firsts = array("q")  # per closed chunk: first offset
         self._times = array("d")  # ... timestamp
         self._sizes = array("q")  # ... body bytes
         self._segment_starts = array("b")  # ... 1 where a segment begins
         self._open_first: int | None = None  # the chunk being appended to in this batch
         self._open_time = 0.0
-        self._open_bytes = 0
+        self._open_start = 0  # appended_bytes when it opened
         self.segment_bytes = 0  # body bytes of the segment being written
         self.max_segment_bytes = max_segment_bytes
-        self.tail: deque[Tailed] = deque()  # offsets tail_base .. next - 1
+        # The tail: offsets tail_base .. next - 1. Its bounds are kept per batch, not per append:
+        # once a chunk closes (or the batch runs past them by TAIL_SLACK), the oldest go at once.
+        self.tail: list[Tailed] = []
         self.tail_base = 0
-        self.tail_bytes = 0
+        self._tail_ends = array("q")  # per tail message: appended_bytes once it was appended
+        self._tail_start = 0  # appended_bytes before the oldest tail message
         self.tail_messages = tail_messages
         self.tail_max_bytes = tail_bytes
+        self._trim_count = tail_messages + TAIL_SLACK  # appends trim the tail past these
+        self._trim_total = tail_bytes + TAIL_SLACK_BYTES
 
     @property
     def count(self) -> int:
@@ -89,24 +94,44 @@ class StreamLog:
         """Take the next message (its header already carries its offset): its offset."""
         offset = self.next
         self.next = offset + 1
-        size = len(message.body)
         if self._open_first is None:
-            self._open_first, self._open_time, self._open_bytes = offset, now, 0
-        self._open_bytes += size
-        self.nbytes += size
-        tail = self.tail
-        tail.append(Tailed(message, filter_value))
-        self.tail_bytes += size
-        if len(tail) > self.tail_messages + TAIL_SLACK or self.tail_bytes > self.tail_max_bytes:
+            self._open_first, self._open_time, self._open_start = offset, now, self.appended_bytes
+        total = self.appended_bytes = self.appended_bytes + len(message.body)
+        self.tail.append((message, filter_value))
+        self._tail_ends.append(total)
+        if len(self.tail) > self._trim_count or total > self._trim_total:
             self._trim_tail()
         return offset
 
+    @property
+    def tail_bytes(self) -> int:
+        return self.appended_bytes - self._tail_start
+
+    @property
+    def nbytes(self) -> int:
+        """Body bytes retained."""
+        return self.appended_bytes - self._dropped_bytes
+
     def _trim_tail(self) -> None:
-        """Back within the tail's bounds (trimmed once it is ``TAIL_SLACK`` messages over, not per append)."""
-        tail = self.tail
-        while len(tail) > self.tail_messages or (self.tail_bytes > self.tail_max_bytes and len(tail) > 1):
-            self.tail_bytes -= len(tail.popleft().message.body)
-            self.tail_base += 1
+        """Back within the tail's bounds: the oldest messages over them go, at once."""
+        ends = self._tail_ends
+        drop = len(ends) - self.tail_messages
+        over_bytes = self.appended_bytes - self._tail_start - self.tail_max_bytes
+        if over_bytes > 0:  # the first ``n`` whose bytes cover the excess, the newest kept whatever its size
+            drop = max(drop, min(bisect.bisect_left(ends, self._tail_start + over_bytes) + 1, len(ends) - 1))
+        if drop > 0:
+            self._drop_tail(drop)
+        self._trim_total = self._tail_start + self.tail_max_bytes + TAIL_SLACK_BYTES
+
+    def _drop_tail(self, count: int) -> None:
+        """Drop the ``count`` oldest tail messages."""
+        self._tail_start = self._tail_ends[count - 1]
+        del self.tail[:count], self._tail_ends[:count]
+        self.tail_base += count
+
+    def clear_tail(self) -> None:
+        if self.tail:
+            self._drop_tail(len(self.tail))
 
     @property
     def chunk_open(self) -> bool:
@@ -120,12 +145,13 @@ class StreamLog:
         first = self._open_first
         if first is None:
             return None
-        if len(self.tail) > self.tail_messages:
+        if len(self.tail) > self.tail_messages or self.tail_bytes > self.tail_max_bytes:
             self._trim_tail()
         segment_start = self._opens_segment()
         if segment_start:
             self.segment_bytes = 0
-        chunk = Chunk(first, self._open_time, self.next - first, self._open_bytes, segment_start)
+        chunk = Chunk(first, self._open_time, self.next - first, self.appended_bytes - self._open_start,
+                      segment_start)
         self._add(chunk)
         self._open_first = None
         return chunk
@@ -145,7 +171,9 @@ class StreamLog:
             if chunk.segment_start:
                 self.segment_bytes = 0
             self._add(chunk)
-            self.nbytes += chunk.nbytes
+            self.appended_bytes += chunk.nbytes
+        self._tail_start = self.appended_bytes  # (the tail is empty)
+        self._trim_total = self._tail_start + self.tail_max_bytes + TAIL_SLACK_BYTES
         if chunks:
             self.first = chunks[0].first_offset
             self.next = self.tail_base = chunks[-1].first_offset + chunks[-1].count
@@ -205,14 +233,13 @@ class StreamLog:
             if not (too_big or too_old):
                 break
             self.first = self._firsts[end]
-            self.nbytes -= size
+            self._dropped_bytes += size
             del self._firsts[:end], self._times[:end], self._sizes[:end], self._segment_starts[:end]
             dropped = True
         if not dropped:
             return None
         if self.tail_base < self.first:  # (a tail longer than what is retained)
             drop = min(self.first - self.tail_base, len(self.tail))
-            for _ in range(drop):
-                self.tail_bytes -= len(self.tail.popleft().message.body)
-            self.tail_base += drop
+            if drop:
+                self._drop_tail(drop)
         return self.first

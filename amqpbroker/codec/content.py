@@ -18,7 +18,8 @@ from amqpbroker.errors import ConnectionError, ReplyCode
 
 __all__ = ["parse_content_header", "check_properties", "FIXED_PROPERTY_LENGTHS", "decode_properties", "encode_content_header",
            "delivery_mode",
-           "priority", "with_long_header", "stream_filter_value", "BASIC_CLASS_ID"]
+           "priority", "with_long_header", "long_header_parts", "StreamStamp", "stream_filter_value",
+           "BASIC_CLASS_ID"]
 
 BASIC_CLASS_ID = 60
 _HEADER_HEAD = struct.Struct(">HHQ")
@@ -196,11 +197,22 @@ def with_long_header(header_payload: bytes, name: str, value: int) -> bytes:
     Without ``headers``, a table holding just that field goes in; otherwise the field goes at the
     end of the table, or where a field of that name already was (its duplicates dropped). Raises
     :class:`TableError` for a value outside 64 bits or a name longer than 255 bytes."""
-    key = _KEYS.get(name) or _key(name)
+    before, after = long_header_parts(header_payload, name)
+    return before + _pack_long_long(value) + after
+
+
+def _pack_long_long(value: int) -> bytes:
     try:
-        field = key + b"l" + _LONG_LONG.pack(value)
+        return _LONG_LONG.pack(value)
     except struct.error:
         raise TableError(f"{value!r} does not fit a long-long header (signed 64 bits)") from None
+
+
+def long_header_parts(header_payload: bytes, name: str) -> tuple[bytes, bytes]:
+    """``(before, after)``: :func:`with_long_header`'s result is ``before``, the value's 8 bytes,
+    ``after``. The same for every value, so a run of messages with one header splices cheaply."""
+    key = _KEYS.get(name) or _key(name)
+    field_size = len(key) + 9  # key, type tag, 8 bytes
     flags = (header_payload[12] << 8) | header_payload[13]
     offset = 14
     if flags & _CONTENT_TYPE:
@@ -208,22 +220,46 @@ def with_long_header(header_payload: bytes, name: str, value: int) -> bytes:
     if flags & _CONTENT_ENCODING:
         offset += 1 + header_payload[offset]
     if not flags & _HEADERS:
-        return b"".join((header_payload[:12], _FLAGS.pack(flags | _HEADERS), header_payload[14:offset],
-                         _LONG.pack(len(field)), field, header_payload[offset:]))
+        return (b"".join((header_payload[:12], _FLAGS.pack(flags | _HEADERS), header_payload[14:offset],
+                          _LONG.pack(field_size), key, b"l")), header_payload[offset:])
     start = offset + 4
     end = start + _LONG.unpack_from(header_payload, offset)[0]
     if header_payload.find(key, start, end) >= 0:  # perhaps a field of that name already (rare)
         spans = _field_spans(header_payload, start, end, key[1:])
         if spans:
-            parts = [header_payload[:offset], b"", header_payload[start:spans[0][0]], field]
-            for (_, span_end), (next_start, _) in zip(spans, spans[1:]):
-                parts.append(header_payload[span_end:next_start])
-            parts.append(header_payload[spans[-1][1]:])
             removed = sum(span_end - span_start for span_start, span_end in spans)
-            parts[1] = _LONG.pack(end - start - removed + len(field))
-            return b"".join(parts)
-    return b"".join((header_payload[:offset], _LONG.pack(end - start + len(field)),
-                     header_payload[start:end], field, header_payload[end:]))
+            before = b"".join((header_payload[:offset], _LONG.pack(end - start - removed + field_size),
+                               header_payload[start:spans[0][0]], key, b"l"))
+            after = [header_payload[span_end:next_start]
+                     for (_, span_end), (next_start, _) in zip(spans, spans[1:])]
+            after.append(header_payload[spans[-1][1]:])
+            return before, b"".join(after)
+    return (b"".join((header_payload[:offset], _LONG.pack(end - start + field_size),
+                      header_payload[start:end], key, b"l")), header_payload[end:])
+
+
+class StreamStamp:
+    """What a stream does to each publish's header: ``x-stream-offset`` set to its offset
+    (:func:`with_long_header`) and its ``x-stream-filter-value`` read
+    (:func:`stream_filter_value`). A publisher's messages mostly share one header (same
+    properties, same body size), so the work is done once per distinct header: after that a
+    message costs one comparison of its header and one join."""
+
+    __slots__ = ("name", "_header", "_before", "_after", "filter_value")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._header = b""
+        self._before = self._after = b""
+        self.filter_value: str | None = None  # the last stamped header's
+
+    def stamp(self, header_payload: bytes, value: int) -> bytes:
+        """The header with ``name`` set to ``value``; ``filter_value`` is then that header's."""
+        if header_payload != self._header:
+            self._before, self._after = long_header_parts(header_payload, self.name)
+            self.filter_value = stream_filter_value(header_payload)
+            self._header = header_payload
+        return self._before + _pack_long_long(value) + self._after
 
 
 _KEYS: dict[str, bytes] = {}  # header name -> its key as a shortstr; a few names, built once

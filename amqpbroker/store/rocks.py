@@ -63,6 +63,7 @@ _SEQ_KEY = struct.Struct(">cQQ")
 _ENTRY_VALUE = struct.Struct(">QB")
 _U32 = struct.Struct(">I")
 _ARRIVED = struct.Struct(">d")
+_UNFILTERED_HEAD = struct.Struct(">IBd")  # a stream record's length, flag 0 (no filter value), arrival
 _PERSISTENT = 2  # inline entry flag
 _CHUNK_VALUE = struct.Struct(">dIQB")
 _STREAM_SCAN_FACTOR = 50  # a filtered stream read scans at most this many records per one asked for
@@ -142,19 +143,22 @@ def _stored_message(value: bytes, start: int = 0) -> StoredMessage:
     return StoredMessage(value[start:routing_end], value[header_start:body_start], value[body_start:], arrived)
 
 
-def _stream_value(filter_value: str | None, message: Any) -> bytes:
-    flag = b"\x00" if filter_value is None else b"\x01" + _shortstr(filter_value)
-    return flag + _message_value(message)
-
-
 def _chunk_value(messages: Any) -> bytes:
     """A chunk's messages, ``(filter value, message)`` pairs, as one value: each record is its
-    length (4 bytes) and :func:`_stream_value`."""
-    parts = []
+    length (4 bytes), a flag (0: no filter value; 1 and the value as a shortstr), then the
+    message as :func:`_message_value` has it."""
+    parts: list[bytes] = []
+    extend = parts.extend
     for filter_value, message in messages:
-        record = _stream_value(filter_value, message)
-        parts.append(_U32.pack(len(record)))
-        parts.append(record)
+        routing_raw, header, body = message.routing_raw, message.header, message.body
+        size = len(routing_raw) + len(header) + len(body) + 12  # (+ arrival, header length)
+        if filter_value is None:
+            extend((_UNFILTERED_HEAD.pack(size + 1, 0, message.arrived or 0.0), routing_raw,
+                    _U32.pack(len(header)), header, body))
+        else:
+            flag = b"\x01" + _shortstr(filter_value)
+            extend((_U32.pack(size + len(flag)), flag, _ARRIVED.pack(message.arrived or 0.0), routing_raw,
+                    _U32.pack(len(header)), header, body))
     return b"".join(parts)
 
 
