@@ -69,6 +69,25 @@ class ChannelMachine:
     def mid_content(self) -> bool:
         return self._publish is not None or self._header is not None
 
+    def whole_content(self, header: bytes, body: bytes) -> bool:
+        """A publish whose header and whole body (one frame) came right behind it: may they be
+        taken at once, without the steps of :meth:`start_content`, :meth:`on_header` and
+        :meth:`on_body`? False for anything unusual (content under way, another class, a body
+        size that is not this frame's, too large, properties that do not check): those frames
+        then take the steps, which answer whatever is wrong."""
+        if self._publish is not None or len(header) < 14:
+            return False
+        class_id, body_size = parse_content_header(header)
+        if class_id != BASIC_CLASS_ID or body_size != len(body) or not body_size or body_size > self.max_message_size:
+            return False
+        flags = header[12] << 8 | header[13]
+        if flags and not (flags in FIXED_PROPERTY_LENGTHS and len(header) >= FIXED_PROPERTY_LENGTHS[flags]):
+            try:
+                check_properties(header)
+            except AMQPError:
+                return False
+        return True
+
     def on_header(self, payload: bytes) -> tuple[Publish, bytes, bytes] | None:
         """Take a content header; returns the whole message when the body is empty."""
         if self._publish is None or self._header is not None:

@@ -283,9 +283,13 @@ class Connection:
         channels = self.channels
         on_publish = self.handler.on_publish
         is_open = State.OPEN
-        for index, (frame_type, number, payload) in enumerate(frames):
+        count = len(frames)
+        index = 0
+        while index < count:
+            frame_type, number, payload = frames[index]
+            index += 1
             if self.paused:
-                self._held = frames[index:]
+                self._held = frames[index - 1:]
                 return
             if self.state is not is_open:
                 self._handle_outside_open(frame_type, number, payload)
@@ -304,6 +308,14 @@ class Connection:
                 elif frame_type == FRAME_METHOD:
                     method = decode_method(payload)
                     if type(method) is Publish:
+                        # the usual publish: its header and whole body right behind it, taken at once
+                        if index + 1 < count:
+                            header, body = frames[index], frames[index + 1]
+                            if (header[0] == FRAME_HEADER and body[0] == FRAME_BODY and header[1] == number
+                                    and body[1] == number and channel.whole_content(header[2], body[2])):
+                                index += 2
+                                on_publish(number, method, header[2], body[2])
+                                continue
                         channel.start_content(method)
                     else:
                         channel.reject_method_mid_content()
