@@ -42,8 +42,9 @@ for the next sync, which keeps confirms in order.
 ``("delayed", id, vhost, exchange, due, message)``      a message held by a delayed exchange
 ``("delayed-", id)``                                    it was routed (or dropped)
 ``("chunk", stream_id, first_offset, timestamp, count,  a stream's batch of appends (stream.py): its
-nbytes, segment_start, messages)``                      ``(filter value, message)`` pairs, stored
-                                                        as one value, and its index record
+nbytes, segment_start, messages)``                      ``(filter value, message, content header
+                                                        with the offset)``, stored as one value,
+                                                        and its index record
 ``("stream-", stream_id, below_offset)``                 retention dropped the offsets below
 ``("offset", stream_id, name, offset)``                  a named consumer's offset (tracking)
 ``("meta", kind, key, value)``                          a user, vhost or permission set (tenancy.py)
@@ -225,7 +226,8 @@ class Journal:
 
     # ---------------------------------------------------------------- streams
 
-    def stream_chunk(self, stream: StreamQueue, chunk: Chunk, messages: list[tuple[str | None, Message]]) -> None:
+    def stream_chunk(self, stream: StreamQueue, chunk: Chunk,
+                     messages: list[tuple[str | None, Message, bytes]]) -> None:
         """A stream's batch of appends ended: its messages, one store value, and its index record."""
         self.ops.append(("chunk", stream.queue_id, *chunk, messages))
         self.open_streams.discard(stream)

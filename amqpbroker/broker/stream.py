@@ -65,7 +65,8 @@ class StreamQueue(StreamConsumersMixin, Queue):
         self.read_retry_at = 0.0
         self.reads = SharedReads(self)  # what unfiltered consumers behind the tail read together
         self.aged_at = 0.0  # when x-max-age was last looked at (once a second)
-        self.appended: list[tuple[str | None, Message]] = []  # this batch's appends, stored as one chunk
+        # this batch's appends, stored as one chunk: (filter value, message, its header with the offset)
+        self.appended: list[tuple[str | None, Message, bytes]] = []
         self.stamp = StreamStamp(OFFSET_HEADER)  # each append's header: its offset in, its filter value out
         self._retention(arguments)
 
@@ -109,22 +110,20 @@ class StreamQueue(StreamConsumersMixin, Queue):
     # ---------------------------------------------------------------- messages in
 
     def enqueue(self, message: Message) -> bool:
-        """Append: a copy of the message whose header carries its offset, stored (its confirm
-        waits for the sync) and kept in the tail."""
+        """Append: the message with a content header that carries its offset, stored (its confirm
+        waits for the sync) and kept in the tail. The message itself is shared, not copied: the
+        header is the stream's own."""
         log = self.log
-        now = self.host.clock()
         stamp = self.stamp
-        copy = Message(message.exchange, message.routing_key, message.routing_raw,
-                       stamp.stamp(message.header, log.next), message.body)
-        copy.arrived = now
+        header = stamp.stamp(message.header, log.next)
         filter_value = stamp.filter_value
         if filter_value is not None and len(filter_value) > 63 and len(filter_value.encode()) > 255:
             filter_value = None  # (the store keeps a filter value as a shortstr: taken as none)
         first_of_batch = not log.chunk_open
-        log.append(copy, filter_value, now)
+        log.append(message, filter_value, self.host.clock(), header)
         journal = self.journal
         if journal.enabled:
-            self.appended.append((filter_value, copy))
+            self.appended.append((filter_value, message, header))
             message.durable = message.has_stored_copy = True
             if first_of_batch:
                 journal.open_streams.add(self)

@@ -187,13 +187,14 @@ class StreamConsumersMixin:
         run = None
         while room > 0 and consumer.offset < log.next:
             offset = consumer.offset
+            header = None  # (a message read from the store has its offset in its own header)
             if buffer:
                 offset, message = buffer.popleft()
                 consumer.offset = offset + 1
                 if offset < log.first:
                     continue
             elif offset >= log.tail_base:
-                message, filter_value = log.tail[offset - log.tail_base]
+                message, header, filter_value = log.tail[offset - log.tail_base]
                 consumer.offset = consumer.read_from = offset + 1
                 if not consumer.wants(filter_value):
                     continue
@@ -208,7 +209,7 @@ class StreamConsumersMixin:
                 consumer.offset = max(offset, consumer.read_from) if not consumer.reading else offset
                 self._want_read(consumer)
                 break
-            channel.deliver(consumer, self, (offset, message, False))
+            channel.deliver(consumer, self, (offset, message, False), header)
             sent += 1
             room -= 1
             if not channel.can_send():

@@ -36,9 +36,9 @@ class Chunk(NamedTuple):
     segment_start: bool
 
 
-# A message in the tail, as a consumer receives it (its header carries its offset), and its
-# filter value: a plain tuple, made once per append
-Tailed = tuple["Message", "str | None"]
+# A message in the tail: the message as published, the content header a consumer receives (it
+# carries the offset; None: the message's own) and its filter value. A plain tuple, one per append.
+Tailed = tuple["Message", "bytes | None", "str | None"]
 
 
 class StreamLog:
@@ -90,14 +90,14 @@ class StreamLog:
 
     # ---------------------------------------------------------------- writing
 
-    def append(self, message: Message, filter_value: str | None, now: float) -> int:
-        """Take the next message (its header already carries its offset): its offset."""
+    def append(self, message: Message, filter_value: str | None, now: float, header: bytes | None = None) -> int:
+        """Take the next message, whose deliveries carry ``header`` (with its offset): its offset."""
         offset = self.next
         self.next = offset + 1
         if self._open_first is None:
             self._open_first, self._open_time, self._open_start = offset, now, self.appended_bytes
         total = self.appended_bytes = self.appended_bytes + len(message.body)
-        self.tail.append((message, filter_value))
+        self.tail.append((message, header, filter_value))
         self._tail_ends.append(total)
         if len(self.tail) > self._trim_count or total > self._trim_total:
             self._trim_tail()

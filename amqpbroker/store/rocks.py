@@ -144,13 +144,13 @@ def _stored_message(value: bytes, start: int = 0) -> StoredMessage:
 
 
 def _chunk_value(messages: Any) -> bytes:
-    """A chunk's messages, ``(filter value, message)`` pairs, as one value: each record is its
-    length (4 bytes), a flag (0: no filter value; 1 and the value as a shortstr), then the
-    message as :func:`_message_value` has it."""
+    """A chunk's messages, ``(filter value, message, content header)`` triples, as one value:
+    each record is its length (4 bytes), a flag (0: no filter value; 1 and the value as a
+    shortstr), then the message as :func:`_message_value` has it, with that header."""
     parts: list[bytes] = []
     extend = parts.extend
-    for filter_value, message in messages:
-        routing_raw, header, body = message.routing_raw, message.header, message.body
+    for filter_value, message, header in messages:
+        routing_raw, body = message.routing_raw, message.body
         size = len(routing_raw) + len(header) + len(body) + 12  # (+ arrival, header length)
         if filter_value is None:
             extend((_UNFILTERED_HEAD.pack(size + 1, 0, message.arrived or 0.0), routing_raw,
@@ -452,7 +452,7 @@ class RocksStore:
                 batch.delete_range(*_range(b"c", op[1], op[2]))
             elif tag == "stream":  # one message as a chunk of its own
                 _, stream_id, offset, filter_value, message = op
-                put(_seq_key(b"s", stream_id, offset), _chunk_value(((filter_value, message),)))
+                put(_seq_key(b"s", stream_id, offset), _chunk_value(((filter_value, message, message.header),)))
             elif tag == "chunk":  # its index record, and its messages as one value when they come with it
                 _, stream_id, first_offset, timestamp, count, nbytes, segment_start, *messages = op
                 if messages:
