@@ -1,5 +1,6 @@
 """Stream storage in a real RocksDB store: the append-only log (``s``), its chunk index (``k``) and
-the offsets named consumers tracked (``o``), written as journal operations and read back."""
+the offsets named consumers tracked (``o``), written as journal operations (``chunk``, ``stream-``,
+``offset``, ``queue-``) and read back."""
 
 from __future__ import annotations
 
@@ -22,9 +23,12 @@ def _message(body: bytes, arrived: float = 1700000000.5) -> StoredMessage:
     return StoredMessage(ROUTING, HEADER, body, arrived)
 
 
-def _appends(stream_id: int, bodies: list[bytes], first: int = 0,
-             filter_value: str | None = None) -> list[tuple]:
-    return [("stream", stream_id, first + i, filter_value, _message(body)) for i, body in enumerate(bodies)]
+def _appends(stream_id: int, bodies: list[bytes], first: int = 0, filter_value: str | None = None, *,
+             timestamp: float = 1.0, arrived: float | None = 1700000000.5) -> list[tuple]:
+    """One chunk of ``bodies`` from offset ``first`` on, as the journal hands it over: its index
+    record and its messages, ``(filter value, message, content header)``."""
+    messages = [(filter_value, _message(body, arrived), HEADER) for body in bodies]
+    return [("chunk", stream_id, first, timestamp, len(bodies), sum(map(len, bodies)), first == 0, messages)]
 
 
 @pytest.fixture
@@ -47,9 +51,8 @@ def _offsets(read: tuple[list[tuple[int, StoredMessage]], int]) -> tuple[list[in
 
 
 def test_stream_messages_and_chunks_are_read_back_as_written(store) -> None:
-    store.write([*_appends(STREAM, [b"one", b"two", b"three"]),
-                 ("chunk", STREAM, 0, 1700000000.5, 2, 6, True),
-                 ("chunk", STREAM, 2, 1700000001.25, 1, 5, False)])
+    store.write([*_appends(STREAM, [b"one", b"two"], timestamp=1700000000.5),
+                 *_appends(STREAM, [b"three"], 2, timestamp=1700000001.25)])
     included, next_offset = store.read_stream(STREAM, 0, 10, 1 << 20, None, False)
     assert included == [(0, _message(b"one")), (1, _message(b"two")), (2, _message(b"three"))]
     assert next_offset == 3
@@ -60,7 +63,7 @@ def test_stream_messages_and_chunks_are_read_back_as_written(store) -> None:
 
 
 def test_a_message_without_an_arrival_time_reads_back_with_none(store) -> None:
-    store.write([("stream", STREAM, 0, "eu", _message(b"x", arrived=None))])
+    store.write(_appends(STREAM, [b"x"], 0, "eu", arrived=None))
     ((_, message),), _ = store.read_stream(STREAM, 0, 1, 1000, None, False)
     assert message.arrived is None and message.body == b"x"
 
@@ -93,9 +96,7 @@ def test_a_filtered_read_scans_at_most_fifty_records_per_one_asked_for(store) ->
 
 
 def test_retention_drops_older_messages_and_chunks_of_that_stream_only(store) -> None:
-    store.write([*_appends(STREAM, [b"m"] * 6), *_appends(OTHER, [b"m"] * 6),
-                 *(("chunk", stream, first, 1.0, 2, 2, first == 0) for stream in (STREAM, OTHER)
-                   for first in (0, 2, 4))])
+    store.write([op for stream in (STREAM, OTHER) for first in (0, 2, 4) for op in _appends(stream, [b"m"] * 2, first)])
     store.write([("stream-", STREAM, 4)])
     assert _offsets(store.read_stream(STREAM, 0, 10, 1000, None, False)) == ([4, 5], 6)
     assert [chunk.first_offset for chunk in store.stream_chunks(STREAM)] == [4]
@@ -114,8 +115,7 @@ def test_named_consumer_offsets_are_put_replaced_deleted_and_read_per_stream(sto
 
 def test_deleting_a_stream_queue_drops_its_log_chunks_and_offsets_only(store) -> None:
     for stream in (STREAM, OTHER):
-        store.write([*_appends(stream, [b"m"] * 3), ("chunk", stream, 0, 1.0, 3, 3, True),
-                     ("offset", stream, "reader", 2)])
+        store.write([*_appends(stream, [b"m"] * 3), ("offset", stream, "reader", 2)])
     store.write([("queue-", "/", "log", STREAM)])
     assert store.read_stream(STREAM, 0, 10, 1000, None, False) == ([], 0)
     assert store.stream_chunks(STREAM) == [] and store.stream_offsets(STREAM) == {}
@@ -127,8 +127,7 @@ def test_deleting_a_stream_queue_drops_its_log_chunks_and_offsets_only(store) ->
 def test_streams_survive_close_and_reopen_and_recovery_accepts_their_keys(path) -> None:
     store = RocksStore(path)
     try:
-        store.write([*_appends(STREAM, [b"one", b"two"], 0, "eu"), ("chunk", STREAM, 0, 2.5, 2, 6, True),
-                     ("offset", STREAM, "reader", 1)])
+        store.write([*_appends(STREAM, [b"one", b"two"], 0, "eu", timestamp=2.5), ("offset", STREAM, "reader", 1)])
     finally:
         store.close()
     store = RocksStore(path)
@@ -155,7 +154,7 @@ def _overwrite(path: str, key: bytes, value: bytes) -> None:
 def test_a_truncated_stream_record_is_a_store_error(path, cut) -> None:
     store = RocksStore(path)
     try:
-        store.write(_appends(STREAM, [b"intact", b"cut short"], 0, "eu"))
+        store.write([*_appends(STREAM, [b"intact"], 0, "eu"), *_appends(STREAM, [b"cut short"], 1, "eu")])
     finally:
         store.close()
     key = struct.pack(">cQQ", b"s", STREAM, 1)

@@ -450,9 +450,6 @@ class RocksStore:
             elif tag == "entries-":
                 batch.delete_range(*_range(b"e", op[1], op[2]))
                 batch.delete_range(*_range(b"c", op[1], op[2]))
-            elif tag == "stream":  # one message as a chunk of its own
-                _, stream_id, offset, filter_value, message = op
-                put(_seq_key(b"s", stream_id, offset), _chunk_value(((filter_value, message, message.header),)))
             elif tag == "chunk":  # its index record, and its messages as one value when they come with it
                 _, stream_id, first_offset, timestamp, count, nbytes, segment_start, *messages = op
                 if messages:
