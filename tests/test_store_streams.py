@@ -150,6 +150,28 @@ def _overwrite(path: str, key: bytes, value: bytes) -> None:
         db.close()
 
 
+def _legacy_chunk(path: str, first: int, value: bytes) -> None:
+    """A one-message chunk as stores before segment files kept it: its index record without a
+    place, its records as an ``s`` value."""
+    _overwrite(path, struct.pack(">cQQ", b"k", STREAM, first), struct.pack(">dIQB", 1.0, 1, 4, first == 0))
+    _overwrite(path, struct.pack(">cQQ", b"s", STREAM, first), value)
+
+
+def test_chunks_stored_before_segment_files_are_read_and_appends_go_on_in_files(path) -> None:
+    store = RocksStore(path)
+    store.close()
+    record = b"\x00" + struct.pack(">d", 1.0) + ROUTING + struct.pack(">I", len(HEADER)) + HEADER + b"old!"
+    _legacy_chunk(path, 0, struct.pack(">I", len(record)) + record)
+    store = RocksStore(path)
+    try:
+        assert store.stream_chunks(STREAM) == [StreamChunk(0, 1.0, 1, 4, True)]
+        store.write(_appends(STREAM, [b"new"], 1))  # (not a segment start: a new file all the same)
+        included, next_offset = store.read_stream(STREAM, 0, 10, 1000, None, False)
+        assert [(offset, message.body) for offset, message in included] == [(0, b"old!"), (1, b"new")]
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize("cut", [0, 2, 5, 9, 34], ids=["empty", "in-length", "flag-only", "in-arrival", "in-header"])
 def test_a_truncated_stream_record_is_a_store_error(path, cut) -> None:
     store = RocksStore(path)
@@ -157,10 +179,9 @@ def test_a_truncated_stream_record_is_a_store_error(path, cut) -> None:
         store.write([*_appends(STREAM, [b"intact"], 0, "eu"), *_appends(STREAM, [b"cut short"], 1, "eu")])
     finally:
         store.close()
-    key = struct.pack(">cQQ", b"s", STREAM, 1)
     record = b"\x01\x02eu" + struct.pack(">d", 1.0) + ROUTING + struct.pack(">I", len(HEADER)) + HEADER + b"body"
     value = struct.pack(">I", len(record)) + record  # (a chunk value: length-prefixed records)
-    _overwrite(path, key, value[:cut])
+    _legacy_chunk(path, 1, value[:cut])
     store = RocksStore(path)
     try:
         assert _offsets(store.read_stream(STREAM, 0, 1, 1000, None, False)) == ([0], 1)
@@ -173,7 +194,7 @@ def test_a_truncated_stream_record_is_a_store_error(path, cut) -> None:
 def test_an_unknown_stream_record_flag_is_a_store_error(path) -> None:
     store = RocksStore(path)
     store.close()
-    _overwrite(path, struct.pack(">cQQ", b"s", STREAM, 0), struct.pack(">I", 41) + b"\x07" + b"\x00" * 40)
+    _legacy_chunk(path, 0, struct.pack(">I", 41) + b"\x07" + b"\x00" * 40)
     store = RocksStore(path)
     try:
         with pytest.raises(StoreError, match="unknown stream record flag"):

@@ -65,7 +65,7 @@ def open_store(config: Config, broker: Broker) -> RocksStore:
     """Open the data directory and rebuild the broker from it (blocking: before serving)."""
     path = os.path.join(config.data_dir, "rocksdb")
     os.makedirs(path, exist_ok=True)
-    store = RocksStore(path)
+    store = RocksStore(path, os.path.join(config.data_dir, "streams"))
     try:
         restore(broker, store)
     except BaseException:

@@ -24,19 +24,23 @@ key                                            value
                                                 expiry, remembered at (doubles)
 ``a`` kind (1) key                              access metadata (users, vhosts, permissions): the
                                                 broker's own encoding, opaque here
-``s`` stream id (8) first offset (8)            a chunk's messages, in offset order, each a record:
-                                                its length (4), a flag (1: a shortstr filter value
-                                                follows, 0: none), then the message as in ``m``
 ``k`` stream id (8) first offset (8)            a chunk of that stream: its first message's time
                                                 (double), count (4), body bytes (8), whether it
-                                                starts a segment (1)
+                                                starts a segment (1), and where its messages are
+                                                (``stream_files.py``): segment (8), position (8),
+                                                length (4)
+``s`` stream id (8) first offset (8)            (stores written before segment files) a chunk's
+                                                messages, when its ``k`` record has no place
 ``o`` stream id (8) consumer name               a named consumer's tracked offset (8)
 =============================================  ==================================================
 
 Entries of a queue are contiguous and in arrival order, so recovery reads each queue in order with
 one prefix scan, a page is one seek and a short scan, and a queue is dropped with one range delete.
-A stream (its id is its queue id) is a log in offset order: a read is one seek and a scan, and
-retention drops its oldest messages and chunks with two range deletes.
+A stream (its id is its queue id) is a log in offset order whose messages are in segment files
+(``stream_files.py``): a read is one seek in its chunk index and a ``pread`` per chunk; retention
+drops index records with a range delete and whole segment files after the next sync. A chunk's
+messages are records: length (4), a flag (1: a shortstr filter value follows, 0: none), then the
+message as in ``m``.
 Writes go to the WAL unsynced; :meth:`RocksStore.sync` (``flush_wal(sync=True)``, which releases
 the GIL) makes them durable. ``t`` pages are written without the WAL and dropped at every start.
 """
@@ -44,6 +48,7 @@ the GIL) makes them durable. ``t`` pages are written without the WAL and dropped
 from __future__ import annotations
 
 import logging
+import os
 import struct
 from collections.abc import Iterator
 from typing import Any
@@ -53,6 +58,7 @@ from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, Writ
 from amqpbroker.codec.tables import TableError, decode_table
 
 from amqpbroker.store.base import Recovered, StoredEntry, StoredMessage, StoreError, StreamChunk
+from amqpbroker.store.stream_files import FileChunkError, StreamFiles
 
 __all__ = ["RocksStore"]
 
@@ -65,7 +71,8 @@ _U32 = struct.Struct(">I")
 _ARRIVED = struct.Struct(">d")
 _UNFILTERED_HEAD = struct.Struct(">IBd")  # a stream record's length, flag 0 (no filter value), arrival
 _PERSISTENT = 2  # inline entry flag
-_CHUNK_VALUE = struct.Struct(">dIQB")
+_CHUNK_VALUE = struct.Struct(">dIQB")  # (a chunk whose messages are an ``s`` value: before segment files)
+_FILE_CHUNK_VALUE = struct.Struct(">dIQBQQI")  # ... and where it is: segment, position, length
 _STREAM_SCAN_FACTOR = 50  # a filtered stream read scans at most this many records per one asked for
 _MEMTABLE_BYTES = 32 << 20  # two of these at most: bounds RocksDB's share of resident memory
 _BLOCK_CACHE_BYTES = 32 << 20  # data, index and filter blocks read back
@@ -196,7 +203,7 @@ def _stream_message(value: bytes, start: int) -> StoredMessage:
 
 
 def _stream_chunk(key: bytes, value: bytes) -> StreamChunk:
-    timestamp, count, nbytes, segment_start = _CHUNK_VALUE.unpack(value)
+    timestamp, count, nbytes, segment_start = _CHUNK_VALUE.unpack_from(value)
     return StreamChunk(_SEQ_KEY.unpack(key)[2], timestamp, count, nbytes, bool(segment_start))
 
 
@@ -209,7 +216,9 @@ def _stream_wanted(filter_value: str | None, filters: frozenset[str] | None, mat
 
 
 class RocksStore:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, streams_path: str | None = None) -> None:
+        """``path``: RocksDB's directory; ``streams_path``: the streams' segment files (default:
+        beside it, ``path`` + ``-streams``)."""
         options = Options(raw_mode=True)
         options.create_if_missing(True)
         options.set_write_buffer_size(_MEMTABLE_BYTES)
@@ -226,6 +235,11 @@ class RocksStore:
         except Exception as exc:  # rocksdict raises plain Exception for corrupt or locked dirs
             raise StoreError(f"cannot open the data directory {path}: {exc}") from exc
         self.path = path
+        try:
+            self._files = StreamFiles(streams_path or path + "-streams")
+        except OSError as exc:
+            self._db.close()
+            raise StoreError(f"cannot open the streams' directory: {exc}") from exc
         self._unsynced = WriteOptions()
         self._unsynced.sync = False
         self._no_wal = WriteOptions()
@@ -272,6 +286,7 @@ class RocksStore:
                 recovered.deduplication.setdefault(key[3:owner_end].decode(), []).append(
                     (key[owner_end:].decode(), *_DEDUP_VALUE.unpack(value)))
             self._check_prefixes()
+            self._drop_orphan_streams()
         except StoreError:
             raise
         except Exception as exc:
@@ -293,10 +308,39 @@ class RocksStore:
             raise StoreError(f"cannot read the data directory {self.path}: {exc}") from exc
 
     def stream_chunks(self, stream_id: int) -> list[StreamChunk]:
+        """The chunk index, checked against the segment files: chunks whose bytes are not on
+        disk whole (a power cut before they were synced: never confirmed) are dropped from the
+        index with every later one, and appends go on after the last good chunk."""
         try:
-            return [_stream_chunk(key, value) for key, value in self._scan_range(*_range(b"k", stream_id))]
+            records = list(self._scan_range(*_range(b"k", stream_id)))
+            in_files = [(index, _SEQ_KEY.unpack(key)[2], *_FILE_CHUNK_VALUE.unpack(value))
+                        for index, (key, value) in enumerate(records) if len(value) == _FILE_CHUNK_VALUE.size]
+            good = self._files.recover_stream(stream_id, [(first, count, segment, position, length)
+                                                          for _, first, _, count, _, _, segment, position, length
+                                                          in in_files])
+            if good < len(in_files):
+                cut = in_files[good][0]
+                batch = WriteBatch(raw_mode=True)
+                batch.delete_range(records[cut][0], _seq_key(b"k", stream_id + 1, 0))
+                self._db.write(batch, self._unsynced)
+                self._db.flush_wal(True)
+                records = records[:cut]
+            return [_stream_chunk(key, value) for key, value in records]
         except Exception as exc:
             raise StoreError(f"cannot read the data directory {self.path}: {exc}") from exc
+
+    def _drop_orphan_streams(self) -> None:
+        """Segment files of a stream no index names (deleted, and the process ended before its
+        directory went) are removed."""
+        for stream_id in self._files.stream_ids():
+            iterator = self._db.iter()
+            try:
+                iterator.seek(_seq_key(b"k", stream_id, 0))
+                indexed = iterator.valid() and iterator.key()[:9] == _seq_key(b"k", stream_id, 0)[:9]
+            finally:
+                del iterator
+            if not indexed:
+                self._files.remove([self._files.stream_dir(stream_id)])
 
     def stream_offsets(self, stream_id: int) -> dict[str, int]:
         try:
@@ -370,9 +414,10 @@ class RocksStore:
         included: list[tuple[int, StoredMessage]] = []
         next_offset = from_offset
         scanned = size = 0
-        start_key = _seq_key(b"s", stream_id, from_offset)
-        end_key = _seq_key(b"s", stream_id + 1, 0)
+        start_key = _seq_key(b"k", stream_id, from_offset)
+        end_key = _seq_key(b"k", stream_id + 1, 0)
         iterator = self._db.iter()
+        fds: dict[str, int] = {}
         try:
             iterator.seek_for_prev(start_key)  # the chunk holding from_offset starts at or before it
             if not iterator.valid() or iterator.key()[:9] != start_key[:9]:
@@ -382,7 +427,7 @@ class RocksStore:
                 if key >= end_key:
                     break
                 offset = _SEQ_KEY.unpack(key)[2]
-                for record in _chunk_records(iterator.value()):
+                for record in _chunk_records(self._chunk_data(stream_id, offset, iterator.value(), fds)):
                     if offset >= from_offset:
                         next_offset = offset + 1
                         scanned += 1
@@ -401,11 +446,34 @@ class RocksStore:
             raise StoreError(f"reading stream {stream_id} from {self.path} failed: {exc}") from exc
         finally:
             del iterator  # (iterators must be gone before close())
+            for fd in fds.values():
+                os.close(fd)
         return included, next_offset
+
+    def _chunk_data(self, stream_id: int, first_offset: int, index_value: bytes, fds: dict[str, int]) -> bytes:
+        """A chunk's records: from its segment file, or (written before segment files) its
+        ``s`` value."""
+        if len(index_value) == _FILE_CHUNK_VALUE.size:
+            _, count, _, _, segment, position, length = _FILE_CHUNK_VALUE.unpack(index_value)
+            return self._files.read(stream_id, segment, position, length, first_offset, count, fds)
+        value = self._db.get(_seq_key(b"s", stream_id, first_offset))
+        if value is None:
+            raise FileChunkError(f"the messages of chunk {first_offset} are missing")
+        return value
 
     # ------------------------------------------------------------ writing
 
     def write(self, ops: list[tuple]) -> None:
+        try:
+            self._write_ops(ops)
+        except BaseException as exc:
+            self._files.abort()  # (a retry writes the same chunks at the same places)
+            if isinstance(exc, (StoreError, ValueError)) or not isinstance(exc, Exception):
+                raise
+            raise StoreError(f"write to {self.path} failed: {exc}") from exc
+        self._files.commit()
+
+    def _write_ops(self, ops: list[tuple]) -> None:
         batch = WriteBatch(raw_mode=True)
         put, delete = batch.put, batch.delete
         for op in ops:
@@ -450,15 +518,15 @@ class RocksStore:
             elif tag == "entries-":
                 batch.delete_range(*_range(b"e", op[1], op[2]))
                 batch.delete_range(*_range(b"c", op[1], op[2]))
-            elif tag == "chunk":  # its index record, and its messages as one value when they come with it
-                _, stream_id, first_offset, timestamp, count, nbytes, segment_start, *messages = op
-                if messages:
-                    put(_seq_key(b"s", stream_id, first_offset), _chunk_value(messages[0]))
+            elif tag == "chunk":  # its messages to its segment file, its index record here
+                _, stream_id, first_offset, timestamp, count, nbytes, segment_start, messages = op
+                place = self._files.append(stream_id, first_offset, count, segment_start, _chunk_value(messages))
                 put(_seq_key(b"k", stream_id, first_offset),
-                    _CHUNK_VALUE.pack(timestamp, count, nbytes, segment_start))
+                    _FILE_CHUNK_VALUE.pack(timestamp, count, nbytes, segment_start, *place))
             elif tag == "stream-":  # retention: everything below an offset
                 batch.delete_range(*_range(b"s", op[1], 0, op[2]))
                 batch.delete_range(*_range(b"k", op[1], 0, op[2]))
+                self._files.drop_below(op[1], op[2])
             elif tag == "offset":
                 put(_offset_key(op[1], op[2]), _U64.pack(op[3]))
             elif tag == "offset-":
@@ -483,6 +551,7 @@ class RocksStore:
                 batch.delete_range(*_range(b"s", queue_id))
                 batch.delete_range(*_range(b"k", queue_id))
                 batch.delete_range(*_offset_range(queue_id))
+                self._files.drop_stream(queue_id)
             elif tag == "exchange":
                 put(_text_key(b"x", op[1], op[2]), op[3])
             elif tag == "exchange-":
@@ -517,13 +586,20 @@ class RocksStore:
             raise StoreError(f"write to {self.path} failed: {exc}") from exc
 
     def sync(self) -> None:
+        """Segment files first, then the WAL with their index records; then what retention and
+        deletes dropped from the index goes from the disk."""
         try:
+            removals = self._files.sync_files()
             self._db.flush_wal(True)
         except Exception as exc:
             raise StoreError(f"sync of {self.path} failed: {exc}") from exc
+        self._files.remove(removals)
 
     def close(self) -> None:
         try:
+            removals = self._files.sync_files()
             self._db.flush_wal(True)
+            self._files.remove(removals)
         finally:
+            self._files.close()
             self._db.close()
