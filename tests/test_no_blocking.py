@@ -1,7 +1,8 @@
 """Nothing blocks the broker's event loop: the whole broker runs in this process under
 ``blockbuster`` (every blocking call the standard library can make, made on the loop's thread,
 raises), while real clients in other threads drive it through paging, page reads, confirms,
-transactions, the management API and /metrics.
+transactions, a stream (its segment files written, synced and read), the management API and
+/metrics.
 
 blockbuster cannot see RocksDB's C calls: that is why the store is reached only through the
 persistence driver (``server/persistence.py``), whose reads and syncs run in worker threads, and
@@ -36,7 +37,8 @@ def _allowed_at_start(blockbuster) -> None:
     """Opening the data directory and recovering happen before anything is served, by design
     (DESIGN.md: recover before serving); the memory alarm's look at /proc/self/statm is a read
     of kernel memory, not of a disk."""
-    for name in ("os.mkdir", "os.stat", "os.path.exists", "os.path.isdir", "os.path.isfile"):
+    for name in ("os.mkdir", "os.stat", "os.path.exists", "os.path.isdir", "os.path.isfile", "os.listdir",
+                 "os.scandir", "os.unlink", "os.remove", "os.rmdir"):  # (and streams' files checked)
         if name in blockbuster.functions:
             blockbuster.functions[name].can_block_in("amqpbroker/server/lifecycle.py", "open_store")
     for name in ("io.BufferedReader.read", "io.FileIO.read", "os.read"):
@@ -81,8 +83,35 @@ def _workload(port: int, management: int, prometheus: int) -> None:
         with urllib.request.urlopen(f"http://127.0.0.1:{prometheus}/metrics", timeout=10) as response:
             assert b"rabbitmq_queue_messages" in response.read()
         channel.queue_delete("nb-durable")
+        _stream_workload(connection, port)
     finally:
         connection.close()
+
+
+def _stream_workload(connection: pika.BlockingConnection, port: int) -> None:
+    """A stream written with confirms past its tail (the 50-message window), then read from
+    ``first``: segment files written and synced, and read, by worker threads only."""
+    channel = connection.channel()
+    channel.queue_declare("nb-stream", durable=True, arguments={"x-queue-type": "stream"})
+    channel.confirm_delivery()
+    for index in range(300):
+        channel.basic_publish("", "nb-stream", f"s{index}".encode())
+    reader = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port))
+    try:
+        consuming = reader.channel()
+        consuming.basic_qos(prefetch_count=100)
+        got = []
+        for method, _, body in consuming.consume("nb-stream", arguments={"x-stream-offset": "first"},
+                                                 inactivity_timeout=10):
+            assert method is not None, f"only {len(got)} of 300 read back"
+            got.append(body)
+            consuming.basic_ack(method.delivery_tag)
+            if len(got) == 300:
+                break
+        assert got == [f"s{index}".encode() for index in range(300)]
+    finally:
+        reader.close()
+    channel.queue_delete("nb-stream")
 
 
 async def test_the_event_loop_never_blocks(tmp_path, caplog) -> None:

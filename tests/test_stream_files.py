@@ -12,6 +12,8 @@ import struct
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from rocksdict import Options, Rdict
+
 from amqpbroker.store.base import StoredMessage, StoreError, StreamChunk
 from amqpbroker.store.rocks import RocksStore
 from amqpbroker.store.stream_files import CHUNK_HEAD
@@ -53,6 +55,9 @@ def test_chunks_go_to_segment_files_and_old_segments_go_after_the_sync(paths) ->
     try:
         store.write([_chunk(0, [b"a", b"b"], True), _chunk(2, [b"c"], False)])
         store.write([_chunk(3, [b"d"], True)])  # a second segment
+        assert _segments(paths[1]) == []  # written by the sync, not on the loop
+        assert _bodies(store) == [(0, b"a"), (1, b"b"), (2, b"c"), (3, b"d")]  # (read from memory meanwhile)
+        store.sync()
         assert _segments(paths[1]) == [f"{0:020d}.seg", f"{3:020d}.seg"]
         size = os.path.getsize(os.path.join(paths[1], str(STREAM), f"{0:020d}.seg"))
         assert size == 2 * CHUNK_HEAD.size + sum(len(record) for record in (b"a", b"b", b"c")) + 3 * (
@@ -73,6 +78,7 @@ def test_a_deleted_stream_directory_goes_after_the_sync_and_an_orphan_one_at_rec
     store = _open(paths)
     try:
         store.write([_chunk(0, [b"a"], True), ("offset", STREAM, "reader", 0)])
+        store.sync()
         store.write([("queue-", "/", "s", STREAM)])
         assert os.path.isdir(os.path.join(paths[1], str(STREAM)))
         store.sync()
@@ -92,7 +98,8 @@ def test_the_sync_makes_files_durable_before_the_wal_and_removes_after_it(paths,
     events: list[str] = []
     try:
         store.write([_chunk(0, [b"a"], True)])
-        store.write([_chunk(1, [b"b"], True), ("stream-", STREAM, 1)])
+        store.sync()
+        store.write([_chunk(1, [b"b"], True), _chunk(2, [b"c"], False), ("stream-", STREAM, 1)])
         real_fdatasync, real_unlink = os.fdatasync, os.unlink
         monkeypatch.setattr(os, "fdatasync", lambda fd: (events.append("fdatasync"), real_fdatasync(fd))[1])
         monkeypatch.setattr(os, "unlink", lambda path: (events.append("unlink"), real_unlink(path))[1])
@@ -112,39 +119,62 @@ def test_the_sync_makes_files_durable_before_the_wal_and_removes_after_it(paths,
     finally:
         monkeypatch.undo()
         store.close()
-    assert events[-2:] == ["wal", "unlink"] and events.count("fdatasync") == 2  # (both segments)
+    assert events[-2:] == ["wal", "unlink"] and events.count("fdatasync") == 1  # (the segment written)
     assert events.index("wal") > max(index for index, event in enumerate(events) if event == "fdatasync")
 
 
-def test_a_write_that_fails_half_way_is_written_once_by_the_retry(paths, monkeypatch) -> None:
+def test_a_sync_that_fails_half_way_writes_everything_once_the_next_time(paths, monkeypatch) -> None:
     store = _open(paths)
     try:
         store.write([_chunk(0, [b"a"], True)])
+        store.sync()
         real_pwrite = os.pwrite
         calls = []
 
         def full_disk(fd, data, position):
             calls.append(position)
-            if len(calls) == 2:  # the second chunk of the batch: half of it, then no space
+            if len(calls) == 3:  # the second chunk's header went, its records: half, then no space
                 real_pwrite(fd, bytes(data[:5]), position)
                 raise OSError(errno.ENOSPC, "No space left on device")
             return real_pwrite(fd, data, position)
 
+        store.write([_chunk(1, [b"b"], False), _chunk(2, [b"c"], False)])
         monkeypatch.setattr(os, "pwrite", full_disk)
-        ops = [_chunk(1, [b"b"], False), _chunk(2, [b"c"], False)]
         with pytest.raises(StoreError, match="No space left"):
-            store.write(ops)
-        assert _bodies(store) == [(0, b"a")]  # nothing of that batch is indexed
+            store.sync()
         monkeypatch.undo()
-        store.write(ops)  # the store writer's retry: the same operations
-        assert _bodies(store) == [(0, b"a"), (1, b"b"), (2, b"c")]
-        store.sync()
+        assert _bodies(store) == [(0, b"a"), (1, b"b"), (2, b"c")]  # still served (from memory)
+        store.sync()  # the store writer's retry: everything the failed sync took, again
     finally:
         store.close()
     store = _open(paths)
     try:
         assert _bodies(store) == [(0, b"a"), (1, b"b"), (2, b"c")]
         assert [chunk.first_offset for chunk in store.stream_chunks(STREAM)] == [0, 1, 2]
+        assert os.path.getsize(os.path.join(paths[1], str(STREAM), f"{0:020d}.seg")) == 3 * (
+            CHUNK_HEAD.size + 4 + 1 + 8 + len(ROUTING) + 4 + len(HEADER) + 1)
+    finally:
+        store.close()
+
+
+def test_a_batch_the_store_refused_takes_the_same_places_when_written_again(paths, monkeypatch) -> None:
+    store = _open(paths)
+    try:
+        store.write([_chunk(0, [b"a"], True)])
+        real_write = store._write
+        monkeypatch.setattr(store, "_write", lambda batch, options: (_ for _ in ()).throw(StoreError("refused")))
+        ops = [_chunk(1, [b"b"], False), _chunk(2, [b"c"], True), _chunk(3, [b"d"], False)]
+        with pytest.raises(StoreError, match="refused"):
+            store.write(ops)
+        monkeypatch.setattr(store, "_write", real_write)
+        store.write(ops)
+        store.sync()
+        assert _segments(paths[1]) == [f"{0:020d}.seg", f"{2:020d}.seg"]
+    finally:
+        store.close()
+    store = _open(paths)
+    try:
+        assert _bodies(store) == [(0, b"a"), (1, b"b"), (2, b"c"), (3, b"d")]
     finally:
         store.close()
 
@@ -154,9 +184,14 @@ def test_recovery_drops_a_tail_that_is_not_on_disk_whole_and_appends_go_on_after
     store = _open(paths)
     try:
         store.write([_chunk(0, [b"one", b"two"], True), _chunk(2, [b"three"], False)])
+        store.sync()
+        durable = store._db.get(b"y" + struct.pack(">Q", STREAM))
         store.write([_chunk(3, [b"four"], False)])
     finally:
         store.close()
+    # as after a power cut in the last sync: the index record of chunk 3 reached the disk (the WAL
+    # is written as it goes), its bytes not whole, and that sync's durable mark not at all
+    _overwrite_key(paths[0], b"y" + struct.pack(">Q", STREAM), durable)
     segment = os.path.join(paths[1], str(STREAM), f"{0:020d}.seg")
     size = os.path.getsize(segment)
     last = CHUNK_HEAD.size + 4 + 1 + 8 + len(ROUTING) + 4 + len(HEADER) + len(b"four")
@@ -174,6 +209,35 @@ def test_recovery_drops_a_tail_that_is_not_on_disk_whole_and_appends_go_on_after
         assert os.path.getsize(segment) == size - last  # cut back to the last good chunk
         store.write([_chunk(3, [b"FOUR"], False)])
         assert _bodies(store) == [(0, b"one"), (1, b"two"), (2, b"three"), (3, b"FOUR")]
+    finally:
+        store.close()
+
+
+def _overwrite_key(path: str, key: bytes, value: bytes) -> None:
+    db = Rdict(path, Options(raw_mode=True))
+    try:
+        db[key] = value
+    finally:
+        db.close()
+
+
+def test_a_damaged_byte_in_a_chunk_the_last_sync_made_durable_is_a_read_error_not_a_cut(paths) -> None:
+    store = _open(paths)
+    try:
+        store.write([_chunk(0, [b"one"], True), _chunk(1, [b"two"], False)])
+    finally:
+        store.close()
+    segment = os.path.join(paths[1], str(STREAM), f"{0:020d}.seg")
+    with open(segment, "r+b") as file:
+        file.seek(os.path.getsize(segment) - 2)
+        file.write(b"XX")
+    store = _open(paths)
+    try:
+        assert len(store.stream_chunks(STREAM)) == 2  # confirmed data is never cut away
+        ((offset, message),), _ = store.read_stream(STREAM, 0, 1, 1000, None, False)
+        assert (offset, message.body) == (0, b"one")
+        with pytest.raises(StoreError, match="CRC"):
+            _bodies(store, 1)
     finally:
         store.close()
 
@@ -207,7 +271,7 @@ def test_a_damaged_chunk_in_the_middle_is_a_read_error_naming_it(paths) -> None:
     finally:
         store.close()
     segment = os.path.join(paths[1], str(STREAM), f"{0:020d}.seg")
-    with open(segment, "r+b") as file:  # chunk 5's body (beyond the 64 chunks recovery checks)
+    with open(segment, "r+b") as file:  # chunk 5's body (in what the last sync made durable)
         file.seek(5 * (os.path.getsize(segment) // 100) + CHUNK_HEAD.size + 30)
         file.write(b"!")
     store = _open(paths)
@@ -247,14 +311,13 @@ def test_the_log_reads_back_as_a_model_of_it_across_syncs_and_reopenings(tmp_pat
                 store.write([("stream-", STREAM, below)])
                 model = [(offset, body) for offset, body in model if offset >= below]
                 segment_starts = [first for first in segment_starts if first >= below]
-            elif step[0] == "sync":
+            elif step[0] in ("sync", "reopen"):
                 store.sync()
-            elif step[0] == "reopen":
-                store.close()
-                store = _open(paths)
+                assert {f"{first:020d}.seg" for first in segment_starts} <= set(_segments(paths[1]))
+                if step[0] == "reopen":
+                    store.close()
+                    store = _open(paths)
             assert _bodies(store) == model
-            kept = set(_segments(paths[1]))
-            assert {f"{first:020d}.seg" for first in segment_starts} <= kept
         store.sync()
         assert set(_segments(paths[1])) == {f"{first:020d}.seg" for first in segment_starts}
     finally:
@@ -264,14 +327,15 @@ def test_the_log_reads_back_as_a_model_of_it_across_syncs_and_reopenings(tmp_pat
 
 def test_writes_on_the_loop_never_wait_for_the_disk(paths, monkeypatch) -> None:
     """A write (what the loop does) appends, starts segments, schedules retention and deletes,
-    and never syncs: fsync and fdatasync happen in ``sync`` alone (a worker thread)."""
+    and touches no file: writing, syncing and removing happen in ``sync`` alone (a worker
+    thread)."""
     store = _open(paths)
     try:
-        def forbidden(fd: int) -> None:
-            raise AssertionError("a sync on the loop")
+        def forbidden(*args, **kwargs) -> None:
+            raise AssertionError("file I/O on the loop")
 
-        monkeypatch.setattr(os, "fsync", forbidden)
-        monkeypatch.setattr(os, "fdatasync", forbidden)
+        for name in ("fsync", "fdatasync", "pwrite", "write", "open", "makedirs", "mkdir", "unlink"):
+            monkeypatch.setattr(os, name, forbidden)
         store.write([_chunk(0, [b"a"], True), _chunk(1, [b"b"], True)])
         store.write([_chunk(2, [b"c"], True), ("stream-", STREAM, 2)])
         store.write([("queue-", "/", "s", STREAM)])

@@ -211,11 +211,13 @@ class StoreWriter:
         if self.journal.failed:
             ops = self._retry_ops
             generation = self._generation
-            count = len(ops)
             if ops:
+                count = len(ops)
                 self.store.write(ops)
+                # written: a sync that fails below must not have them written twice (a stream's
+                # chunks would be appended again); the store keeps what it must still sync
+                del ops[:count]
             await anyio.to_thread.run_sync(self.store.sync, limiter=self._limiter)
-            del ops[:count]
             if ops:  # what arrived during the sync (acks, say): written now, synced by run()
                 self.store.write(ops)
                 ops.clear()

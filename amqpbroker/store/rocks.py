@@ -32,6 +32,8 @@ key                                            value
 ``s`` stream id (8) first offset (8)            (stores written before segment files) a chunk's
                                                 messages, when its ``k`` record has no place
 ``o`` stream id (8) consumer name               a named consumer's tracked offset (8)
+``y`` stream id (8)                             how far its segment files are durable: segment
+                                                (8), end (8), written by each sync
 =============================================  ==================================================
 
 Entries of a queue are contiguous and in arrival order, so recovery reads each queue in order with
@@ -73,6 +75,7 @@ _UNFILTERED_HEAD = struct.Struct(">IBd")  # a stream record's length, flag 0 (no
 _PERSISTENT = 2  # inline entry flag
 _CHUNK_VALUE = struct.Struct(">dIQB")  # (a chunk whose messages are an ``s`` value: before segment files)
 _FILE_CHUNK_VALUE = struct.Struct(">dIQBQQI")  # ... and where it is: segment, position, length
+_DURABLE_VALUE = struct.Struct(">QQ")  # segment, end
 _STREAM_SCAN_FACTOR = 50  # a filtered stream read scans at most this many records per one asked for
 _MEMTABLE_BYTES = 32 << 20  # two of these at most: bounds RocksDB's share of resident memory
 _BLOCK_CACHE_BYTES = 32 << 20  # data, index and filter blocks read back
@@ -311,13 +314,17 @@ class RocksStore:
         """The chunk index, checked against the segment files: chunks whose bytes are not on
         disk whole (a power cut before they were synced: never confirmed) are dropped from the
         index with every later one, and appends go on after the last good chunk."""
+        if self._files.unwritten():  # (asked while serving: what was handed over is written first)
+            self.sync()
         try:
             records = list(self._scan_range(*_range(b"k", stream_id)))
             in_files = [(index, _SEQ_KEY.unpack(key)[2], *_FILE_CHUNK_VALUE.unpack(value))
                         for index, (key, value) in enumerate(records) if len(value) == _FILE_CHUNK_VALUE.size]
+            durable = self._db.get(b"y" + _U64.pack(stream_id))
             good = self._files.recover_stream(stream_id, [(first, count, segment, position, length)
                                                           for _, first, _, count, _, _, segment, position, length
-                                                          in in_files])
+                                                          in in_files],
+                                              _DURABLE_VALUE.unpack(durable) if durable is not None else None)
             if good < len(in_files):
                 cut = in_files[good][0]
                 batch = WriteBatch(raw_mode=True)
@@ -333,14 +340,21 @@ class RocksStore:
         """Segment files of a stream no index names (deleted, and the process ended before its
         directory went) are removed."""
         for stream_id in self._files.stream_ids():
-            iterator = self._db.iter()
-            try:
-                iterator.seek(_seq_key(b"k", stream_id, 0))
-                indexed = iterator.valid() and iterator.key()[:9] == _seq_key(b"k", stream_id, 0)[:9]
-            finally:
-                del iterator
-            if not indexed:
+            if not self._has_chunks(stream_id):
                 self._files.remove([self._files.stream_dir(stream_id)])
+        orphans = WriteBatch(raw_mode=True)  # (a sync's y record may outlive its stream's delete)
+        for key, _ in list(self._scan(b"y")):
+            if not self._has_chunks(_U64.unpack_from(key, 1)[0]):
+                orphans.delete(key)
+        self._db.write(orphans, self._unsynced)
+
+    def _has_chunks(self, stream_id: int) -> bool:
+        iterator = self._db.iter()
+        try:
+            iterator.seek(_seq_key(b"k", stream_id, 0))
+            return iterator.valid() and iterator.key()[:9] == _seq_key(b"k", stream_id, 0)[:9]
+        finally:
+            del iterator
 
     def stream_offsets(self, stream_id: int) -> dict[str, int]:
         try:
@@ -357,7 +371,7 @@ class RocksStore:
             while iterator.valid():
                 key = iterator.key()
                 if key[:1] not in (b"x", b"q", b"b", b"m", b"e", b"d", b"c", b"h", b"u", b"w", b"a",
-                                   b"s", b"k", b"o"):
+                                   b"s", b"k", b"o", b"y"):
                     raise StoreError(f"unknown key {key[:16]!r} in the data directory {self.path}")
                 iterator.seek(bytes([key[0] + 1]))
         finally:
@@ -551,6 +565,7 @@ class RocksStore:
                 batch.delete_range(*_range(b"s", queue_id))
                 batch.delete_range(*_range(b"k", queue_id))
                 batch.delete_range(*_offset_range(queue_id))
+                batch.delete(b"y" + _U64.pack(queue_id))
                 self._files.drop_stream(queue_id)
             elif tag == "exchange":
                 put(_text_key(b"x", op[1], op[2]), op[3])
@@ -586,10 +601,15 @@ class RocksStore:
             raise StoreError(f"write to {self.path} failed: {exc}") from exc
 
     def sync(self) -> None:
-        """Segment files first, then the WAL with their index records; then what retention and
-        deletes dropped from the index goes from the disk."""
+        """Segment files first (and how far each is durable, a ``y`` record), then the WAL with
+        their index records; then what retention and deletes dropped from the index goes."""
         try:
-            removals = self._files.sync_files()
+            removals, durable = self._files.sync_files()
+            if durable:
+                batch = WriteBatch(raw_mode=True)
+                for stream_id, (segment, end) in durable.items():
+                    batch.put(b"y" + _U64.pack(stream_id), _DURABLE_VALUE.pack(segment, end))
+                self._db.write(batch, self._unsynced)
             self._db.flush_wal(True)
         except Exception as exc:
             raise StoreError(f"sync of {self.path} failed: {exc}") from exc
@@ -597,9 +617,7 @@ class RocksStore:
 
     def close(self) -> None:
         try:
-            removals = self._files.sync_files()
-            self._db.flush_wal(True)
-            self._files.remove(removals)
+            self.sync()
         finally:
             self._files.close()
             self._db.close()

@@ -1,4 +1,5 @@
-"""Streams' messages in segment files beside RocksDB: written once, read with ``pread``.
+"""Streams' messages in segment files beside RocksDB, written by the sync's worker thread, read
+with ``pread``: the event loop never touches these files.
 
 A stream's segments are files in its own directory, ``<root>/<stream id>/<first offset>.seg``
 (the first offset in 20 digits). A segment is a run of chunks, each a header and the chunk's
@@ -7,25 +8,22 @@ records (the store's encoding, ``rocks._chunk_value``)::
     magic b"AMS1" | first offset (8) | message count (4) | records' length (4) | CRC-32 of the records (4)
 
 The chunk index stays in RocksDB (``k`` records, written in the same batch as everything else),
-and says where each chunk is: its segment, position and length. The order of events makes every
-index record point at bytes that were written first:
+and says where each chunk is: its segment, position and length. On the loop,
+:meth:`StreamFiles.append` only works out that place (the segment's end, kept in memory) and keeps
+the records; :meth:`commit` hands them over once the RocksDB batch with their index records is in
+(:meth:`abort` forgets an attempt that failed, so a retry takes the same places). Then the sync,
+in a worker thread (:meth:`sync_files`, called before RocksDB syncs its WAL):
 
-- :meth:`StreamFiles.append` writes a chunk at the segment's committed end (``pwrite``) before the
-  RocksDB batch with its index record is written; :meth:`commit` moves the end once that batch
-  is in, :meth:`abort` forgets the attempt (a retry writes the same bytes at the same place, so
-  a failed batch never leaves a chunk twice);
-- :meth:`sync` (a worker thread) ``fdatasync``\\ s every segment written since the last sync and
-  the directories of new segments, then RocksDB syncs its WAL: a confirmed chunk is on disk with
-  its index;
-- removals (retention's old segments, a deleted stream's directory) wait for the sync after the
-  batch that dropped their index records, so the index never names a file that is gone.
+- writes every chunk handed over (CRC-32, ``pwrite`` at its place; a chunk not written yet is
+  read from memory meanwhile), syncs the segments (``fdatasync``) and the directories of new ones:
+  a confirmed chunk is on disk with its index;
+- returns the removals (retention's old segments, a deleted stream's directory) that the index
+  deletions before it allow, which the store carries out once the WAL is synced, so the index
+  never names a file that is gone.
 
-At recovery (:meth:`recover_stream`), chunks whose bytes are missing or do not check (a power cut
-before the data reached the disk; their confirm was never sent) are dropped with every later one,
-and the last segment is cut back to its last good chunk, where appends go on.
-
-Writing a chunk costs the loop a CRC-32 and one ``pwrite`` into the page cache (about 1 µs for a
-1 KB message here), against RocksDB's WAL, memtable and later flush of the same bytes.
+After a crash the index may name chunks that were never written (they were not confirmed): at
+recovery (:meth:`recover_stream`) chunks whose bytes are missing or do not check are dropped with
+every later one, and the last segment is cut back to its last good chunk, where appends go on.
 """
 
 from __future__ import annotations
@@ -46,7 +44,6 @@ log = logging.getLogger("amqpbroker.store")
 CHUNK_HEAD = struct.Struct(">4sQIII")  # magic, first offset, count, records' length, CRC-32
 MAGIC = b"AMS1"
 SUFFIX = ".seg"
-VERIFY_LAST_CHUNKS = 64  # chunks whose CRC is checked at recovery, at the end of each stream
 
 
 class FileChunkError(Exception):
@@ -59,13 +56,15 @@ class ChunkPlace(NamedTuple):
     length: int  # header and records
 
 
-class _Segment:
-    __slots__ = ("first", "fd", "end")
+class _Write(NamedTuple):
+    """A chunk handed over for the next sync to write."""
 
-    def __init__(self, first: int, fd: int, end: int) -> None:
-        self.first = first
-        self.fd = fd
-        self.end = end
+    stream_id: int
+    segment: int
+    position: int
+    first_offset: int
+    count: int
+    records: bytes
 
 
 def _segment_name(first: int) -> str:
@@ -83,126 +82,162 @@ def _write_all(fd: int, data: bytes, position: int) -> None:
 
 
 class StreamFiles:
-    """The segment files of every stream under ``root``; appends from the loop, reads and syncs
-    from worker threads (a lock guards what the sync takes over)."""
+    """The segment files of every stream under ``root``. The loop keeps each stream's segment
+    and end and hands chunks over; one worker thread at a time syncs (writes, ``fdatasync``);
+    reads come from other worker threads. A lock guards what they share."""
 
     def __init__(self, root: str) -> None:
         self.root = root
         os.makedirs(root, exist_ok=True)
-        self._active: dict[int, _Segment] = {}  # stream id -> the segment appends go to
-        self._segments: dict[int, list[int]] = {}  # stream id -> its segments' first offsets, in order
-        self._pending: dict[int, _Segment] = {}  # appends of the batch being written
-        self._pending_new: list[tuple[int, _Segment]] = []  # segments that batch started
-        self._pending_removals: list[tuple[int, int | None]] = []  # (stream id, below offset | None: all)
+        # the loop's: where each stream's next chunk goes, and its segments' first offsets
+        self._ends: dict[int, tuple[int, int]] = {}  # stream id -> (segment, end)
+        self._segments: dict[int, list[int]] = {}
+        # the batch being written (until commit or abort)
+        self._batch: list[_Write] = []
+        self._batch_ends: dict[int, tuple[int, int]] = {}
+        self._batch_removals: list[tuple[int, int | None]] = []  # (stream id, below offset | None: all)
+        # shared, under the lock: chunks handed over and not written yet, removals the next sync allows
         self._lock = threading.Lock()
-        self._dirty: set[int] = set()  # fds written since the last sync
-        self._new_dirs: set[str] = set()  # directories with a new segment since the last sync
-        self._retired: list[int] = []  # fds of segments no longer appended to: synced, then closed
-        self._removals: list[str] = []  # files and directories to remove after the next sync
+        self._unwritten: dict[tuple[int, int, int], _Write] = {}  # (stream, segment, position) -> chunk
+        self._removals: list[tuple[int, int | None]] = []  # (stream id, segment | None: the stream)
+        # the syncing thread's: open segment files
+        self._fds: dict[tuple[int, int], int] = {}
+
+    def unwritten(self) -> bool:
+        """Are chunks handed over and not written yet?"""
+        with self._lock:
+            return bool(self._unwritten)
 
     def stream_dir(self, stream_id: int) -> str:
         return os.path.join(self.root, str(stream_id))
 
-    # ------------------------------------------------------------ writing, on the loop
+    def _path(self, stream_id: int, segment: int) -> str:
+        return os.path.join(self.stream_dir(stream_id), _segment_name(segment))
+
+    # ------------------------------------------------------------ on the loop: no I/O
 
     def append(self, stream_id: int, first_offset: int, count: int, segment_start: bool,
                records: bytes) -> ChunkPlace:
-        """Write a chunk (not committed until :meth:`commit`): where it is."""
-        segment = self._pending.get(stream_id) or self._active.get(stream_id)
-        if segment is None or segment_start:
-            directory = self.stream_dir(stream_id)
-            os.makedirs(directory, exist_ok=True)
-            fd = os.open(os.path.join(directory, _segment_name(first_offset)), os.O_RDWR | os.O_CREAT, 0o644)
-            segment = _Segment(first_offset, fd, 0)
-            self._pending_new.append((stream_id, segment))
-        head = CHUNK_HEAD.pack(MAGIC, first_offset, count, len(records), zlib.crc32(records))
-        position = segment.end
-        _write_all(segment.fd, head + records, position)
+        """Where a chunk goes (the next sync writes it, once :meth:`commit` handed it over)."""
+        state = self._batch_ends.get(stream_id) or self._ends.get(stream_id)
+        segment, position = (first_offset, 0) if state is None or segment_start else state
         length = CHUNK_HEAD.size + len(records)
-        self._pending[stream_id] = _Segment(segment.first, segment.fd, position + length)
-        return ChunkPlace(segment.first, position, length)
+        self._batch.append(_Write(stream_id, segment, position, first_offset, count, records))
+        self._batch_ends[stream_id] = (segment, position + length)
+        return ChunkPlace(segment, position, length)
 
     def drop_below(self, stream_id: int, below_offset: int) -> None:
         """Retention: the segments holding only offsets below ``below_offset`` go (after the sync
         that drops their index records); never the one appended to."""
-        self._pending_removals.append((stream_id, below_offset))
+        self._batch_removals.append((stream_id, below_offset))
 
     def drop_stream(self, stream_id: int) -> None:
         """A deleted stream: its directory goes after the next sync."""
-        self._pending_removals.append((stream_id, None))
+        self._batch_removals.append((stream_id, None))
 
     def commit(self) -> None:
-        """The batch with these chunks' index records is written: their segments' ends move."""
+        """The batch with these chunks' index records is written: hand them over."""
+        removals: list[tuple[int, int | None]] = []
+        for write in self._batch:
+            firsts = self._segments.setdefault(write.stream_id, [])
+            if not firsts or firsts[-1] != write.segment:
+                firsts.append(write.segment)
+        self._ends.update(self._batch_ends)
+        for stream_id, below in self._batch_removals:
+            if below is None:
+                self._ends.pop(stream_id, None)
+                self._segments.pop(stream_id, None)
+                removals.append((stream_id, None))
+                continue
+            firsts = self._segments.get(stream_id, [])
+            keep = 0  # a segment goes when the next one starts at or below ``below``; the last stays
+            while keep + 1 < len(firsts) and firsts[keep + 1] <= below:
+                removals.append((stream_id, firsts[keep]))
+                keep += 1
+            del firsts[:keep]
         with self._lock:
-            for stream_id, segment in self._pending_new:
-                self._new_dirs.add(self.stream_dir(stream_id))
-                old = self._active.get(stream_id)
-                if old is not None and old.fd != segment.fd:
-                    self._retired.append(old.fd)
-                self._active[stream_id] = segment
-                self._segments.setdefault(stream_id, []).append(segment.first)
-            for stream_id, segment in self._pending.items():
-                active = self._active[stream_id]
-                active.end = segment.end
-                self._dirty.add(active.fd)
-            for stream_id, below in self._pending_removals:
-                self._schedule_removal(stream_id, below)
-        self._pending.clear()
-        self._pending_new.clear()
-        self._pending_removals.clear()
-
-    def _schedule_removal(self, stream_id: int, below: int | None) -> None:
-        directory = self.stream_dir(stream_id)
-        firsts = self._segments.get(stream_id, [])
-        if below is None:
-            segment = self._active.pop(stream_id, None)
-            if segment is not None:
-                self._dirty.discard(segment.fd)
-                self._retired.append(segment.fd)
-            self._segments.pop(stream_id, None)
-            self._removals.append(directory)
-            return
-        keep = 0  # a segment goes when the next one starts at or below ``below``; the last stays
-        while keep + 1 < len(firsts) and firsts[keep + 1] <= below:
-            self._removals.append(os.path.join(directory, _segment_name(firsts[keep])))
-            keep += 1
-        del firsts[:keep]
+            for write in self._batch:
+                self._unwritten[(write.stream_id, write.segment, write.position)] = write
+            self._removals += removals
+        self.abort()
 
     def abort(self) -> None:
-        """The batch failed: forget its appends (written again, at the same place, by a retry)."""
-        for _, segment in self._pending_new:
-            os.close(segment.fd)
-        self._pending.clear()
-        self._pending_new.clear()
-        self._pending_removals.clear()
+        """Forget the batch (a failed one is written again, with the same places)."""
+        self._batch = []
+        self._batch_ends.clear()
+        self._batch_removals = []
 
     # ------------------------------------------------------------ syncing, in a worker thread
 
-    def sync_files(self) -> list[str]:
-        """Make every committed append durable; the removals that may happen once the index
-        records dropped with them are synced too (the caller syncs RocksDB, then removes)."""
+    def sync_files(self) -> tuple[list[str], dict[int, tuple[int, int]]]:
+        """Write every chunk handed over and make it durable. Returns the paths the caller may
+        remove once RocksDB's WAL is synced too (the index records naming them are gone in it),
+        and how far each stream written is now durable: ``(segment, end)`` (recovery checks
+        every chunk after that). A sync that fails keeps every chunk it took, to be written
+        again by the next one (after a failed ``fdatasync`` the page cache cannot be trusted)."""
         with self._lock:
-            dirty, self._dirty = self._dirty, set()
-            new_dirs, self._new_dirs = self._new_dirs, set()
-            retired, self._retired = self._retired, []
+            writes = list(self._unwritten.values())
             removals, self._removals = self._removals, []
+        dropped = {stream_id for stream_id, segment in removals if segment is None}
+        durable: dict[int, tuple[int, int]] = {}
         try:
-            for fd in dirty.union(retired):
+            written = set()
+            new_dirs = set()
+            for write in writes:
+                if write.stream_id in dropped:  # (deleted: its directory goes after this sync)
+                    continue
+                durable[write.stream_id] = (write.segment, write.position + CHUNK_HEAD.size + len(write.records))
+                fd = self._fd(write.stream_id, write.segment, new_dirs)
+                records = write.records
+                _write_all(fd, CHUNK_HEAD.pack(MAGIC, write.first_offset, write.count, len(records),
+                                               zlib.crc32(records)), write.position)
+                _write_all(fd, records, write.position + CHUNK_HEAD.size)
+                written.add(fd)
+            for fd in written:
                 os.fdatasync(fd)
             for directory in new_dirs:
                 _sync_dir(directory)
-            if new_dirs:  # (a new stream's directory is an entry of the root)
-                _sync_dir(self.root)
         except BaseException:
             with self._lock:  # nothing is lost: the next sync tries again
-                self._dirty |= dirty
-                self._new_dirs |= new_dirs
-                self._retired[:0] = retired
                 self._removals[:0] = removals
             raise
-        for fd in retired:
-            os.close(fd)
-        return removals
+        with self._lock:
+            for write in writes:
+                self._unwritten.pop((write.stream_id, write.segment, write.position), None)
+        paths = []
+        for stream_id, segment in removals:
+            if segment is None:
+                for key in [key for key in self._fds if key[0] == stream_id]:
+                    os.close(self._fds.pop(key))
+                paths.append(self.stream_dir(stream_id))
+            else:
+                fd = self._fds.pop((stream_id, segment), None)
+                if fd is not None:
+                    os.close(fd)
+                paths.append(self._path(stream_id, segment))
+        self._close_older_segments()
+        return paths, durable
+
+    def _fd(self, stream_id: int, segment: int, new_dirs: set[str]) -> int:
+        fd = self._fds.get((stream_id, segment))
+        if fd is None:
+            directory = self.stream_dir(stream_id)
+            if not os.path.isdir(directory):
+                os.makedirs(directory, exist_ok=True)
+                new_dirs.add(self.root)
+            path = self._path(stream_id, segment)
+            if not os.path.exists(path):
+                new_dirs.add(directory)
+            fd = self._fds[(stream_id, segment)] = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        return fd
+
+    def _close_older_segments(self) -> None:
+        """Keep one open file per stream: its newest segment."""
+        newest: dict[int, int] = {}
+        for stream_id, segment in self._fds:
+            newest[stream_id] = max(segment, newest.get(stream_id, segment))
+        for key in [key for key in self._fds if key[1] != newest[key[0]]]:
+            os.close(self._fds.pop(key))
 
     @staticmethod
     def remove(paths: list[str]) -> None:
@@ -222,7 +257,13 @@ class StreamFiles:
     def read(self, stream_id: int, segment: int, position: int, length: int, first_offset: int,
              count: int, fds: dict[str, int]) -> bytes:
         """A chunk's records, checked (``fds``: files this read opened, closed by the caller)."""
-        path = os.path.join(self.stream_dir(stream_id), _segment_name(segment))
+        with self._lock:
+            unwritten = self._unwritten.get((stream_id, segment, position))
+        if unwritten is not None:  # handed over, not written yet
+            if unwritten.first_offset != first_offset or unwritten.count != count:
+                raise FileChunkError(f"chunk at {position} of segment {segment} is not the one indexed")
+            return unwritten.records
+        path = self._path(stream_id, segment)
         fd = fds.get(path)
         if fd is None:
             try:
@@ -234,24 +275,28 @@ class StreamFiles:
 
     # ------------------------------------------------------------ recovery (blocking, before serving)
 
-    def recover_stream(self, stream_id: int, places: list[tuple[int, int, int, int, int]]) -> int:
+    def recover_stream(self, stream_id: int, places: list[tuple[int, int, int, int, int]],
+                       durable: tuple[int, int] | None) -> int:
         """Check a stream's files against its index, ``(first offset, count, segment, position,
         length)`` per chunk in offset order: how many chunks from the start are good (the rest
-        are to be dropped). Cuts the last segment back to its last good chunk, removes segment
-        files no good chunk is in, and makes the last segment the one appended to."""
+        are to be dropped). Every chunk past ``durable`` (the ``(segment, end)`` the last sync
+        made durable; None: unknown, all) is read and its CRC checked. Cuts the last segment
+        back to its last good chunk, removes segment files no good chunk is in, and appends go
+        on after the last good chunk."""
         directory = self.stream_dir(stream_id)
-        old = self._active.pop(stream_id, None)
-        if old is not None:  # (asked again: the files it had open are closed after the next sync)
-            with self._lock:
-                self._dirty.discard(old.fd)
-                self._retired.append(old.fd)
         files = {}
         if os.path.isdir(directory):
             for name in os.listdir(directory):
                 if name.endswith(SUFFIX) and name[:-len(SUFFIX)].isdigit():
                     files[int(name[:-len(SUFFIX)])] = os.path.getsize(os.path.join(directory, name))
         good = 0
-        verify_from = max(0, len(places) - VERIFY_LAST_CHUNKS)
+        verify_from = 0
+        if durable is not None:
+            while verify_from < len(places):
+                _, _, segment, position, length = places[verify_from]
+                if (segment, position + length) > durable:
+                    break
+                verify_from += 1
         fds: dict[str, int] = {}
         try:
             for index, (first_offset, count, segment, position, length) in enumerate(places):
@@ -274,14 +319,19 @@ class StreamFiles:
         for first in files:
             if first not in used:
                 os.unlink(os.path.join(directory, _segment_name(first)))
+        self._ends.pop(stream_id, None)
+        self._segments.pop(stream_id, None)
         if used:
             last = places[good - 1]
-            fd = os.open(os.path.join(directory, _segment_name(last[2])), os.O_RDWR)
             end = last[3] + last[4]
             if files[last[2]] > end:
-                os.ftruncate(fd, end)
-                os.fsync(fd)
-            self._active[stream_id] = _Segment(last[2], fd, end)
+                fd = os.open(self._path(stream_id, last[2]), os.O_RDWR)
+                try:
+                    os.ftruncate(fd, end)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            self._ends[stream_id] = (last[2], end)
             self._segments[stream_id] = used
         elif os.path.isdir(directory):
             shutil.rmtree(directory)
@@ -293,13 +343,9 @@ class StreamFiles:
 
     def close(self) -> None:
         """Close every file (the store synced them first)."""
-        with self._lock:
-            fds = [segment.fd for segment in self._active.values()] + self._retired
-            self._active.clear()
-            self._retired = []
-            self._dirty.clear()
-        for fd in fds:
+        for fd in self._fds.values():
             os.close(fd)
+        self._fds.clear()
 
 
 def _records(data: bytes, length: int, first_offset: int, count: int, path: str, position: int) -> bytes:
