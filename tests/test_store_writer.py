@@ -478,6 +478,52 @@ async def test_a_stream_s_appends_during_the_store_alarm_are_nacked_kept_and_wri
     assert (stream.log.first, stream.log.next, stream.log.chunk_count) == (0, 2, 2)
 
 
+async def test_a_retry_whose_sync_fails_writes_nothing_twice(tmp_path, monkeypatch):
+    """While the store alarm is on, a retry whose write works and whose sync fails must not
+    write the same operations again at the next try: a stream's chunk would be appended twice."""
+    import amqpbroker.server.persistence as persistence
+    monkeypatch.setattr(persistence, "RETRY_SECONDS", 0.01)
+    path = str(tmp_path / "db")
+    store = FlakyStore(path)
+    broker = Broker()
+    broker.journal.enabled = True
+    writer = StoreWriter(store, broker)
+    client = FakeClient(broker)
+    client.open_channel()
+    client.send(commands.Confirm.Select(), 1)
+    client.expect(commands.Confirm.SelectOk)
+    client.declare_queue("log", durable=True, arguments={"x-queue-type": "stream"})
+    await writer.drain()
+    store.failing = {"write"}
+    client.publish(1, "", "log", b"during")
+    assert [type(frame) for _, frame in client.methods()] == [Basic.Nack]
+    writes = []
+    real_write = store.real.write
+    monkeypatch.setattr(store.real, "write", lambda ops: (writes.append(len(ops)), real_write(ops))[1])
+    async with anyio.create_task_group() as group:
+        group.start_soon(writer.run)
+        group.start_soon(writer.run_retries)
+        store.failing = {"sync"}  # the retries write, then fail to sync, several times
+        await anyio.sleep(0.2)
+        store.failing = set()
+        with anyio.fail_after(5):
+            while broker.store_alarm:
+                await anyio.sleep(0.01)
+        group.cancel_scope.cancel()
+    assert writes == [1]  # the chunk, once
+    client.publish(1, "", "log", b"after")
+    await writer.drain()
+    store.real.close()
+    stream = _recovered(path).vhosts["/"].queues["log"]
+    assert (stream.log.first, stream.log.next, stream.log.chunk_count) == (0, 2, 2)
+    store = RocksStore(path)
+    try:
+        included, _ = store.read_stream(stream.queue_id, 0, 10, 1 << 20, None, False)
+        assert [message.body for _, message in included] == [b"during", b"after"]
+    finally:
+        store.close()
+
+
 async def test_a_failing_stream_read_is_tried_again_once_a_second_and_the_consumer_then_gets_everything(tmp_path, caplog):
     """A store read that fails for a consumer behind a stream's tail: logged, nothing delivered
     wrong, not asked for again before a second has passed (no flood), and the consumer gets every
