@@ -129,17 +129,14 @@ def test_a_sync_that_fails_half_way_writes_everything_once_the_next_time(paths, 
         store.write([_chunk(0, [b"a"], True)])
         store.sync()
         real_pwrite = os.pwrite
-        calls = []
 
-        def full_disk(fd, data, position):
-            calls.append(position)
-            if len(calls) == 3:  # the second chunk's header went, its records: half, then no space
-                real_pwrite(fd, bytes(data[:5]), position)
-                raise OSError(errno.ENOSPC, "No space left on device")
-            return real_pwrite(fd, data, position)
+        def full_disk(fd, parts, position):  # the first chunk and half the second, then no space
+            data = b"".join(parts)
+            real_pwrite(fd, data[:len(data) - 5], position)
+            raise OSError(errno.ENOSPC, "No space left on device")
 
         store.write([_chunk(1, [b"b"], False), _chunk(2, [b"c"], False)])
-        monkeypatch.setattr(os, "pwrite", full_disk)
+        monkeypatch.setattr(os, "pwritev", full_disk)
         with pytest.raises(StoreError, match="No space left"):
             store.sync()
         monkeypatch.undo()
@@ -334,7 +331,7 @@ def test_writes_on_the_loop_never_wait_for_the_disk(paths, monkeypatch) -> None:
         def forbidden(*args, **kwargs) -> None:
             raise AssertionError("file I/O on the loop")
 
-        for name in ("fsync", "fdatasync", "pwrite", "write", "open", "makedirs", "mkdir", "unlink"):
+        for name in ("fsync", "fdatasync", "pwrite", "pwritev", "write", "open", "makedirs", "mkdir", "unlink"):
             monkeypatch.setattr(os, name, forbidden)
         store.write([_chunk(0, [b"a"], True), _chunk(1, [b"b"], True)])
         store.write([_chunk(2, [b"c"], True), ("stream-", STREAM, 2)])

@@ -35,6 +35,7 @@ import shutil
 import struct
 import threading
 import zlib
+from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 __all__ = ["StreamFiles", "ChunkPlace", "CHUNK_HEAD", "FileChunkError"]
@@ -65,10 +66,36 @@ class _Write(NamedTuple):
     first_offset: int
     count: int
     records: bytes
+    crc: int
 
 
 def _segment_name(first: int) -> str:
     return f"{first:020d}{SUFFIX}"
+
+
+RUN_CHUNKS = 256  # chunks written with one pwritev at most (two buffers each; IOV_MAX is 1024)
+
+
+def _runs(writes: Iterable[_Write]) -> Iterator[list[_Write]]:
+    """Consecutive chunks of one segment, each starting where the one before ended."""
+    run: list[_Write] = []
+    for write in writes:
+        if run:
+            last = run[-1]
+            if (write.stream_id != last.stream_id or write.segment != last.segment or len(run) >= RUN_CHUNKS
+                    or write.position != last.position + CHUNK_HEAD.size + len(last.records)):
+                yield run
+                run = []
+        run.append(write)
+    if run:
+        yield run
+
+
+def _write_parts(fd: int, parts: list[bytes], position: int) -> None:
+    written = os.pwritev(fd, parts, position)
+    total = sum(map(len, parts))
+    if written < total:  # (a short write: the rest as one buffer)
+        _write_all(fd, b"".join(parts)[written:], position + written)
 
 
 def _write_all(fd: int, data: bytes, position: int) -> None:
@@ -122,7 +149,8 @@ class StreamFiles:
         state = self._batch_ends.get(stream_id) or self._ends.get(stream_id)
         segment, position = (first_offset, 0) if state is None or segment_start else state
         length = CHUNK_HEAD.size + len(records)
-        self._batch.append(_Write(stream_id, segment, position, first_offset, count, records))
+        # (the CRC here: in the syncing thread, each call would wait for the loop to hand the GIL back)
+        self._batch.append(_Write(stream_id, segment, position, first_offset, count, records, zlib.crc32(records)))
         self._batch_ends[stream_id] = (segment, position + length)
         return ChunkPlace(segment, position, length)
 
@@ -183,15 +211,15 @@ class StreamFiles:
         try:
             written = set()
             new_dirs = set()
-            for write in writes:
-                if write.stream_id in dropped:  # (deleted: its directory goes after this sync)
-                    continue
-                durable[write.stream_id] = (write.segment, write.position + CHUNK_HEAD.size + len(write.records))
-                fd = self._fd(write.stream_id, write.segment, new_dirs)
-                records = write.records
-                _write_all(fd, CHUNK_HEAD.pack(MAGIC, write.first_offset, write.count, len(records),
-                                               zlib.crc32(records)), write.position)
-                _write_all(fd, records, write.position + CHUNK_HEAD.size)
+            for run in _runs(write for write in writes if write.stream_id not in dropped):
+                first, last = run[0], run[-1]
+                durable[first.stream_id] = (last.segment, last.position + CHUNK_HEAD.size + len(last.records))
+                fd = self._fd(first.stream_id, first.segment, new_dirs)
+                parts = []
+                for write in run:
+                    parts += (CHUNK_HEAD.pack(MAGIC, write.first_offset, write.count, len(write.records), write.crc),
+                              write.records)
+                _write_parts(fd, parts, first.position)  # (one system call: one wait for the GIL after it)
                 written.add(fd)
             for fd in written:
                 os.fdatasync(fd)
