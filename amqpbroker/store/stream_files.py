@@ -9,21 +9,24 @@ records (the store's encoding, ``rocks._chunk_value``)::
 
 The chunk index stays in RocksDB (``k`` records, written in the same batch as everything else),
 and says where each chunk is: its segment, position and length. On the loop,
-:meth:`StreamFiles.append` only works out that place (the segment's end, kept in memory) and keeps
-the records; :meth:`commit` hands them over once the RocksDB batch with their index records is in
-(:meth:`abort` forgets an attempt that failed, so a retry takes the same places). Then the sync,
-in a worker thread (:meth:`sync_files`, called before RocksDB syncs its WAL):
+:meth:`StreamFiles.append` only works out that place (the segment's end, kept in memory), takes
+the records' CRC-32 and keeps them; :meth:`commit` hands them over once the RocksDB batch with
+their index records is in (:meth:`abort` forgets an attempt that failed, so a retry takes the
+same places). Then the sync, in a worker thread (:meth:`sync_files`, before RocksDB syncs its
+WAL):
 
-- writes every chunk handed over (CRC-32, ``pwrite`` at its place; a chunk not written yet is
-  read from memory meanwhile), syncs the segments (``fdatasync``) and the directories of new ones:
-  a confirmed chunk is on disk with its index;
+- writes every chunk handed over at its place (one ``pwritev`` per run of a segment's chunks; a
+  chunk not written yet is read from memory meanwhile), and syncs the segments (``fdatasync``)
+  and the directories of new ones: a confirmed chunk is on disk with its index; how far each
+  stream is durable is recorded (a ``y`` record) for recovery;
 - returns the removals (retention's old segments, a deleted stream's directory) that the index
   deletions before it allow, which the store carries out once the WAL is synced, so the index
   never names a file that is gone.
 
 After a crash the index may name chunks that were never written (they were not confirmed): at
-recovery (:meth:`recover_stream`) chunks whose bytes are missing or do not check are dropped with
-every later one, and the last segment is cut back to its last good chunk, where appends go on.
+recovery (:meth:`recover_stream`) every chunk past the durable mark is read and checked, chunks
+whose bytes are missing or do not check are dropped with every later one, and the last segment is
+cut back to its last good chunk, where appends go on.
 """
 
 from __future__ import annotations
