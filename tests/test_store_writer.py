@@ -442,13 +442,11 @@ async def test_a_durable_queues_paged_part_is_not_read_while_its_writes_wait_for
     store.real.close()
 
 
-async def test_a_stream_s_appends_during_the_store_alarm_are_nacked_kept_and_written_once_it_clears(tmp_path, monkeypatch):
-    """Streams store every message: while the store fails, appends are nacked (the publisher may
-    publish again) yet kept in order, and written when the store works again; a restart finds
-    them and the chunk index that covers them."""
+async def _stream_in_alarm(path: str, monkeypatch, body: bytes):
+    """A stream ``log`` with confirms on, and the store alarm on: a failed write of ``body``
+    (transient: a stream stores it anyway), nacked. Retries every 10 ms."""
     import amqpbroker.server.persistence as persistence
     monkeypatch.setattr(persistence, "RETRY_SECONDS", 0.01)
-    path = str(tmp_path / "db")
     store = FlakyStore(path)
     broker = Broker()
     broker.journal.enabled = True
@@ -460,8 +458,17 @@ async def test_a_stream_s_appends_during_the_store_alarm_are_nacked_kept_and_wri
     client.declare_queue("log", durable=True, arguments={"x-queue-type": "stream"})
     await writer.drain()
     store.failing = {"write"}
-    client.publish(1, "", "log", b"during")  # (transient: a stream stores it anyway)
+    client.publish(1, "", "log", body)
     assert [type(frame) for _, frame in client.methods()] == [Basic.Nack]
+    return store, broker, writer, client
+
+
+async def test_a_stream_s_appends_during_the_store_alarm_are_nacked_kept_and_written_once_it_clears(tmp_path, monkeypatch):
+    """Streams store every message: while the store fails, appends are nacked (the publisher may
+    publish again) yet kept in order, and written when the store works again; a restart finds
+    them and the chunk index that covers them."""
+    path = str(tmp_path / "db")
+    store, broker, writer, client = await _stream_in_alarm(path, monkeypatch, b"during")
     async with anyio.create_task_group() as group:
         group.start_soon(writer.run)
         group.start_soon(writer.run_retries)
@@ -481,22 +488,8 @@ async def test_a_stream_s_appends_during_the_store_alarm_are_nacked_kept_and_wri
 async def test_a_retry_whose_sync_fails_writes_nothing_twice(tmp_path, monkeypatch):
     """While the store alarm is on, a retry whose write works and whose sync fails must not
     write the same operations again at the next try: a stream's chunk would be appended twice."""
-    import amqpbroker.server.persistence as persistence
-    monkeypatch.setattr(persistence, "RETRY_SECONDS", 0.01)
     path = str(tmp_path / "db")
-    store = FlakyStore(path)
-    broker = Broker()
-    broker.journal.enabled = True
-    writer = StoreWriter(store, broker)
-    client = FakeClient(broker)
-    client.open_channel()
-    client.send(commands.Confirm.Select(), 1)
-    client.expect(commands.Confirm.SelectOk)
-    client.declare_queue("log", durable=True, arguments={"x-queue-type": "stream"})
-    await writer.drain()
-    store.failing = {"write"}
-    client.publish(1, "", "log", b"during")
-    assert [type(frame) for _, frame in client.methods()] == [Basic.Nack]
+    store, broker, writer, client = await _stream_in_alarm(path, monkeypatch, b"during")
     writes = []
     real_write = store.real.write
     monkeypatch.setattr(store.real, "write", lambda ops: (writes.append(len(ops)), real_write(ops))[1])

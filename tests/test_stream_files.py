@@ -12,11 +12,10 @@ import struct
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from rocksdict import Options, Rdict
-
 from amqpbroker.store.base import StoredMessage, StoreError, StreamChunk
 from amqpbroker.store.rocks import RocksStore
 from amqpbroker.store.stream_files import CHUNK_HEAD
+from tests.test_store_streams import _overwrite
 
 ROUTING = b"\x06events\x03key"
 HEADER = b"\x00<\x00\x00header"
@@ -188,7 +187,7 @@ def test_recovery_drops_a_tail_that_is_not_on_disk_whole_and_appends_go_on_after
         store.close()
     # as after a power cut in the last sync: the index record of chunk 3 reached the disk (the WAL
     # is written as it goes), its bytes not whole, and that sync's durable mark not at all
-    _overwrite_key(paths[0], b"y" + struct.pack(">Q", STREAM), durable)
+    _overwrite(paths[0], b"y" + struct.pack(">Q", STREAM), durable)
     segment = os.path.join(paths[1], str(STREAM), f"{0:020d}.seg")
     size = os.path.getsize(segment)
     last = CHUNK_HEAD.size + 4 + 1 + 8 + len(ROUTING) + 4 + len(HEADER) + len(b"four")
@@ -208,14 +207,6 @@ def test_recovery_drops_a_tail_that_is_not_on_disk_whole_and_appends_go_on_after
         assert _bodies(store) == [(0, b"one"), (1, b"two"), (2, b"three"), (3, b"FOUR")]
     finally:
         store.close()
-
-
-def _overwrite_key(path: str, key: bytes, value: bytes) -> None:
-    db = Rdict(path, Options(raw_mode=True))
-    try:
-        db[key] = value
-    finally:
-        db.close()
 
 
 def test_a_damaged_byte_in_a_chunk_the_last_sync_made_durable_is_a_read_error_not_a_cut(paths) -> None:
