@@ -122,6 +122,35 @@ def test_the_sync_makes_files_durable_before_the_wal_and_removes_after_it(paths,
     assert events.index("wal") > max(index for index, event in enumerate(events) if event == "fdatasync")
 
 
+def test_removals_wait_for_a_wal_sync_that_failed_to_work(paths) -> None:
+    """Retention's old segment goes only once the index deletion is synced: a failed WAL sync
+    keeps it for the next one."""
+    store = _open(paths)
+    real_db = store._db
+
+    class FailingWal:
+        def __getattr__(self, name):
+            return getattr(real_db, name)
+
+        def flush_wal(self, sync: bool) -> None:
+            raise OSError(errno.EIO, "Input/output error")
+
+    try:
+        store.write([_chunk(0, [b"a"], True), _chunk(1, [b"b"], True)])
+        store.sync()
+        store.write([("stream-", STREAM, 1)])
+        store._db = FailingWal()
+        with pytest.raises(StoreError, match="Input/output error"):
+            store.sync()
+        store._db = real_db
+        assert _segments(paths[1]) == [f"{0:020d}.seg", f"{1:020d}.seg"]
+        store.sync()
+        assert _segments(paths[1]) == [f"{1:020d}.seg"]
+    finally:
+        store._db = real_db
+        store.close()
+
+
 def test_a_sync_that_fails_half_way_writes_everything_once_the_next_time(paths, monkeypatch) -> None:
     store = _open(paths)
     try:

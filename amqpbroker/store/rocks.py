@@ -60,7 +60,7 @@ from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, Writ
 from amqpbroker.codec.tables import TableError, decode_table
 
 from amqpbroker.store.base import Recovered, StoredEntry, StoredMessage, StoreError, StreamChunk
-from amqpbroker.store.stream_files import FileChunkError, StreamFiles
+from amqpbroker.store.stream_files import FileChunkError, StreamFiles, remove_paths
 
 __all__ = ["RocksStore"]
 
@@ -341,7 +341,7 @@ class RocksStore:
         directory went) are removed."""
         for stream_id in self._files.stream_ids():
             if not self._has_chunks(stream_id):
-                self._files.remove([self._files.stream_dir(stream_id)])
+                remove_paths([self._files.stream_dir(stream_id)])
         orphans = WriteBatch(raw_mode=True)  # (a sync's y record may outlive its stream's delete)
         for key, _ in list(self._scan(b"y")):
             if not self._has_chunks(_U64.unpack_from(key, 1)[0]):
@@ -605,6 +605,9 @@ class RocksStore:
         their index records; then what retention and deletes dropped from the index goes."""
         try:
             removals, durable = self._files.sync_files()
+        except Exception as exc:
+            raise StoreError(f"sync of {self.path} failed: {exc}") from exc
+        try:
             if durable:
                 batch = WriteBatch(raw_mode=True)
                 for stream_id, (segment, end) in durable.items():
@@ -612,6 +615,7 @@ class RocksStore:
                 self._db.write(batch, self._unsynced)
             self._db.flush_wal(True)
         except Exception as exc:
+            self._files.keep_removals(removals)  # (their index deletions are not durable yet)
             raise StoreError(f"sync of {self.path} failed: {exc}") from exc
         self._files.remove(removals)
 

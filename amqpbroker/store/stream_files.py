@@ -41,7 +41,7 @@ import zlib
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
-__all__ = ["StreamFiles", "ChunkPlace", "CHUNK_HEAD", "FileChunkError"]
+__all__ = ["StreamFiles", "ChunkPlace", "CHUNK_HEAD", "FileChunkError", "remove_paths"]
 
 log = logging.getLogger("amqpbroker.store")
 
@@ -200,12 +200,13 @@ class StreamFiles:
 
     # ------------------------------------------------------------ syncing, in a worker thread
 
-    def sync_files(self) -> tuple[list[str], dict[int, tuple[int, int]]]:
-        """Write every chunk handed over and make it durable. Returns the paths the caller may
-        remove once RocksDB's WAL is synced too (the index records naming them are gone in it),
-        and how far each stream written is now durable: ``(segment, end)`` (recovery checks
-        every chunk after that). A sync that fails keeps every chunk it took, to be written
-        again by the next one (after a failed ``fdatasync`` the page cache cannot be trusted)."""
+    def sync_files(self) -> tuple[list[tuple[int, int | None]], dict[int, tuple[int, int]]]:
+        """Write every chunk handed over and make it durable. Returns the removals the caller
+        carries out (:meth:`remove`) once RocksDB's WAL is synced too (the index records naming
+        them are gone in it; if that sync fails, :meth:`keep_removals`), and how far each stream
+        written is now durable: ``(segment, end)`` (recovery checks every chunk after that). A
+        sync that fails keeps every chunk it took, to be written again by the next one (after a
+        failed ``fdatasync`` the page cache cannot be trusted)."""
         with self._lock:
             writes = list(self._unwritten.values())
             removals, self._removals = self._removals, []
@@ -235,6 +236,16 @@ class StreamFiles:
         with self._lock:
             for write in writes:
                 self._unwritten.pop((write.stream_id, write.segment, write.position), None)
+        self._close_older_segments()
+        return removals, durable
+
+    def keep_removals(self, removals: list[tuple[int, int | None]]) -> None:
+        """The WAL sync after :meth:`sync_files` failed: its removals wait for the next sync."""
+        with self._lock:
+            self._removals[:0] = removals
+
+    def remove(self, removals: list[tuple[int, int | None]]) -> None:
+        """Remove what :meth:`sync_files` returned (its index records are synced away)."""
         paths = []
         for stream_id, segment in removals:
             if segment is None:
@@ -246,8 +257,7 @@ class StreamFiles:
                 if fd is not None:
                     os.close(fd)
                 paths.append(self._path(stream_id, segment))
-        self._close_older_segments()
-        return paths, durable
+        remove_paths(paths)
 
     def _fd(self, stream_id: int, segment: int, new_dirs: set[str]) -> int:
         fd = self._fds.get((stream_id, segment))
@@ -270,18 +280,6 @@ class StreamFiles:
         for key in [key for key in self._fds if key[1] != newest[key[0]]]:
             os.close(self._fds.pop(key))
 
-    @staticmethod
-    def remove(paths: list[str]) -> None:
-        for path in paths:
-            try:
-                if os.path.isdir(path):
-                    shutil.rmtree(path)
-                else:
-                    os.unlink(path)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:  # left behind: recovery removes what no index names
-                log.warning("could not remove %s: %s", path, exc)
 
     # ------------------------------------------------------------ reading, in a worker thread
 
@@ -390,6 +388,19 @@ def _records(data: bytes, length: int, first_offset: int, count: int, path: str,
     if zlib.crc32(records) != crc:
         raise FileChunkError(f"chunk at {position} of {path} fails its CRC (offset {first_offset})")
     return records
+
+
+def remove_paths(paths: list[str]) -> None:
+    for path in paths:
+        try:
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # left behind: recovery removes what no index names
+            log.warning("could not remove %s: %s", path, exc)
 
 
 def _sync_dir(path: str) -> None:
