@@ -31,6 +31,13 @@ def _appends(stream_id: int, bodies: list[bytes], first: int = 0, filter_value: 
     return [("chunk", stream_id, first, timestamp, len(bodies), sum(map(len, bodies)), first == 0, messages)]
 
 
+def _chunks(store: RocksStore, stream_id: int) -> list[StreamChunk]:
+    """The chunk index as recovery reads it (checked against the segment files, which the sync
+    writes: synced first)."""
+    store.sync()
+    return store.stream_chunks(stream_id)
+
+
 @pytest.fixture
 def path(tmp_path) -> str:
     return str(tmp_path / "db")
@@ -56,10 +63,10 @@ def test_stream_messages_and_chunks_are_read_back_as_written(store) -> None:
     included, next_offset = store.read_stream(STREAM, 0, 10, 1 << 20, None, False)
     assert included == [(0, _message(b"one")), (1, _message(b"two")), (2, _message(b"three"))]
     assert next_offset == 3
-    assert store.stream_chunks(STREAM) == [StreamChunk(0, 1700000000.5, 2, 6, True),
+    assert _chunks(store, STREAM) == [StreamChunk(0, 1700000000.5, 2, 6, True),
                                            StreamChunk(2, 1700000001.25, 1, 5, False)]
     assert store.read_stream(STREAM, 3, 10, 1 << 20, None, False) == ([], 3)  # the end of the stream
-    assert store.stream_chunks(OTHER) == [] and store.read_stream(OTHER, 0, 10, 1000, None, False) == ([], 0)
+    assert _chunks(store, OTHER) == [] and store.read_stream(OTHER, 0, 10, 1000, None, False) == ([], 0)
 
 
 def test_a_message_without_an_arrival_time_reads_back_with_none(store) -> None:
@@ -99,9 +106,9 @@ def test_retention_drops_older_messages_and_chunks_of_that_stream_only(store) ->
     store.write([op for stream in (STREAM, OTHER) for first in (0, 2, 4) for op in _appends(stream, [b"m"] * 2, first)])
     store.write([("stream-", STREAM, 4)])
     assert _offsets(store.read_stream(STREAM, 0, 10, 1000, None, False)) == ([4, 5], 6)
-    assert [chunk.first_offset for chunk in store.stream_chunks(STREAM)] == [4]
+    assert [chunk.first_offset for chunk in _chunks(store, STREAM)] == [4]
     assert _offsets(store.read_stream(OTHER, 0, 10, 1000, None, False)) == ([0, 1, 2, 3, 4, 5], 6)
-    assert [chunk.first_offset for chunk in store.stream_chunks(OTHER)] == [0, 2, 4]
+    assert [chunk.first_offset for chunk in _chunks(store, OTHER)] == [0, 2, 4]
 
 
 def test_named_consumer_offsets_are_put_replaced_deleted_and_read_per_stream(store) -> None:
@@ -118,9 +125,9 @@ def test_deleting_a_stream_queue_drops_its_log_chunks_and_offsets_only(store) ->
         store.write([*_appends(stream, [b"m"] * 3), ("offset", stream, "reader", 2)])
     store.write([("queue-", "/", "log", STREAM)])
     assert store.read_stream(STREAM, 0, 10, 1000, None, False) == ([], 0)
-    assert store.stream_chunks(STREAM) == [] and store.stream_offsets(STREAM) == {}
+    assert _chunks(store, STREAM) == [] and store.stream_offsets(STREAM) == {}
     assert _offsets(store.read_stream(OTHER, 0, 10, 1000, None, False)) == ([0, 1, 2], 3)
-    assert store.stream_chunks(OTHER) == [StreamChunk(0, 1.0, 3, 3, True)]
+    assert _chunks(store, OTHER) == [StreamChunk(0, 1.0, 3, 3, True)]
     assert store.stream_offsets(OTHER) == {"reader": 2}
 
 

@@ -28,6 +28,14 @@ def unexpected_content_frame(text: str) -> ConnectionError:
     return ConnectionError(ReplyCode.UNEXPECTED_FRAME, text, *PUBLISH_ID)
 
 
+def _check_property_list(header: bytes) -> None:
+    """Walk a content header's property list, unless its flags name fixed-size properties only
+    and it is long enough for them (the usual case: one lookup)."""
+    flags = header[12] << 8 | header[13]
+    if flags and not (flags in FIXED_PROPERTY_LENGTHS and len(header) >= FIXED_PROPERTY_LENGTHS[flags]):
+        check_properties(header)
+
+
 class ChannelMachine:
     """Protocol state of one open channel.
 
@@ -80,12 +88,10 @@ class ChannelMachine:
         class_id, body_size = parse_content_header(header)
         if class_id != BASIC_CLASS_ID or body_size != len(body) or not body_size or body_size > self.max_message_size:
             return False
-        flags = header[12] << 8 | header[13]
-        if flags and not (flags in FIXED_PROPERTY_LENGTHS and len(header) >= FIXED_PROPERTY_LENGTHS[flags]):
-            try:
-                check_properties(header)
-            except AMQPError:
-                return False
+        try:
+            _check_property_list(header)
+        except AMQPError:
+            return False
         return True
 
     def on_header(self, payload: bytes) -> tuple[Publish, bytes, bytes] | None:
@@ -100,13 +106,11 @@ class ChannelMachine:
             raise ChannelError(ReplyCode.PRECONDITION_FAILED,
                                f"message size {body_size} is larger than configured max size "
                                f"{self.max_message_size}", 60, 40)
-        flags = payload[12] << 8 | payload[13]
-        if flags and not (flags in FIXED_PROPERTY_LENGTHS and len(payload) >= FIXED_PROPERTY_LENGTHS[flags]):
-            try:
-                check_properties(payload)
-            except AMQPError:
-                self._publish = None
-                raise
+        try:
+            _check_property_list(payload)
+        except AMQPError:
+            self._publish = None
+            raise
         if body_size == 0:
             publish, self._publish = self._publish, None
             return publish, payload, b""

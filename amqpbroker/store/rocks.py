@@ -314,8 +314,6 @@ class RocksStore:
         """The chunk index, checked against the segment files: chunks whose bytes are not on
         disk whole (a power cut before they were synced: never confirmed) are dropped from the
         index with every later one, and appends go on after the last good chunk."""
-        if self._files.unwritten():  # (asked while serving: what was handed over is written first)
-            self.sync()
         try:
             records = list(self._scan_range(*_range(b"k", stream_id)))
             in_files = [(index, _SEQ_KEY.unpack(key)[2], *_FILE_CHUNK_VALUE.unpack(value))
@@ -480,11 +478,9 @@ class RocksStore:
     def write(self, ops: list[tuple]) -> None:
         try:
             self._write_ops(ops)
-        except BaseException as exc:
-            self._files.abort()  # (a retry writes the same chunks at the same places)
-            if isinstance(exc, (StoreError, ValueError)) or not isinstance(exc, Exception):
-                raise
-            raise StoreError(f"write to {self.path} failed: {exc}") from exc
+        except BaseException:
+            self._files.abort()  # (a retry takes the same places for the same chunks)
+            raise
         self._files.commit()
 
     def _write_ops(self, ops: list[tuple]) -> None:

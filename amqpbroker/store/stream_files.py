@@ -133,11 +133,6 @@ class StreamFiles:
         # the syncing thread's: open segment files
         self._fds: dict[tuple[int, int], int] = {}
 
-    def unwritten(self) -> bool:
-        """Are chunks handed over and not written yet?"""
-        with self._lock:
-            return bool(self._unwritten)
-
     def stream_dir(self, stream_id: int) -> str:
         return os.path.join(self.root, str(stream_id))
 
@@ -279,7 +274,6 @@ class StreamFiles:
             newest[stream_id] = max(segment, newest.get(stream_id, segment))
         for key in [key for key in self._fds if key[1] != newest[key[0]]]:
             os.close(self._fds.pop(key))
-
 
     # ------------------------------------------------------------ reading, in a worker thread
 
