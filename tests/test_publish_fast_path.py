@@ -1,5 +1,7 @@
 """The connection takes a publish whose content header and whole body follow it in the same read
-at once (``ChannelMachine.whole_content``). That shortcut must be invisible: for any sequence of
+at once (the frame reader hands them over as one ``PUBLISH_CONTENT`` tuple, and
+``ChannelMachine.whole_content`` checks them, a header it took last without a second look).
+That shortcut must be invisible: for any sequence of
 publishes, regular or not, a broker answers byte for byte what it answers with the shortcut
 turned off (every frame through ``start_content``, ``on_header`` and ``on_body``), and holds
 the same messages; and frame by frame (one read per frame, where the shortcut never applies) it

@@ -44,7 +44,7 @@ class ChannelMachine:
     """
 
     __slots__ = ("number", "closing", "_publish", "_header", "_body_size", "_chunks", "_received",
-                 "max_message_size")
+                 "max_message_size", "_whole_header", "_whole_size")
 
     def __init__(self, number: int, max_message_size: int = MAX_MESSAGE_SIZE) -> None:
         self.number = number
@@ -55,6 +55,8 @@ class ChannelMachine:
         self._body_size = 0
         self._chunks: list[bytes] = []
         self._received = 0
+        self._whole_header = b""  # the last header whole_content() took, and its body size
+        self._whole_size = -1
 
     @property
     def assembling(self) -> bool:
@@ -82,8 +84,13 @@ class ChannelMachine:
         taken at once, without the steps of :meth:`start_content`, :meth:`on_header` and
         :meth:`on_body`? False for anything unusual (content under way, another class, a body
         size that is not this frame's, too large, properties that do not check): those frames
-        then take the steps, which answer whatever is wrong."""
-        if self._publish is not None or len(header) < 14:
+        then take the steps, which answer whatever is wrong. The header taken last, the same
+        object again (the frame reader hands a repeated header over so), needs no second look."""
+        if self._publish is not None:
+            return False
+        if header is self._whole_header and len(body) == self._whole_size:
+            return True
+        if len(header) < 14:
             return False
         class_id, body_size = parse_content_header(header)
         if class_id != BASIC_CLASS_ID or body_size != len(body) or not body_size or body_size > self.max_message_size:
@@ -92,6 +99,7 @@ class ChannelMachine:
             _check_property_list(header)
         except AMQPError:
             return False
+        self._whole_header, self._whole_size = header, body_size
         return True
 
     def on_header(self, payload: bytes) -> tuple[Publish, bytes, bytes] | None:

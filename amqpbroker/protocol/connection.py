@@ -34,7 +34,7 @@ from pamqp import commands
 from amqpbroker import __version__
 from amqpbroker.codec.frames import (
     FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD, FRAME_MIN_SIZE, HEARTBEAT_FRAME,
-    PROTOCOL_HEADER, FrameReader,
+    PROTOCOL_HEADER, PUBLISH_CONTENT, FrameReader,
 )
 from amqpbroker.codec.methods import PUBLISH_ID, Publish, decode_method, encode_method, method_ids
 from amqpbroker.errors import AMQPError, ChannelError, ConnectionError, ReplyCode, log_internal_error
@@ -156,12 +156,16 @@ class Connection:
         self.close_reason: AMQPError | None = None
         # before tune-ok, frames up to FRAME_LIMIT_BEFORE_TUNE (a start-ok with large client
         # properties); then the negotiated frame_max
-        self._reader = FrameReader(frame_max=FRAME_LIMIT_BEFORE_TUNE)
+        self._reader = FrameReader(frame_max=FRAME_LIMIT_BEFORE_TUNE, publishes=True)
+        # the last publish method decoded, by its payload (the reader hands a repeated one over
+        # as the same object)
+        self._publish_payload = b""
+        self._publish: Publish | None = None
         self._handshake_method: type | None = commands.Connection.StartOk
         # a reply is deferred (basic.get waiting for a page): frames after it wait, in order
         self.paused = False
         self._pauses = 0  # reasons holding the input back (each resume() releases one)
-        self._held: list[tuple[int, int, bytes]] = []
+        self._held: list[tuple] = []
         # frames handled per turn (0: all that came in): the transport sets it so that one busy
         # publisher's large read cannot keep the loop from everyone else; what is left over
         # waits in the reader and ``input_pending`` says so
@@ -225,7 +229,8 @@ class Connection:
             if budget < 0:
                 self.input_pending = True  # the rest on the next turn
                 return
-            if self._held:
+            held = bool(self._held)
+            if held:
                 frames, self._held = self._held, []
             else:
                 try:
@@ -240,7 +245,7 @@ class Connection:
                 if not frames:
                     return
             if budget:
-                budget = budget - len(frames) or -1
+                budget = budget - (self._reader.frames_taken if not held else len(frames)) or -1
             self._handle_frames(frames)
 
     def close(self, reply_code: int, text: str) -> None:
@@ -279,18 +284,38 @@ class Connection:
 
     # ----------------------------------------------------------------- frames
 
-    def _handle_frames(self, frames: list[tuple[int, int, bytes]]) -> None:
+    def _handle_frames(self, frames: list[tuple]) -> None:
         channels = self.channels
         on_publish = self.handler.on_publish
         is_open = State.OPEN
         count = len(frames)
         index = 0
         while index < count:
-            frame_type, number, payload = frames[index]
+            frame = frames[index]
             index += 1
             if self.paused:
                 self._held = frames[index - 1:]
                 return
+            if frame[0] == PUBLISH_CONTENT:  # the usual publish: its header and whole body taken at once
+                _, number, payload, header, body = frame
+                channel = channels.get(number)
+                if self.state is is_open and channel is not None and not channel.closing:
+                    method = self._publish if payload is self._publish_payload else self._decoded_publish(payload)
+                    if method is not None and channel.whole_content(header, body):
+                        try:
+                            on_publish(number, method, header, body)
+                        except AMQPError as exc:
+                            self._frame_failed(channel, exc.for_method(*PUBLISH_ID))
+                        except Exception as exc:  # a bug of ours: this connection goes, the broker stays
+                            self._internal_error(f"channel {number}", exc)
+                        continue
+                # anything unusual (or a channel not open): frame by frame, which answers it
+                frames[index - 1:index] = ((FRAME_METHOD, number, payload), (FRAME_HEADER, number, header),
+                                           (FRAME_BODY, number, body))
+                count += 2
+                index -= 1
+                continue
+            frame_type, number, payload = frame
             if self.state is not is_open:
                 self._handle_outside_open(frame_type, number, payload)
                 if self.state is State.CLOSED:
@@ -308,14 +333,6 @@ class Connection:
                 elif frame_type == FRAME_METHOD:
                     method = decode_method(payload)
                     if type(method) is Publish:
-                        # the usual publish: its header and whole body right behind it, taken at once
-                        if index + 1 < count:
-                            header, body = frames[index], frames[index + 1]
-                            if (header[0] == FRAME_HEADER and body[0] == FRAME_BODY and header[1] == number
-                                    and body[1] == number and channel.whole_content(header[2], body[2])):
-                                index += 2
-                                on_publish(number, method, header[2], body[2])
-                                continue
                         channel.start_content(method)
                     else:
                         channel.reject_method_mid_content()
@@ -331,12 +348,25 @@ class Connection:
                     exc.for_method(*PUBLISH_ID)
                 elif method is not None:
                     exc.for_method(*method_ids(method))
-                if isinstance(exc, ChannelError) and channel is not None and not channel.closing:
-                    self._channel_error(channel, exc)
-                else:
-                    self._connection_error(exc)
+                self._frame_failed(channel, exc)
             except Exception as exc:  # a bug of ours: this connection goes, the broker stays
                 self._internal_error(f"channel {number}", exc)
+
+    def _decoded_publish(self, payload: bytes) -> Publish | None:
+        """A publish method's payload decoded and kept as the last one (None: it does not decode;
+        frame by frame answers that)."""
+        try:
+            method = decode_method(payload)
+        except AMQPError:
+            return None
+        self._publish_payload, self._publish = payload, method
+        return method  # type: ignore[return-value]
+
+    def _frame_failed(self, channel: ChannelMachine | None, exc: AMQPError) -> None:
+        if isinstance(exc, ChannelError) and channel is not None and not channel.closing:
+            self._channel_error(channel, exc)
+        else:
+            self._connection_error(exc)
 
     def _channel_method(self, channel: ChannelMachine, method: Any) -> None:
         if isinstance(method, commands.Channel.Close):
@@ -544,7 +574,7 @@ class Connection:
         self.state = State.CLOSED
         # input not handled yet (a partial frame, frames held behind a pause) is dropped now,
         # not when the collector frees the session and its connection
-        self._reader = FrameReader(frame_max=self.frame_max)
+        self._reader = FrameReader(frame_max=self.frame_max, publishes=True)
         self._held = []
         self._release_channels()
         if previous in (State.OPEN, State.CLOSING):
