@@ -82,7 +82,7 @@ def _read_all(reader: FrameReader, data: bytes, cuts: list[int], budgets: list[i
             turn += 1
             try:
                 frames = reader.read_frames(budget)
-            except ConnectionError as exc:
+            except ConnectionError:
                 errors.append(len(got))
                 return got, errors, counted  # (a frame error ends a connection)
             counted.append(reader.frames_taken)
