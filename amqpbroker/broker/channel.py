@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from amqpbroker.broker.dead_letter import REJECTED
 from amqpbroker.codec.methods import Ack, encode_method, method_frame
-from amqpbroker.codec.writer import append_content, append_deliver, get_ok_payload
+from amqpbroker.codec.frames import FRAME_END_BYTE
+from amqpbroker.codec.writer import append_content, append_deliver, deliver_parts, get_ok_payload, pack_delivery_tag
 from amqpbroker.errors import precondition_failed
 
 if TYPE_CHECKING:
@@ -121,6 +122,51 @@ class Channel:
         session.out_bytes += len(message.body)
         if not session.output_marked:  # (mark_output, inlined: this runs once per delivery)
             session.mark_output()
+
+    def deliver_stream(self, consumer: Consumer, queue: Queue, offset: int, items: Iterable[Any], tailed: bool) -> int:
+        """Hand a stream's messages from ``offset`` on to ``consumer``, which takes every one, as
+        :meth:`deliver` would one at a time, until the connection's output is full: how many
+        went. ``items`` are log tail entries when ``tailed`` (message, header with the offset,
+        filter value), else messages read back from the store (their header has the offset).
+        Messages alike in routing and sizes share their frames' fixed parts."""
+        out, number, prefix, frame_max = self.out, self.number, consumer.prefix, self.frame_max
+        unacked = self.unacked
+        session = self.session
+        room = OUTPUT_BYTES_HIGH_WATER - session.out_bytes
+        tag = start = self.next_tag
+        now = monotonic()
+        sent_bytes = 0
+        routing = None
+        header_size = body_size = -1
+        lead = middle = body_head = b""
+        for item in items:
+            message, header = (item[0], item[1]) if tailed else (item, item.header)
+            tag += 1
+            body = message.body
+            size = len(body)
+            if size != body_size or len(header) != header_size or message.routing_raw != routing:
+                if 0 < size <= frame_max - 8:
+                    routing, header_size, body_size = message.routing_raw, len(header), size
+                    lead, middle, body_head = deliver_parts(number, prefix, routing, header_size, size)
+                else:  # (a body in several frames, or none)
+                    append_deliver(out, number, prefix, tag, False, message.routing_raw, header, body, frame_max)
+                    routing = None
+            if routing is not None:
+                out += (lead, pack_delivery_tag(tag, False), middle, header, body_head, body, FRAME_END_BYTE)
+            unacked[tag] = (queue, (offset, message, False), consumer, now)
+            offset += 1
+            sent_bytes += size
+            if len(out) >= OUTPUT_HIGH_WATER or sent_bytes >= room:
+                session.output_saturated = True
+                break
+        sent = tag - start
+        self.next_tag = tag
+        consumer.unacked += sent
+        queue.unacked_count += sent
+        session.out_bytes += sent_bytes
+        if sent and not session.output_marked:
+            session.mark_output()
+        return sent
 
     def send_get_ok(self, queue: Queue, entry: Entry, no_ack: bool) -> None:
         tag = self.next_tag = self.next_tag + 1

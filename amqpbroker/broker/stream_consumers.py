@@ -174,7 +174,8 @@ class StreamConsumersMixin:
 
     def _serve(self, consumer: StreamConsumer) -> int:
         """Deliver to one consumer what its credit allows: from the tail when it is there, else
-        from the shared runs (no filter) or its own reads (a filter); ask for what is missing."""
+        from the shared runs (no filter: a slice of either at once) or its own reads (a filter);
+        ask for what is missing."""
         log = self.log
         if consumer.offset < log.first:  # retention took what it had not read yet
             consumer.offset = consumer.read_from = log.first
@@ -187,6 +188,28 @@ class StreamConsumersMixin:
         run = None
         while room > 0 and consumer.offset < log.next:
             offset = consumer.offset
+            if shared:  # every message from its offset on: as many at once as there are
+                tailed = offset >= log.tail_base
+                if tailed:
+                    index = offset - log.tail_base
+                    items = log.tail[index:index + room]
+                else:
+                    if run is None or not run.first <= offset < run.next:
+                        run = self.reads.at(offset)
+                        if run is None:
+                            break
+                    index = offset - run.first
+                    items = run.messages[index:index + room]
+                count = channel.deliver_stream(consumer, self, offset, items, tailed)
+                consumer.offset = offset + count
+                if tailed:
+                    consumer.read_from = consumer.offset
+                sent += count
+                room -= count
+                if count < len(items) or not channel.can_send():
+                    break
+                continue
+            # a filter: its own store reads (``buffer``) behind the tail, the tail's messages it wants
             header = None  # (a message read from the store has its offset in its own header)
             if buffer:
                 offset, message = buffer.popleft()
@@ -198,13 +221,6 @@ class StreamConsumersMixin:
                 consumer.offset = consumer.read_from = offset + 1
                 if not consumer.wants(filter_value):
                     continue
-            elif shared:
-                if run is None or not run.first <= offset < run.next:
-                    run = self.reads.at(offset)
-                    if run is None:
-                        break
-                message = run.messages[offset - run.first]
-                consumer.offset = offset + 1
             else:
                 consumer.offset = max(offset, consumer.read_from) if not consumer.reading else offset
                 self._want_read(consumer)

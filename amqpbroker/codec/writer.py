@@ -11,7 +11,8 @@ import struct
 from amqpbroker.codec.frames import FRAME_BODY, FRAME_END, FRAME_END_BYTE, FRAME_HEAD, FRAME_HEADER, FRAME_METHOD
 from amqpbroker.codec.methods import shortstr
 
-__all__ = ["deliver_prefix", "append_deliver", "append_content", "get_ok_payload", "return_payload"]
+__all__ = ["deliver_prefix", "append_deliver", "append_content", "deliver_parts", "pack_delivery_tag",
+           "get_ok_payload", "return_payload"]
 
 _DELIVER_TAIL = struct.Struct(">QB")
 _GET_OK = struct.Struct(">HHQB")
@@ -64,6 +65,20 @@ def append_deliver(out: list[bytes], channel: int, prefix: bytes, delivery_tag: 
     out.append(method_head + prefix + _DELIVER_TAIL.pack(delivery_tag, redelivered) + routing_raw
                + FRAME_END_BYTE)
     append_content(out, channel, header_payload, body, frame_max)
+
+
+def deliver_parts(channel: int, prefix: bytes, routing_raw: bytes, header_size: int,
+                  body_size: int) -> tuple[bytes, bytes, bytes]:
+    """What :func:`append_deliver` appends, but for the delivery tag, the header payload and the
+    body (one frame: ``0 < body_size <= frame_max - 8``), for messages alike in routing and
+    sizes: what goes before the tag and redelivered flag (:func:`pack_delivery_tag`), what
+    between them and the header payload, what between that and the body (the frame end follows)."""
+    return (_pack_head(FRAME_METHOD, channel, len(prefix) + 9 + len(routing_raw)) + prefix,
+            routing_raw + _END_AND_HEAD.pack(FRAME_END, FRAME_HEADER, channel, header_size),
+            _END_AND_HEAD.pack(FRAME_END, FRAME_BODY, channel, body_size))
+
+
+pack_delivery_tag = _DELIVER_TAIL.pack  # (delivery tag, redelivered)
 
 
 def get_ok_payload(delivery_tag: int, redelivered: bool, routing_raw: bytes, message_count: int) -> bytes:
