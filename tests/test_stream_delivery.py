@@ -105,3 +105,34 @@ def test_a_consumer_reads_what_was_published_in_order_with_offsets() -> None:
     got = [d for d in deliveries(client.received()) if d.method.consumer_tag == "all"]
     assert [(d.body, d.properties.headers["x-stream-offset"]) for d in got] == \
         [(body, offset) for offset, body in enumerate(bodies)]
+
+
+def test_delivering_a_message_shared_with_classic_queues_writes_nothing_for_the_stream() -> None:
+    """A persistent message a fanout put in two durable classic queues (stored once, with an id)
+    and a stream: its deliveries from the stream, to a filtered consumer and a plain one, are no
+    entries of the stream's (a stream keeps no per-message records; such a record would stay in
+    the store for as long as the stream)."""
+    broker = Broker()
+    broker.journal.enabled = True
+    client = FakeClient(broker)
+    client.open_channel()
+    client.send(commands.Exchange.Declare(exchange="feed", exchange_type="fanout", durable=True))
+    client.received_bytes()
+    for name, arguments in (("a", None), ("b", None), ("s", {"x-queue-type": "stream"})):
+        client.declare_queue(name, durable=True, arguments=arguments)
+        client.send(commands.Queue.Bind(queue=name, exchange="feed"))
+        client.received_bytes()
+    client.send(commands.Basic.Qos(prefetch_count=10))
+    client.received_bytes()
+    stream = broker.vhosts["/"].queues["s"]
+    client.publish(1, "feed", "", b"shared", commands.Basic.Properties(
+        delivery_mode=2, headers={"x-stream-filter-value": "v"}))
+    client.send(commands.Basic.Consume(queue="s", consumer_tag="filtered",
+                                       arguments={"x-stream-offset": "first", "x-stream-filter": "v"}))
+    client.send(commands.Basic.Consume(queue="s", consumer_tag="plain", arguments={"x-stream-offset": "first"}))
+    got = deliveries(client.received())
+    assert sorted(d.method.consumer_tag for d in got) == ["filtered", "plain"]
+    for delivery in got:
+        client.ack(delivery.tag)
+    assert [op for op in broker.journal.ops if op is not None and op[0] in ("entry", "delivered")
+            and op[1] == stream.queue_id] == []

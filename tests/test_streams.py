@@ -305,3 +305,33 @@ def test_consumers_that_vanish_mid_read_and_a_delete_during_reads_harm_no_one(br
     with channel_of(broker) as channel:
         with pytest.raises(pika.exceptions.ChannelClosedByBroker):
             channel.queue_declare("churn", passive=True)
+
+
+def test_a_message_shared_with_a_classic_queue_leaves_no_record_of_a_stream_delivery(broker) -> None:
+    """A fanout feeds a durable classic queue and a stream with the same persistent messages;
+    delivering them from the stream (to a filtered consumer and to a plain one) writes nothing
+    about the stream in the store's entries: after the classic queue's copies are acked and a
+    restart, the classic queue is empty, the stream whole."""
+    with channel_of(broker) as channel:
+        channel.exchange_declare("feed", "fanout", durable=True)
+        channel.queue_declare("feed-classic", durable=True)
+        channel.queue_declare("feed-stream", durable=True, arguments=STREAM)
+        channel.queue_bind("feed-classic", "feed")
+        channel.queue_bind("feed-stream", "feed")
+        channel.confirm_delivery()
+        for i in range(20):
+            channel.basic_publish("feed", "", f"{i:08d}".encode(),
+                                  pika.BasicProperties(delivery_mode=2, headers={"x-stream-filter-value": "v"}))
+    assert len(_read(broker, "feed-stream", 20, arguments={"x-stream-filter": "v"})) == 20
+    assert len(_read(broker, "feed-stream", 20)) == 20
+    with channel_of(broker) as channel:
+        for _ in range(20):
+            method, _, _ = channel.basic_get("feed-classic", auto_ack=True)
+            assert method is not None
+    broker.kill()
+    broker.start(capture=True)
+    with channel_of(broker) as channel:
+        assert channel.queue_declare("feed-classic", passive=True).method.message_count == 0
+    got = _read(broker, "feed-stream", 20)
+    assert [offset for offset, _ in got] == list(range(20))
+    assert "Traceback" not in broker.output()

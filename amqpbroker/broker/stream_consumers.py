@@ -225,7 +225,10 @@ class StreamConsumersMixin:
                 consumer.offset = max(offset, consumer.read_from) if not consumer.reading else offset
                 self._want_read(consumer)
                 break
-            channel.deliver(consumer, self, (offset, message, False), header)
+            if header is None:
+                channel.deliver_stream(consumer, self, offset, (message,), False)
+            else:
+                channel.deliver_stream(consumer, self, offset, ((message, header, None),), True)
             sent += 1
             room -= 1
             if not channel.can_send():
