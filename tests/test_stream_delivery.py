@@ -136,3 +136,18 @@ def test_delivering_a_message_shared_with_classic_queues_writes_nothing_for_the_
         client.ack(delivery.tag)
     assert [op for op in broker.journal.ops if op is not None and op[0] in ("entry", "delivered")
             and op[1] == stream.queue_id] == []
+
+
+def test_messages_read_back_decode_a_repeated_routing_once_and_take_any_routing_key_bytes() -> None:
+    plain = shortstr("ex") + shortstr("key")
+    odd = shortstr("ex") + b"\x02\xff\xfe"  # a routing key that is not UTF-8 (publishes take any bytes)
+    header = encode_content_header(1)
+    stored = [(offset, (routing, header, b"x", None)) for offset, routing in enumerate([plain, plain, odd, plain])]
+    messages = Message.many_from_store(stored)
+    assert [(m.exchange, m.routing_key, m.routing_raw) for m in messages] == \
+        [("ex", "key", plain), ("ex", "key", plain), ("ex", "\udcff\udcfe", odd), ("ex", "key", plain)]
+    assert messages[1].routing_key is messages[0].routing_key
+    single = Message.from_store(odd, header, b"x", 5.0)
+    assert (single.routing_key, single.arrived, single.deaths) == ("\udcff\udcfe", 5.0, "x-death")
+    expiring = encode_content_header(1, commands.Basic.Properties(expiration="1500"))
+    assert Message.many_from_store([(0, (plain, expiring, b"x", None))])[0].ttl == 1.5

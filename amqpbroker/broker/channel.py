@@ -43,6 +43,13 @@ MESSAGE_SIZE_BOUNDS = (100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000, 50_00
 SIZE_TOTAL = len(MESSAGE_SIZE_BOUNDS) + 1  # Channel.size_counts[SIZE_TOTAL]: the body bytes published
 
 
+def _count_acked(queue: Any, consumer: Consumer | None, count: int) -> None:
+    queue.unacked_count -= count
+    queue.completed += count
+    if consumer is not None:
+        consumer.unacked -= count
+
+
 class Channel:
     __slots__ = (
         "number", "session", "out", "frame_max", "next_tag", "unacked", "consumers",
@@ -207,6 +214,10 @@ class Channel:
             if delivery_tag not in unacked:  # even with multiple, the tag itself must be outstanding
                 if not self._reclaimed(delivery_tag):
                     raise precondition_failed(f"unknown delivery tag {delivery_tag}")
+            elif next(reversed(unacked)) == delivery_tag:  # all of them (tags go up in the dict's order)
+                taken = list(unacked.values())
+                unacked.clear()
+                return taken
             tags = []
             for tag in unacked:
                 if tag > delivery_tag:
@@ -261,11 +272,30 @@ class Channel:
                 consumer.queue.consumer_ready()
 
     def ack(self, ack: Ack) -> None:
+        """``settle(deliveries, requeue=False)`` for what an ack names, with the counts of each
+        run of deliveries from one queue to one consumer (usually all of them) changed once."""
         deliveries = self.take_unacked(ack.delivery_tag, ack.multiple)
         self.acknowledged += len(deliveries)
-        for queue, _, _, _ in deliveries:
-            queue.completed += 1
-        self.settle(deliveries, requeue=False)
+        queues: list[Queue] = []
+        queue = consumer = None
+        count = 0
+        for delivered_from, entry, delivered_to, _ in deliveries:
+            if delivered_from is not queue or delivered_to is not consumer:
+                if count:
+                    _count_acked(queue, consumer, count)
+                queue, consumer, count = delivered_from, delivered_to, 0
+                if queue not in queues:
+                    queues.append(queue)
+            count += 1
+            if entry[1].message_id is not None or queue.delivery_counts:  # (stored, or counted)
+                queue.discard(entry)
+        if count:
+            _count_acked(queue, consumer, count)
+        for queue in queues:
+            queue.consumer_ready()
+        if self.global_prefetch:
+            for consumer in self.consumers.values():
+                consumer.queue.consumer_ready()
 
     def requeue_all(self) -> None:
         deliveries = list(self.unacked.values())

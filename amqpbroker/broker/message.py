@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from amqpbroker.codec.content import decode_properties, delivery_mode, encode_content_header
@@ -9,6 +10,14 @@ from amqpbroker.codec.content import decode_properties, delivery_mode, encode_co
 __all__ = ["Message", "FROM_HEADERS"]
 
 FROM_HEADERS = "x-death"  # Message.deaths of a stored message: its x-death header is the record
+
+
+def _routing(routing_raw: bytes) -> tuple[str, str]:
+    """Exchange and routing key from their shortstrs (a routing key of any bytes, as publishes
+    take them: what is not UTF-8 kept as surrogate escapes)."""
+    exchange_end = 1 + routing_raw[0]
+    return (routing_raw[1:exchange_end].decode(),
+            routing_raw[exchange_end + 1:].decode("utf-8", "surrogateescape"))
 
 
 class Message:
@@ -48,9 +57,29 @@ class Message:
     @classmethod
     def from_store(cls, routing_raw: bytes, header: bytes, body: bytes, arrived: float | None) -> Message:
         """A message read back from the store (``routing_raw``: exchange and key as shortstrs)."""
-        exchange_end = 1 + routing_raw[0]
-        message = cls(routing_raw[1:exchange_end].decode(), routing_raw[exchange_end + 1:].decode(),
-                      routing_raw, header, body)
+        exchange, routing_key = _routing(routing_raw)
+        return cls._stored(exchange, routing_key, routing_raw, header, body, arrived)
+
+    @classmethod
+    def many_from_store(cls, stored: Iterable[tuple[Any, tuple]]) -> list[Message]:
+        """``from_store`` for the messages of ``(key, stored message)`` pairs (a stream read's;
+        a stored message is ``(routing_raw, header, body, arrived)``): each routing that repeats
+        the one before is decoded once."""
+        messages = []
+        routing: bytes | None = None
+        exchange = routing_key = ""
+        stored_message = cls._stored
+        for _, (routing_raw, header, body, arrived) in stored:
+            if routing_raw != routing:
+                routing = routing_raw
+                exchange, routing_key = _routing(routing_raw)
+            messages.append(stored_message(exchange, routing_key, routing_raw, header, body, arrived))
+        return messages
+
+    @classmethod
+    def _stored(cls, exchange: str, routing_key: str, routing_raw: bytes, header: bytes, body: bytes,
+                arrived: float | None) -> Message:
+        message = cls(exchange, routing_key, routing_raw, header, body)
         message.arrived = arrived
         message.deaths = FROM_HEADERS
         if header[12] & 0x01:  # the expiration property (validated when it was published)

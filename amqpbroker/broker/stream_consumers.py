@@ -79,7 +79,7 @@ class StreamConsumer(Consumer):
         if not read and next_offset <= self.read_from:
             self.queue.read_missing()
             return
-        self.buffer.extend((offset, Message.from_store(*stored)) for offset, stored in read)
+        self.buffer.extend(zip((offset for offset, _ in read), Message.many_from_store(read)))
         self.read_from = max(self.read_from, next_offset)
         self.queue.consumer_ready()
 

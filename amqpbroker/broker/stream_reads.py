@@ -61,7 +61,7 @@ class SharedRead:
         if not read:
             stream.read_missing()
             return
-        reads.add(Run(read[0][0], [Message.from_store(*stored) for _, stored in read], read[-1][0] + 1))
+        reads.add(Run(read[0][0], Message.many_from_store(read), read[-1][0] + 1))
         stream.consumer_ready()
 
     def read_failed(self) -> None:

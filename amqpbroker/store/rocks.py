@@ -172,37 +172,38 @@ def _chunk_value(messages: Any) -> bytes:
     return b"".join(parts)
 
 
-def _chunk_records(value: bytes) -> Iterator[bytes]:
-    """The records of a chunk value, in offset order; a value cut short is an error."""
-    position, end = 0, len(value)
-    if not end:
-        raise ValueError("empty stream chunk")
-    while position < end:
-        length = _U32.unpack_from(value, position)[0]
-        position += 4
-        if position + length > end:
-            raise ValueError("truncated stream chunk")
-        yield value[position:position + length]
-        position += length
+def _chunk_record(value: bytes, position: int, end: int) -> tuple[int, int]:
+    """Where the record at ``position`` of a chunk's records starts and ends; cut short: an error."""
+    start = position + 4
+    record_end = start + _U32.unpack_from(value, position)[0]
+    if record_end > end:
+        raise ValueError("truncated stream chunk")
+    return start, record_end
 
 
-def _stream_filter(value: bytes) -> tuple[str | None, int]:
-    """A stream record's filter value (None: it has none) and where its message starts."""
-    if value[0] == 0:
-        return None, 1
-    if value[0] != 1:
-        raise ValueError(f"unknown stream record flag {value[0]}")
-    end = 2 + value[1]
-    return value[2:end].decode(), end
+def _stream_filter(value: bytes, start: int) -> tuple[str | None, int]:
+    """The filter value of the stream record at ``start`` (None: it has none) and where its
+    message starts."""
+    flag = value[start]
+    if flag == 0:
+        return None, start + 1
+    if flag != 1:
+        raise ValueError(f"unknown stream record flag {flag}")
+    end = start + 2 + value[start + 1]
+    return value[start + 2:end].decode(), end
 
 
-def _stream_message(value: bytes, start: int) -> StoredMessage:
-    """The message of a stream record; a record cut short in its header is an error."""
-    message = _stored_message(value, start)
-    header_length = _U32.unpack_from(value, start + _ARRIVED.size + len(message.routing_raw))[0]
-    if len(message.header) != header_length:
+def _stream_message(value: bytes, start: int, end: int) -> StoredMessage:
+    """The message of a stream record, from ``start`` to ``end``; cut short in its header, an error."""
+    arrived = _ARRIVED.unpack_from(value, start)[0] or None
+    start += _ARRIVED.size
+    exchange_end = start + 1 + value[start]
+    routing_end = exchange_end + 1 + value[exchange_end]
+    header_start = routing_end + 4
+    body_start = header_start + _U32.unpack_from(value, routing_end)[0]
+    if body_start > end:
         raise ValueError("truncated stream record")
-    return message
+    return StoredMessage(value[start:routing_end], value[header_start:body_start], value[body_start:end], arrived)
 
 
 def _stream_chunk(key: bytes, value: bytes) -> StreamChunk:
@@ -439,13 +440,18 @@ class RocksStore:
                 if key >= end_key:
                     break
                 offset = _SEQ_KEY.unpack(key)[2]
-                for record in _chunk_records(self._chunk_data(stream_id, offset, iterator.value(), fds)):
+                value, position = self._chunk_data(stream_id, offset, iterator.value(), fds)
+                end = len(value)
+                if position >= end:
+                    raise ValueError("empty stream chunk")
+                while position < end:  # its records, parsed in place
+                    start, position = _chunk_record(value, position, end)
                     if offset >= from_offset:
                         next_offset = offset + 1
                         scanned += 1
-                        filter_value, start = _stream_filter(record)
+                        filter_value, start = _stream_filter(value, start)
                         if _stream_wanted(filter_value, filters, match_unfiltered):
-                            message = _stream_message(record, start)
+                            message = _stream_message(value, start, position)
                             included.append((offset, message))
                             size += len(message.body)
                             if len(included) >= count or size >= max_bytes:
@@ -462,16 +468,17 @@ class RocksStore:
                 os.close(fd)
         return included, next_offset
 
-    def _chunk_data(self, stream_id: int, first_offset: int, index_value: bytes, fds: dict[str, int]) -> bytes:
-        """A chunk's records: from its segment file, or (written before segment files) its
-        ``s`` value."""
+    def _chunk_data(self, stream_id: int, first_offset: int, index_value: bytes,
+                    fds: dict[str, int]) -> tuple[bytes, int]:
+        """A chunk's records, and where in that value they start: from its segment file, or
+        (written before segment files) its ``s`` value."""
         if len(index_value) == _FILE_CHUNK_VALUE.size:
             _, count, _, _, segment, position, length = _FILE_CHUNK_VALUE.unpack(index_value)
             return self._files.read(stream_id, segment, position, length, first_offset, count, fds)
         value = self._db.get(_seq_key(b"s", stream_id, first_offset))
         if value is None:
             raise FileChunkError(f"the messages of chunk {first_offset} are missing")
-        return value
+        return value, 0
 
     # ------------------------------------------------------------ writing
 

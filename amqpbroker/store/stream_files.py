@@ -278,14 +278,15 @@ class StreamFiles:
     # ------------------------------------------------------------ reading, in a worker thread
 
     def read(self, stream_id: int, segment: int, position: int, length: int, first_offset: int,
-             count: int, fds: dict[str, int]) -> bytes:
-        """A chunk's records, checked (``fds``: files this read opened, closed by the caller)."""
+             count: int, fds: dict[str, int]) -> tuple[bytes, int]:
+        """A chunk's records, checked, and where in the value returned they start (``fds``:
+        files this read opened, closed by the caller)."""
         with self._lock:
             unwritten = self._unwritten.get((stream_id, segment, position))
         if unwritten is not None:  # handed over, not written yet
             if unwritten.first_offset != first_offset or unwritten.count != count:
                 raise FileChunkError(f"chunk at {position} of segment {segment} is not the one indexed")
-            return unwritten.records
+            return unwritten.records, 0
         path = self._path(stream_id, segment)
         fd = fds.get(path)
         if fd is None:
@@ -371,17 +372,19 @@ class StreamFiles:
         self._fds.clear()
 
 
-def _records(data: bytes, length: int, first_offset: int, count: int, path: str, position: int) -> bytes:
+def _records(data: bytes, length: int, first_offset: int, count: int, path: str,
+             position: int) -> tuple[bytes, int]:
+    """A chunk read back, checked: the data, and where its records start (after the head)."""
     if len(data) != length or length < CHUNK_HEAD.size:
         raise FileChunkError(f"chunk at {position} of {path} is cut short")
     magic, first, chunk_count, records_length, crc = CHUNK_HEAD.unpack_from(data)
     if (magic != MAGIC or first != first_offset or chunk_count != count
             or records_length != length - CHUNK_HEAD.size):
         raise FileChunkError(f"chunk at {position} of {path} is not the one indexed (offset {first_offset})")
-    records = data[CHUNK_HEAD.size:]
-    if zlib.crc32(records) != crc:
-        raise FileChunkError(f"chunk at {position} of {path} fails its CRC (offset {first_offset})")
-    return records
+    with memoryview(data) as view:
+        if zlib.crc32(view[CHUNK_HEAD.size:]) != crc:
+            raise FileChunkError(f"chunk at {position} of {path} fails its CRC (offset {first_offset})")
+    return data, CHUNK_HEAD.size
 
 
 def remove_paths(paths: list[str]) -> None:
