@@ -79,6 +79,7 @@ def test_the_in_process_micro_benchmark_runs() -> None:
     from interop.bench.micro import run
 
     assert 0 < run(20) < 0.01  # seconds per message: publish, deliver and ack, in process
+    assert 0 < run(20, distinct=True) < 0.01  # (a content header of its own per publish)
 
 
 def test_bench_says_how_to_get_a_reference_broker_when_none_answers(amqp_url: str) -> None:
