@@ -245,7 +245,9 @@ class Connection:
                 if not frames:
                     return
             if budget:
-                budget = budget - (self._reader.frames_taken if not held else len(frames)) or -1
+                taken = self._reader.frames_taken if not held else sum(
+                    3 if frame[0] == PUBLISH_CONTENT else 1 for frame in frames)
+                budget = budget - taken or -1
             self._handle_frames(frames)
 
     def close(self, reply_code: int, text: str) -> None:
