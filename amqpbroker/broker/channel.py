@@ -1,5 +1,5 @@
-"""A channel's broker-side state: consumers, delivery tags, unacked messages, prefetch, confirms
-and transactions.
+"""A channel's broker-side state: consumers, delivery tags, unacked messages, prefetch and
+transactions; its publisher confirms are in ``channel_confirms.py``.
 
 Delivery tags count up from 1 per channel; ``unacked`` maps each outstanding tag to
 ``(queue, entry, consumer, delivered_at)`` in tag order (dict insertion order), so ``multiple``
@@ -12,24 +12,22 @@ from collections.abc import Iterable
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
+from amqpbroker.broker.channel_confirms import ConfirmsMixin
 from amqpbroker.broker.dead_letter import REJECTED
-from amqpbroker.codec.methods import Ack, encode_method, method_frame
 from amqpbroker.codec.frames import FRAME_END_BYTE
+from amqpbroker.codec.methods import Ack, encode_method, method_frame
 from amqpbroker.codec.writer import append_content, append_deliver, deliver_parts, get_ok_payload, pack_delivery_tag
 from amqpbroker.errors import precondition_failed
 
 if TYPE_CHECKING:
     from amqpbroker.broker.consumer import Consumer
-    from amqpbroker.broker.message import Message
     from amqpbroker.broker.queue import Entry, Queue
     from amqpbroker.broker.session import Session
-
-from pamqp import commands
 
 __all__ = ["Channel", "OUTPUT_HIGH_WATER"]
 
 # A consumer stops getting messages while its connection holds this many unsent output pieces
-# (nine per delivery) or message bytes; the transport's writer resumes it once the socket took
+# (nine per delivery, seven in deliver_stream) or message bytes; the transport's writer resumes it once the socket took
 # them.
 OUTPUT_HIGH_WATER = 8192
 OUTPUT_BYTES_HIGH_WATER = 4 << 20
@@ -50,7 +48,7 @@ def _count_acked(queue: Any, consumer: Consumer | None, count: int) -> None:
         consumer.unacked -= count
 
 
-class Channel:
+class Channel(ConfirmsMixin):
     __slots__ = (
         "number", "session", "out", "frame_max", "next_tag", "unacked", "consumers",
         "consumer_prefetch", "global_prefetch", "confirm", "publish_seq",
@@ -301,71 +299,3 @@ class Channel:
         deliveries = list(self.unacked.values())
         self.unacked.clear()
         self.settle(deliveries, requeue=True)
-
-    # ---------------------------------------------------------------- confirms
-
-    def confirm_published(self, message: Message, refused: bool = False) -> None:
-        """Count a publish in confirm mode: nacked if a queue refused it (full), confirmed once
-        the store synced it if it was written (``durable``), else at once."""
-        seq = self.publish_seq = self.publish_seq + 1
-        if refused:
-            self._settle_confirm(seq, ok=False)
-            return
-        if message.durable:
-            journal = self.session.broker.journal
-            if journal.failed:
-                self._settle_confirm(seq, ok=False)
-            else:
-                journal.wait_for_sync(self, seq, message)
-            return
-        self._settle_confirm(seq, ok=True)
-
-    def confirm_synced(self, seq: int, ok: bool) -> None:
-        """The store made a publish durable (or failed to); ignored once the channel is gone."""
-        if self.session.channels.get(self.number) is self:
-            self._settle_confirm(seq, ok)
-
-    def _settle_confirm(self, seq: int, ok: bool) -> None:
-        if not self.confirms_pending and not self.nacks_pending:
-            self.session.confirming.append(self)
-            self.session.mark_output()
-        (self.confirms_pending if ok else self.nacks_pending).append(seq)
-
-    def flush_confirms(self) -> None:
-        """Send pending publisher acks and nacks: one ``multiple`` ack for a run of sequence numbers
-        that continues from the highest one settled so far, single frames otherwise."""
-        for seq in self.nacks_pending:
-            self.send(commands.Basic.Nack(delivery_tag=seq, multiple=False, requeue=False))
-            self._settled(seq)
-        self.nacks_pending.clear()
-        pending = self.confirms_pending
-        if not pending:
-            return
-        pending.sort()
-        start = end = pending[0]
-        for seq in pending[1:]:
-            if seq != end + 1:
-                self._ack_run(start, end)
-                start = seq
-            end = seq
-        self._ack_run(start, end)
-        pending.clear()
-
-    def _ack_run(self, start: int, end: int) -> None:
-        if start == self.confirmed_through + 1:
-            self.send(commands.Basic.Ack(delivery_tag=end, multiple=end != start))
-            self.confirmed_through = end
-            self._settled(end)
-        else:
-            for seq in range(start, end + 1):
-                self.send(commands.Basic.Ack(delivery_tag=seq, multiple=False))
-                self._settled(seq)
-
-    def _settled(self, seq: int) -> None:
-        """Track the highest sequence number below which everything is settled."""
-        if seq > self.confirmed_through:
-            self.settled_ahead.add(seq)
-        ahead = self.settled_ahead
-        while self.confirmed_through + 1 in ahead:
-            self.confirmed_through += 1
-            ahead.discard(self.confirmed_through)
