@@ -198,6 +198,23 @@ def test_a_truncated_stream_record_is_a_store_error(path, cut) -> None:
         store.close()
 
 
+@pytest.mark.parametrize("broken", [b"", b"\x01\x09eu"], ids=["empty record", "filter past its record"])
+def test_a_record_too_short_for_what_it_holds_is_a_store_error_even_to_a_filtered_read(path, broken) -> None:
+    """Records are parsed in place in the chunk: a broken one must not borrow the bytes of the
+    record after it (whose length prefix would read as "no filter value")."""
+    good = b"\x00" + struct.pack(">d", 1.0) + ROUTING + struct.pack(">I", len(HEADER)) + HEADER + b"body"
+    store = RocksStore(path)
+    store.close()
+    _legacy_chunk(path, 0, struct.pack(">I", len(broken)) + broken + struct.pack(">I", len(good)) + good)
+    store = RocksStore(path)
+    try:
+        for filters, match_unfiltered in ((frozenset({"eu"}), False), (None, False)):
+            with pytest.raises(StoreError, match=f"stream {STREAM}"):
+                store.read_stream(STREAM, 0, 10, 1000, filters, match_unfiltered)
+    finally:
+        store.close()
+
+
 def test_an_unknown_stream_record_flag_is_a_store_error(path) -> None:
     store = RocksStore(path)
     store.close()

@@ -4,6 +4,7 @@ deliveries and counts, and stop where ``can_send`` would have stopped (hypothesi
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings, strategies as st
 from pamqp import commands
 
@@ -11,6 +12,7 @@ from amqpbroker.broker import channel as channel_module
 from amqpbroker.broker.broker import Broker
 from amqpbroker.broker.channel import Channel
 from amqpbroker.broker.message import Message
+from amqpbroker.broker.stream_reads import Run, SharedRead
 from amqpbroker.codec.content import encode_content_header
 from amqpbroker.codec.methods import shortstr
 from tests.helpers import FakeClient, deliveries
@@ -151,3 +153,33 @@ def test_messages_read_back_decode_a_repeated_routing_once_and_take_any_routing_
     assert (single.routing_key, single.arrived, single.deaths) == ("\udcff\udcfe", 5.0, "x-death")
     expiring = encode_content_header(1, commands.Basic.Properties(expiration="1500"))
     assert Message.many_from_store([(0, (plain, expiring, b"x", None))])[0].ttl == 1.5
+
+
+@pytest.mark.timeout(20)
+def test_a_run_short_of_its_offsets_stops_serving_instead_of_spinning() -> None:
+    """(Runs are built whole; were one not, the consumer must not loop on the event loop.)"""
+    client = FakeClient(Broker(), frame_max=FRAME_MAX)
+    client.open_channel(1)
+    client.declare_queue("s", 1, durable=True, arguments={"x-queue-type": "stream"})
+    for _ in range(10):
+        client.publish(1, "", "s", b"abc")
+    queue = client.broker.vhosts["/"].queues["s"]
+    messages = [entry[0] for entry in queue.log.tail[:5]]
+    queue.log.clear_tail()  # everything is in the store now
+    queue.reads.add(Run(0, messages, 10))  # five messages for offsets 0..9
+    client.send(commands.Basic.Qos(prefetch_count=100))
+    client.received_bytes()
+    client.send(commands.Basic.Consume(queue="s", consumer_tag="c", arguments={"x-stream-offset": "first"}))
+    assert len(deliveries(client.received())) == 5
+
+
+def test_a_store_read_that_skipped_offsets_is_not_taken_as_a_run() -> None:
+    client = FakeClient(Broker())
+    client.open_channel(1)
+    client.declare_queue("s", 1, durable=True, arguments={"x-queue-type": "stream"})
+    queue = client.broker.vhosts["/"].queues["s"]
+    stored = (shortstr("") + shortstr("s"), encode_content_header(1), b"x", None)
+    SharedRead(queue.reads, 0).read_done([(0, stored), (1, stored), (3, stored)], 4)
+    assert queue.reads.at(0) is None and queue.read_retry_at  # asked again later, as after a failed read
+    SharedRead(queue.reads, 0).read_done([(0, stored), (1, stored)], 2)
+    assert queue.reads.at(1) is not None  # (a later read, once the wait is over, is taken)

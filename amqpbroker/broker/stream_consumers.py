@@ -200,6 +200,8 @@ class StreamConsumersMixin:
                             break
                     index = offset - run.first
                     items = run.messages[index:index + room]
+                if not items:  # (a run is built whole: never, but no loop without progress)
+                    break
                 count = channel.deliver_stream(consumer, self, offset, items, tailed)
                 consumer.offset = offset + count
                 if tailed:

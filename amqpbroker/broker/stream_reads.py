@@ -12,6 +12,7 @@ themselves (``StreamConsumer.read_wanted``): the store skips what they did not a
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
     from amqpbroker.broker.stream import StreamQueue
 
 __all__ = ["Run", "SharedReads", "READ_MESSAGES", "READ_BYTES", "READ_RETRY_SECONDS"]
+
+log = logging.getLogger("amqpbroker.streams")
 
 READ_MESSAGES = 1024  # a store read: at most this many messages
 READ_BYTES = 4 << 20  # ... or this many body bytes
@@ -58,7 +61,10 @@ class SharedRead:
         stream = self.queue
         if stream.deleted:
             return
-        if not read:
+        if not read or read[-1][0] - read[0][0] + 1 != len(read):  # nothing, or offsets missing
+            if read:
+                log.error("stream %r: a store read from offset %d skipped offsets; read again later",
+                          stream.name, read[0][0])
             stream.read_missing()
             return
         reads.add(Run(read[0][0], Message.many_from_store(read), read[-1][0] + 1))

@@ -17,6 +17,8 @@ from amqpbroker.errors import AMQPError, ChannelError, ConnectionError, ReplyCod
 __all__ = ["ChannelMachine", "MAX_MESSAGE_SIZE"]
 
 MAX_MESSAGE_SIZE = 16 * 1024 * 1024  # RabbitMQ 4's default max_message_size (3.x: 128 MiB)
+# whole_content() remembers the last header it took up to this size (a channel pins no more)
+WHOLE_HEADER_KEPT = 2048
 
 
 def unexpected_frame(text: str) -> ConnectionError:
@@ -99,7 +101,8 @@ class ChannelMachine:
             _check_property_list(header)
         except AMQPError:
             return False
-        self._whole_header, self._whole_size = header, body_size
+        if len(header) <= WHOLE_HEADER_KEPT:
+            self._whole_header, self._whole_size = header, body_size
         return True
 
     def on_header(self, payload: bytes) -> tuple[Publish, bytes, bytes] | None:

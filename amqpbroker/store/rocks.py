@@ -173,24 +173,27 @@ def _chunk_value(messages: Any) -> bytes:
 
 
 def _chunk_record(value: bytes, position: int, end: int) -> tuple[int, int]:
-    """Where the record at ``position`` of a chunk's records starts and ends; cut short: an error."""
+    """Where the record at ``position`` of a chunk's records starts and ends; cut short or
+    empty: an error."""
     start = position + 4
     record_end = start + _U32.unpack_from(value, position)[0]
-    if record_end > end:
+    if record_end > end or record_end == start:
         raise ValueError("truncated stream chunk")
     return start, record_end
 
 
-def _stream_filter(value: bytes, start: int) -> tuple[str | None, int]:
-    """The filter value of the stream record at ``start`` (None: it has none) and where its
-    message starts."""
+def _stream_filter(value: bytes, start: int, end: int) -> tuple[str | None, int]:
+    """The filter value of the stream record from ``start`` to ``end`` (None: it has none) and
+    where its message starts; a filter value past the record's end is an error."""
     flag = value[start]
     if flag == 0:
         return None, start + 1
     if flag != 1:
         raise ValueError(f"unknown stream record flag {flag}")
-    end = start + 2 + value[start + 1]
-    return value[start + 2:end].decode(), end
+    filter_end = start + 2 + value[start + 1]
+    if filter_end > end:
+        raise ValueError("truncated stream record")
+    return value[start + 2:filter_end].decode(), filter_end
 
 
 def _stream_message(value: bytes, start: int, end: int) -> StoredMessage:
@@ -449,7 +452,7 @@ class RocksStore:
                     if offset >= from_offset:
                         next_offset = offset + 1
                         scanned += 1
-                        filter_value, start = _stream_filter(value, start)
+                        filter_value, start = _stream_filter(value, start, position)
                         if _stream_wanted(filter_value, filters, match_unfiltered):
                             message = _stream_message(value, start, position)
                             included.append((offset, message))
