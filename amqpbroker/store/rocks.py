@@ -142,7 +142,9 @@ def _message_value(message: Any) -> bytes:
                      _U32.pack(len(message.header)), message.header, message.body))
 
 
-def _stored_message(value: bytes, start: int = 0) -> StoredMessage:
+def _stored_message(value: bytes, start: int = 0, end: int | None = None) -> StoredMessage:
+    """The message stored from ``start`` on: to the value's end, or to ``end`` (a stream record,
+    whose header must fit before it: a record cut short is an error)."""
     arrived = _ARRIVED.unpack_from(value, start)[0] or None
     start += _ARRIVED.size
     exchange_end = start + 1 + value[start]
@@ -150,7 +152,9 @@ def _stored_message(value: bytes, start: int = 0) -> StoredMessage:
     header_length = _U32.unpack_from(value, routing_end)[0]
     header_start = routing_end + 4
     body_start = header_start + header_length
-    return StoredMessage(value[start:routing_end], value[header_start:body_start], value[body_start:], arrived)
+    if end is not None and body_start > end:
+        raise ValueError("truncated stream record")
+    return StoredMessage(value[start:routing_end], value[header_start:body_start], value[body_start:end], arrived)
 
 
 def _chunk_value(messages: Any) -> bytes:
@@ -194,19 +198,6 @@ def _stream_filter(value: bytes, start: int, end: int) -> tuple[str | None, int]
     if filter_end > end:
         raise ValueError("truncated stream record")
     return value[start + 2:filter_end].decode(), filter_end
-
-
-def _stream_message(value: bytes, start: int, end: int) -> StoredMessage:
-    """The message of a stream record, from ``start`` to ``end``; cut short in its header, an error."""
-    arrived = _ARRIVED.unpack_from(value, start)[0] or None
-    start += _ARRIVED.size
-    exchange_end = start + 1 + value[start]
-    routing_end = exchange_end + 1 + value[exchange_end]
-    header_start = routing_end + 4
-    body_start = header_start + _U32.unpack_from(value, routing_end)[0]
-    if body_start > end:
-        raise ValueError("truncated stream record")
-    return StoredMessage(value[start:routing_end], value[header_start:body_start], value[body_start:end], arrived)
 
 
 def _stream_chunk(key: bytes, value: bytes) -> StreamChunk:
@@ -454,7 +445,7 @@ class RocksStore:
                         scanned += 1
                         filter_value, start = _stream_filter(value, start, position)
                         if _stream_wanted(filter_value, filters, match_unfiltered):
-                            message = _stream_message(value, start, position)
+                            message = _stored_message(value, start, position)
                             included.append((offset, message))
                             size += len(message.body)
                             if len(included) >= count or size >= max_bytes:
